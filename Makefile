@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` (main job on the shipped defaults) and `make test` (whole suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch/torchvision pins served from this machine's local wheel store; override for other platforms.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.equiaudit-installed
+
+.PHONY: venv demo test bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/equiaudit scan zoo:gcnn-c4 --group so2 --steps 36 --out reports/demo.json --report reports/demo.html
+
+test: venv
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+lint: venv
+	$(BIN)/ruff check equiaudit zoo reports tests benchmarks
+
+bench: venv
+	$(BIN)/python benchmarks/bench_scan.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

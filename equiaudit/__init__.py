@@ -1,0 +1,48 @@
+"""equiaudit: equivariance testing and auditing for PyTorch vision models.
+
+Importing the package is cheap (no torch): the public names load on first use, so the pytest plugin
+costs nothing in projects that do not use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "audit": "equiaudit.audit",
+    "AuditResult": "equiaudit.result",
+    "parse_group": "equiaudit.groups",
+    "Group": "equiaudit.groups",
+    "GroupElement": "equiaudit.groups",
+    "GroupTransform": "equiaudit.transforms",
+    "apply_elements": "equiaudit.transforms",
+    "load_model": "equiaudit.loading",
+    "load_data": "equiaudit.data",
+    "EquiauditError": "equiaudit.errors",
+}
+__all__ = [  # noqa: RUF022 - grouped by concept
+    "audit", "AuditResult", "parse_group", "Group", "GroupElement", "GroupTransform", "apply_elements",
+    "load_model", "load_data", "EquiauditError", "__version__", "zoo",
+]
+
+if TYPE_CHECKING:
+    from .audit import audit
+    from .data import load_data
+    from .errors import EquiauditError
+    from .groups import Group, GroupElement, parse_group
+    from .loading import load_model
+    from .result import AuditResult
+    from .transforms import GroupTransform, apply_elements
+
+
+def __getattr__(name: str) -> Any:
+    if name == "zoo":
+        return importlib.import_module("equiaudit.zoo")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'equiaudit' has no attribute {name!r}")

@@ -1,0 +1,178 @@
+"""Apply group elements to batched images: exact permutations where possible, one grid-sampling call otherwise.
+
+**Convention** (the same as :mod:`equiaudit.groups`): tensors are ``(..., C, H, W)`` with y pointing down;
+elements act about the image centre ``((W-1)/2, (H-1)/2)``; a positive angle turns the content
+counter-clockwise as displayed; ``scale > 1`` zooms in. Sampling uses ``align_corners=False`` (pixel centres
+at ``(2i+1)/W - 1`` in normalised coordinates), so a 90 degree turn of a square image maps pixel centres onto
+pixel centres and the grid path agrees with ``torch.rot90``. Outside the image the ``padding`` mode applies
+(``zeros`` by default). The transformed image is ``T_g[x](p) = x(g^-1 p)``.
+
+Elements with ``exact=True`` (multiples of 90 degrees without scaling, optionally mirrored) go through
+``torch.flip`` / ``torch.rot90`` and are bit-exact; quarter turns of non-square images fall back to sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import EquiauditError
+from .groups import Group, GroupElement, parse_group
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+PADDINGS = ("zeros", "border", "reflection")
+MASKS = ("auto", "disk", "none")
+
+GridCache = dict[tuple, torch.Tensor]
+
+
+def _check_options(interpolation: str, padding: str) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise EquiauditError(f"unknown interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
+    if padding not in PADDINGS:
+        raise EquiauditError(f"unknown padding {padding!r}; valid: {', '.join(PADDINGS)}")
+
+
+def uses_exact_path(g: GroupElement, size: tuple[int, int]) -> bool:
+    """Whether ``g`` is applied by permutation on an ``(H, W)`` grid (odd quarter turns need a square)."""
+    k = g.quarter_turns
+    return g.exact and k is not None and (k % 2 == 0 or size[0] == size[1])
+
+
+def _apply_exact(x: torch.Tensor, g: GroupElement, inverse: bool) -> torch.Tensor:
+    h = g.inverse() if inverse else g
+    if h.reflect:
+        x = torch.flip(x, dims=(-1,))
+    k = h.quarter_turns or 0
+    return torch.rot90(x, k, dims=(-2, -1)) if k else x
+
+
+def sampling_theta(elements: Sequence[GroupElement], size: tuple[int, int], inverse: bool = False) -> np.ndarray:
+    """``(G, 2, 3)`` float64 ``affine_grid`` matrices: output normalised coords -> input normalised coords."""
+    h, w = size
+    d = np.diag([2.0 / w, 2.0 / h])
+    d_inv = np.diag([w / 2.0, h / 2.0])
+    thetas = np.zeros((len(elements), 2, 3))
+    for i, g in enumerate(elements):
+        forward = g.inverse() if inverse else g
+        # T_g samples the input at g^-1 p; rotation and scale are about the centre, so no translation.
+        thetas[i, :, :2] = d @ forward.inverse().linear() @ d_inv
+    return thetas
+
+
+def sampling_grid(elements: Sequence[GroupElement], size: tuple[int, int], *, inverse: bool = False,
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  cache: GridCache | None = None) -> torch.Tensor:
+    """``(G, H, W, 2)`` sampling grid for ``F.grid_sample``, computed in float64 and cached per key."""
+    key = (tuple(elements), tuple(size), inverse, str(device), dtype)
+    if cache is not None and key in cache:
+        return cache[key]
+    theta = torch.from_numpy(sampling_theta(elements, size, inverse))
+    grid = F.affine_grid(theta, [len(elements), 1, *size], align_corners=False)
+    grid = grid.to(device=device, dtype=dtype)
+    if cache is not None:
+        cache[key] = grid
+    return grid
+
+
+def apply_elements(x: torch.Tensor, elements: Group | Sequence[GroupElement], *, inverse: bool = False,
+                   interpolation: str = "bilinear", padding: str = "zeros",
+                   cache: GridCache | None = None) -> torch.Tensor:
+    """Apply every element to a batch, returning ``(G, B, C, H, W)``.
+
+    Args:
+        x: ``(B, C, H, W)``: every element is applied to the whole batch; or ``(G, B, C, H, W)``:
+            element ``i`` is applied to ``x[i]`` (as when undoing each element on the model's outputs).
+        elements: the group or its elements.
+        inverse: apply ``g^-1`` instead of ``g``.
+        interpolation: ``bilinear`` | ``bicubic`` | ``nearest``.
+        padding: ``zeros`` | ``border`` | ``reflection``.
+        cache: a dict reused across calls so grids are built once per (elements, size, device, dtype).
+
+    All non-exact elements go through one ``grid_sample`` call; exact ones are permutations.
+    """
+    _check_options(interpolation, padding)
+    elements = tuple(elements)
+    n = len(elements)
+    stacked = x.dim() == 5
+    if stacked and x.shape[0] != n:
+        raise EquiauditError(f"stacked input has {x.shape[0]} slices for {n} elements")
+    if x.dim() not in (4, 5):
+        raise EquiauditError(f"expected a (B, C, H, W) or (G, B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    size = (x.shape[-2], x.shape[-1])
+    b, c = x.shape[-4], x.shape[-3]
+    out = torch.empty((n, *x.shape[-4:]), dtype=x.dtype, device=x.device)
+    sampled = [i for i, g in enumerate(elements) if not uses_exact_path(g, size)]
+    for i, g in enumerate(elements):
+        if i not in sampled:
+            out[i] = _apply_exact(x[i] if stacked else x, g, inverse)
+    if sampled:
+        grid = sampling_grid([elements[i] for i in sampled], size, inverse=inverse, device=x.device,
+                             dtype=x.dtype if x.is_floating_point() else torch.float32, cache=cache)
+        # Fold the batch into channels: one grid per element, one grid_sample call for all of them.
+        src = x[sampled] if stacked else x.unsqueeze(0).expand(len(sampled), *x.shape)
+        src = src.reshape(len(sampled), b * c, *size)
+        res = F.grid_sample(src, grid, mode=interpolation, padding_mode=padding, align_corners=False)
+        out[sampled] = res.reshape(len(sampled), b, c, *size)
+    return out
+
+
+def transform(x: torch.Tensor, element: GroupElement, **kwargs) -> torch.Tensor:
+    """Apply one element to ``(B, C, H, W)`` (a thin wrapper over :func:`apply_elements`)."""
+    return apply_elements(x, (element,), **kwargs)[0]
+
+
+def valid_mask(elements: Sequence[GroupElement], size: tuple[int, int], kind: str = "auto",
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(H, W)`` bool mask of the pixels compared by default.
+
+    ``auto``: pixels ``p`` with ``g(p)`` inside the image (pixel centres, so bilinear taps stay inside) for every
+    sampled element: undoing ``g`` on an output reads it at ``g(p)``. For many rotations this is the inscribed
+    disk; for scales > 1 the common visible centre. ``disk``: the inscribed disk. ``none``: every pixel.
+    """
+    if kind not in MASKS:
+        raise EquiauditError(f"unknown mask {kind!r}; valid: {', '.join(MASKS)}")
+    h, w = size
+    ys, xs = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+    pts = np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)])
+    keep = np.ones(h * w, dtype=bool)
+    if kind == "disk":
+        r = (min(h, w) - 1) / 2.0
+        keep = (xs.ravel() - (w - 1) / 2) ** 2 + (ys.ravel() - (h - 1) / 2) ** 2 <= r * r + 1e-9
+    elif kind == "auto":
+        eps = 1e-6
+        for g in elements:
+            if uses_exact_path(g, size):
+                continue
+            q = g.matrix(size) @ pts
+            keep &= (q[0] >= -eps) & (q[0] <= w - 1 + eps) & (q[1] >= -eps) & (q[1] <= h - 1 + eps)
+    return torch.from_numpy(keep.reshape(h, w)).to(device)
+
+
+class GroupTransform(nn.Module):
+    """Module face of :func:`apply_elements`: stores the group and options, caches grids across calls."""
+
+    def __init__(self, group: str | Group, steps: int | None = None, *, interpolation: str = "bilinear",
+                 padding: str = "zeros") -> None:
+        super().__init__()
+        _check_options(interpolation, padding)
+        self.group = parse_group(group, steps)
+        self.interpolation = interpolation
+        self.padding = padding
+        self._cache: GridCache = {}
+
+    def forward(self, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        return apply_elements(x, self.group.elements, inverse=inverse, interpolation=self.interpolation,
+                              padding=self.padding, cache=self._cache)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """Undo each element on its own slice of ``(G, B, C, H, W)``."""
+        return self.forward(y, inverse=True)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group.spec!r}, size={len(self.group)}, interpolation={self.interpolation!r}, " \
+               f"padding={self.padding!r}"

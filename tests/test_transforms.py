@@ -1,0 +1,139 @@
+"""Applying elements: conventions pinned, exact path vs grid path, round trips, masks, the module face."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from equiaudit.errors import EquiauditError
+from equiaudit.groups import GroupElement, parse_group
+from equiaudit.transforms import GroupTransform, apply_elements, sampling_grid, transform, valid_mask
+
+
+def _pixel(h: int, w: int, y: int, x: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    img = torch.zeros(1, 1, h, w, dtype=dtype)
+    img[0, 0, y, x] = 1.0
+    return img
+
+
+@pytest.mark.parametrize("path", ["exact", "grid"])
+def test_bright_pixel_rotates_counter_clockwise(path: str) -> None:
+    # A pixel right of the centre of a 7x7 image lands above the centre under +90 degrees (y down).
+    img = _pixel(7, 7, 3, 5)
+    if path == "exact":
+        out = transform(img, GroupElement(90))
+    else:
+        grid = sampling_grid([GroupElement(90)], (7, 7))
+        out = F.grid_sample(img, grid, align_corners=False)
+    assert out[0, 0].argmax().item() == 1 * 7 + 3  # row 1, column 3
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_flip_and_scale_conventions() -> None:
+    img = _pixel(7, 7, 3, 5)
+    assert transform(img, GroupElement(reflect=True))[0, 0, 3, 1] == 1.0  # mirrored left-right
+    assert transform(img, GroupElement(180, reflect=True))[0, 0, 3, 5] == 1.0  # vflip keeps this row
+    # scale 2 zooms in about the centre: the pixel 2 right of centre moves to 4 right of centre... off a 7-wide image
+    # edge, so take the pixel 1 right of centre: it moves 2 right.
+    out = transform(_pixel(7, 7, 3, 4), GroupElement(scale=2.0), interpolation="nearest")
+    assert out[0, 0, 3, 5] == 1.0
+
+
+def test_element_then_inverse_is_identity_on_exact_elements(dtype: torch.dtype) -> None:
+    x = torch.randn(2, 3, 9, 9, dtype=dtype)
+    group = parse_group("d4")
+    back = apply_elements(apply_elements(x, group), group, inverse=True)
+    assert torch.equal(back, x.expand_as(back))
+
+
+def test_grid_path_agrees_with_rot90(dtype: torch.dtype, tol: dict[str, float]) -> None:
+    x = torch.randn(2, 3, 12, 12, dtype=dtype)
+    for k in range(4):
+        grid = sampling_grid([GroupElement(90 * k)], (12, 12), dtype=dtype)
+        sampled = F.grid_sample(x.reshape(1, 6, 12, 12), grid, align_corners=False).reshape(2, 3, 12, 12)
+        torch.testing.assert_close(sampled, torch.rot90(x, k, dims=(-2, -1)), **tol)
+
+
+def test_round_trip_of_smooth_image_is_small_inside_the_mask() -> None:
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    x = torch.exp(-((xx - 0.2) ** 2 + yy**2) / 0.2)[None, None].double()
+    group = parse_group("so2:12")
+    back = apply_elements(apply_elements(x, group), group, inverse=True)
+    mask = valid_mask(group.elements, (32, 32))
+    err = ((back - x) * mask).abs().max().item()
+    assert err < 0.02
+    assert ((back - x).abs().amax() > err)  # outside the mask the zero padding shows
+
+
+def test_stacked_input_applies_each_element_to_its_slice() -> None:
+    x = torch.randn(3, 1, 2, 8, 8)
+    group = parse_group("c4")[:3]
+    out = apply_elements(x, group)
+    for i, g in enumerate(group):
+        torch.testing.assert_close(out[i], transform(x[i], g))
+
+
+def test_non_square_quarter_turn_falls_back_to_sampling() -> None:
+    x = torch.randn(1, 1, 6, 10)
+    out = transform(x, GroupElement(90))
+    assert out.shape == x.shape
+    assert torch.equal(transform(x, GroupElement(180)), torch.rot90(x, 2, dims=(-2, -1)))
+
+
+def test_valid_mask_is_disk_for_rotations_and_centre_for_zoom() -> None:
+    so2 = valid_mask(parse_group("so2:36").elements, (33, 33))
+    disk = valid_mask([], (33, 33), "disk")
+    assert abs(so2.float().mean() - disk.float().mean()) < 0.03
+    assert valid_mask(parse_group("c4").elements, (33, 33)).all()
+    zoom = valid_mask([GroupElement(scale=2.0)], (33, 33))
+    rows = zoom.any(1).nonzero().flatten()
+    assert rows.min() >= 7 and rows.max() <= 25
+    assert valid_mask([GroupElement(scale=0.5)], (33, 33)).all()
+    assert valid_mask(parse_group("so2").elements, (8, 8), "none").all()
+
+
+def test_grids_are_cached_per_size_and_dtype() -> None:
+    cache: dict = {}
+    group = parse_group("so2:8")
+    x = torch.randn(1, 1, 16, 16)
+    apply_elements(x, group, cache=cache)
+    apply_elements(x, group, cache=cache)
+    assert len(cache) == 1
+    apply_elements(x.double(), group, cache=cache)
+    apply_elements(torch.randn(1, 1, 8, 8), group, cache=cache)
+    assert len(cache) == 3
+
+
+def test_module_wraps_the_function() -> None:
+    module = GroupTransform("so2", steps=6, interpolation="bicubic", padding="border")
+    x = torch.randn(2, 1, 10, 10)
+    expected = apply_elements(x, parse_group("so2:6"), interpolation="bicubic", padding="border")
+    torch.testing.assert_close(module(x), expected)
+    torch.testing.assert_close(module.inverse(module(x)),
+                               apply_elements(expected, parse_group("so2:6"), inverse=True, interpolation="bicubic",
+                                              padding="border"))
+    assert "so2:6" in repr(module)
+
+
+@pytest.mark.parametrize("kwargs", [{"interpolation": "lanczos"}, {"padding": "wrap"}])
+def test_bad_options(kwargs: dict) -> None:
+    with pytest.raises(EquiauditError):
+        apply_elements(torch.zeros(1, 1, 4, 4), parse_group("so2:4"), **kwargs)
+
+
+def test_sampling_matches_independent_reference_rotation() -> None:
+    # Independent reference: rotate pixel coordinates with numpy and sample bilinearly by hand at one pixel.
+    rng = np.random.default_rng(0)
+    img = rng.random((16, 16))
+    g = GroupElement(30)
+    out = transform(torch.from_numpy(img)[None, None], g)[0, 0].numpy()
+    inv = g.inverse().matrix((16, 16))
+    for (y, x) in [(8, 8), (5, 9), (10, 6)]:
+        sx, sy = inv @ [x, y, 1]
+        x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+        fx, fy = sx - x0, sy - y0
+        ref = (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
+               + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
+        assert out[y, x] == pytest.approx(ref, abs=1e-10)
