@@ -15,6 +15,10 @@ class ModelLoadError(EquiauditError):
     """A model file that cannot (or may not, without ``--trust``) be loaded."""
 
 
+class DeviceError(EquiauditError, ValueError):
+    """A device name that torch does not know or that is not available on this machine."""
+
+
 class DataError(EquiauditError):
     """A data spec, file or folder that cannot be read."""
 

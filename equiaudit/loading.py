@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from equiaudit.errors import EquiauditError, ModelLoadError
+from equiaudit.errors import DeviceError, EquiauditError, ModelLoadError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -67,10 +67,6 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]+")  # >= 2 characters, so C:\ stays a path
 _SCHEME_RE = re.compile(rf"({_NAME_RE.pattern}):(.*)", re.DOTALL)
 _MAX_LISTED = 8
-
-
-class DeviceError(EquiauditError, ValueError):
-    """A device name that torch does not know or that is not available on this machine."""
 
 
 class ModelSource(Protocol):

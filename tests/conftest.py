@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-# (rtol, atol) per dtype, in the spirit of kornia's testing/base.py.
-TOLERANCES = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-12, 1e-12)}
+from _tolerances import TOLERANCES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

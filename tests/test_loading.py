@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TOLERANCES
+from _tolerances import TOLERANCES
 
 from equiaudit import loading
 from equiaudit.errors import EquiauditError, ModelLoadError
