@@ -27,12 +27,12 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | No
     """
     diff = out - ref
     if mask is not None:
-        diff = diff * mask
-        ref = ref * mask
-    dims = tuple(range(-(ref.dim() - 1), 0)) if ref.dim() > 1 else ()
-    num = diff.pow(2).sum(dim=dims) if dims else diff.pow(2)
-    den = ref.pow(2).sum(dim=dims) if dims else ref.pow(2)
-    return (num / den.clamp_min(_EPS)).sqrt()
+        m = mask.to(ref.dtype)
+        diff, ref = diff * m, ref * m
+    dims = tuple(range(-(ref.dim() - 1), 0)) if ref.dim() > 1 else None
+    num = torch.linalg.vector_norm(diff, dim=dims) if dims else diff.abs()
+    den = torch.linalg.vector_norm(ref, dim=dims) if dims else ref.abs()
+    return num / den.clamp_min(_EPS)
 
 
 def kl_divergence(out_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:

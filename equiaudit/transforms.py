@@ -99,25 +99,32 @@ def apply_elements(x: torch.Tensor, elements: Group | Sequence[GroupElement], *,
     elements = tuple(elements)
     n = len(elements)
     stacked = x.dim() == 5
-    if stacked and x.shape[0] != n:
-        raise EquiauditError(f"stacked input has {x.shape[0]} slices for {n} elements")
     if x.dim() not in (4, 5):
         raise EquiauditError(f"expected a (B, C, H, W) or (G, B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if stacked and x.shape[0] != n:
+        raise EquiauditError(f"stacked input has {x.shape[0]} slices for {n} elements")
     size = (x.shape[-2], x.shape[-1])
     b, c = x.shape[-4], x.shape[-3]
-    out = torch.empty((n, *x.shape[-4:]), dtype=x.dtype, device=x.device)
     sampled = [i for i, g in enumerate(elements) if not uses_exact_path(g, size)]
-    for i, g in enumerate(elements):
-        if i not in sampled:
-            out[i] = _apply_exact(x[i] if stacked else x, g, inverse)
+    res = None
     if sampled:
         grid = sampling_grid([elements[i] for i in sampled], size, inverse=inverse, device=x.device,
                              dtype=x.dtype if x.is_floating_point() else torch.float32, cache=cache)
         # Fold the batch into channels: one grid per element, one grid_sample call for all of them.
-        src = x[sampled] if stacked else x.unsqueeze(0).expand(len(sampled), *x.shape)
-        src = src.reshape(len(sampled), b * c, *size)
+        src = x[sampled] if stacked and len(sampled) < n else x
+        src = src.reshape(len(sampled), b * c, *size) if stacked else src.reshape(1, b * c, *size).expand(
+            len(sampled), b * c, *size)
         res = F.grid_sample(src, grid, mode=interpolation, padding_mode=padding, align_corners=False)
-        out[sampled] = res.reshape(len(sampled), b, c, *size)
+        res = res.reshape(len(sampled), b, c, *size)
+        if len(sampled) == n:
+            return res
+    out = torch.empty((n, b, c, *size), dtype=x.dtype, device=x.device)
+    if res is not None:
+        out[sampled] = res
+    done = set(sampled)
+    for i, g in enumerate(elements):
+        if i not in done:
+            out[i] = _apply_exact(x[i] if stacked else x, g, inverse)
     return out
 
 

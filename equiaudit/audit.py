@@ -1,0 +1,351 @@
+"""The audit loop: transform a batch by every element at once, run the model once, undo, score, stream."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import __version__
+from .data import AuditData, Batch, load_data
+from .errors import EquiauditError, InputMismatchError, ScanInterrupted
+from .groups import Group, parse_group
+from .loading import LoadedModel, load_model, resolve_device
+from .metrics import ClassificationMetrics, DenseMetrics, FloorMetric
+from .result import AuditResult
+from .transforms import GridCache, apply_elements, uses_exact_path, valid_mask
+
+TASKS = ("auto", "classify", "segment", "dense")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class AuditOptions:
+    """How an audit samples and compares (recorded in the result's ``meta.options``)."""
+
+    interpolation: str = "bilinear"
+    padding: str = "zeros"
+    mask: str = "auto"
+    batch_size: int = 256          # images per model forward (transformed copies included)
+    samples: int = 8               # gallery images kept in memory for reports (first N and worst N)
+
+
+def _first_conv_channels(module: nn.Module) -> int | None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _forward(module: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    outs = [module(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    for o in outs:
+        if not isinstance(o, torch.Tensor):
+            raise InputMismatchError(f"the model returned {type(o).__name__}, not a tensor")
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> tuple[str, tuple[int, ...]]:
+    """Check the model on one real batch before the scan; returns the task and the per-image output shape."""
+    c = _first_conv_channels(module)
+    if c is not None and c != x.shape[1]:
+        raise InputMismatchError(f"the model's first convolution takes {c} channel(s) but the data "
+                                 f"{data.spec!r} has {x.shape[1]}; use --channels {c}")
+    try:
+        with torch.inference_mode():
+            y = _forward(module, x, x.shape[0])
+    except EquiauditError:
+        raise
+    except Exception as exc:
+        raise InputMismatchError(f"the model fails on input of shape {tuple(x.shape)} from {data.spec!r}: "
+                                 f"{_one_line(exc)}") from None
+    if not torch.isfinite(y).all():
+        raise InputMismatchError(f"the model outputs NaN or inf on {data.spec!r} (shape {tuple(x.shape)})")
+    if y.dim() == 2:
+        chosen = "classify"
+    elif y.dim() == 4:
+        hr, wr = y.shape[-2] / x.shape[-2], y.shape[-1] / x.shape[-1]
+        if not math.isclose(hr, wr, rel_tol=1e-6):
+            raise InputMismatchError(f"dense output {tuple(y.shape[-2:])} is not proportional to the input "
+                                     f"{tuple(x.shape[-2:])}, so transformations cannot be undone on it")
+        chosen = "segment" if data.has_masks else "dense"
+    else:
+        raise InputMismatchError(f"output shape {tuple(y.shape)} is neither (B, classes) nor (B, C, H, W)")
+    if task == "auto":
+        return chosen, tuple(y.shape[1:])
+    if (task == "classify") != (y.dim() == 2):
+        raise InputMismatchError(f"--task {task} cannot use output shape {tuple(y.shape)}; "
+                                 f"it looks like {chosen} (try --task auto)")
+    return task, tuple(y.shape[1:])
+
+
+@dataclass
+class _Gallery:
+    """First-N and worst-N images with their per-element predictions (bounded memory)."""
+
+    size: int
+    first: list[dict[str, Any]] = field(default_factory=list)
+    worst: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
+
+    def add(self, offset: int, x: torch.Tensor, score: torch.Tensor, payload: dict[str, torch.Tensor]) -> None:
+        if self.size <= 0:
+            return
+        for b in range(x.shape[0]):
+            item = None
+            if len(self.first) < self.size or len(self.worst) < self.size or float(score[b]) > self.worst[0][0]:
+                item = {"index": offset + b, "x": x[b].float().cpu().numpy(), "score": float(score[b])}
+                item.update({k: v[:, b].cpu().numpy() for k, v in payload.items()})
+            if item is None:
+                continue
+            if len(self.first) < self.size:
+                self.first.append(item)
+            entry = (item["score"], -item["index"], item)
+            if len(self.worst) < self.size:
+                heapq.heappush(self.worst, entry)
+            elif entry[:2] > self.worst[0][:2]:
+                heapq.heapreplace(self.worst, entry)
+
+    def export(self) -> dict[str, Any]:
+        def stack(items: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+            return {k: np.stack([it[k] for it in items]) for k in items[0]} if items else {}
+
+        worst = [e[2] for e in sorted(self.worst, key=lambda e: (-e[0], -e[1]))]
+        return {"first": stack(self.first), "worst": stack(worst)}
+
+
+def _as_data(data: Any, data_options: dict[str, Any]) -> AuditData:
+    if isinstance(data, AuditData):
+        return data
+    if isinstance(data, str):
+        return load_data(data, **data_options)
+    if isinstance(data, torch.Tensor):
+        return AuditData.from_tensors(data)
+    if isinstance(data, (tuple, list)) and data and isinstance(data[0], torch.Tensor):
+        return AuditData.from_tensors(*data)
+    raise EquiauditError(f"data must be a spec string, AuditData, a tensor or (x, y[, mask]); got {type(data).__name__}")
+
+
+def _summary(frame: pd.DataFrame, extra: dict[str, float]) -> dict[str, Any]:
+    rest = frame[frame["label"] != "identity"]
+    rest = rest if len(rest) else frame
+    out: dict[str, Any] = {}
+
+    def stat(col: str, how: str, name: str | None = None) -> None:
+        if col in rest and rest[col].notna().any():
+            out[name or f"{col}_{how}"] = float(getattr(rest[col], how)())
+
+    for col in ("agreement",):
+        stat(col, "mean"), stat(col, "min")
+    stat("flip_rate", "max")
+    for col in ("kl", "invariance_error", "equivariance_error", "floor", "max_abs_error"):
+        stat(col, "mean"), stat(col, "max")
+    for col in ("iou_consistency", "iou_truth"):
+        stat(col, "mean"), stat(col, "min")
+    stat("accuracy_drop", "max")
+    key = next((c for c in ("invariance_error", "equivariance_error") if c in rest), None)
+    if key is not None and len(rest):
+        out["worst_element"] = str(rest.loc[rest[key].idxmax(), "label"])
+        err = rest[key]
+        floor = rest["floor"]
+        out["error_to_floor_max"] = float((err / floor.where(floor > 0)).max()) if (floor > 0).any() else None
+    out.update(extra)
+    out["exact_group"] = bool(frame["exact"].all())
+    return out
+
+
+def audit(model: nn.Module | str | LoadedModel, data: Any = "digits", group: str | Group = "so2",
+          steps: int | None = None, *, task: str = "auto", interpolation: str = "bilinear",
+          padding: str = "zeros", mask: str = "auto", batch_size: int = 256, samples: int = 8,
+          device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
+          trust: bool = False, arch: str | None = None, progress: Progress | None = None,
+          on_task: Callable[[str, bool], None] | None = None, **data_options: Any) -> AuditResult:
+    """Audit ``model`` on ``data`` under every element of ``group``.
+
+    Args:
+        model: an ``nn.Module``, a path or source string (see :func:`equiaudit.loading.load_model`), or a
+            :class:`LoadedModel`. Modules are moved to ``device`` / ``dtype`` in place (like ``.to``).
+        data: a data spec (see :func:`equiaudit.data.load_data`; extra keyword arguments go there), an
+            :class:`AuditData`, a tensor ``x`` or a tuple ``(x, y[, mask])``.
+        group, steps: a group spec (see :mod:`equiaudit.groups`).
+        task: ``auto`` | ``classify`` | ``segment`` | ``dense``; auto picks from the output shape.
+        interpolation, padding, mask: sampling options (see :mod:`equiaudit.transforms`).
+        batch_size: images per model forward, transformed copies included.
+        samples: gallery images kept for reports (first N and worst N).
+        device: ``None`` uses the model's device; ``auto`` picks CUDA when present.
+        on_task: called once with the chosen task and whether it was chosen automatically.
+
+    Raises:
+        ScanInterrupted: when the scan stops part-way; its ``partial`` result holds what was measured.
+    """
+    if task not in TASKS:
+        raise EquiauditError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if batch_size < 1:
+        raise EquiauditError(f"batch size must be >= 1, got {batch_size}")
+    grp = parse_group(group, steps)
+    options = AuditOptions(interpolation, padding, mask, batch_size, samples)
+    valid_mask(grp.elements, (3, 3), mask)  # validates the option before any work
+    apply_elements(torch.zeros(1, 1, 2, 2), grp.elements[:1], interpolation=interpolation, padding=padding)
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, arch=arch, trust=trust, device=None if device is None else resolve_device(device))
+    module = loaded.module.eval()
+    param = next(iter(module.parameters()), None)
+    dev = resolve_device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64", "float16", "bfloat16"):
+            raise EquiauditError(f"unknown dtype {dtype!r}; valid: float32, float64, float16, bfloat16")
+        dtype = getattr(torch, dtype)
+    dt = dtype or (param.dtype if param is not None and param.is_floating_point() else torch.float32)
+    module.to(device=dev, dtype=dt)
+    dataset = _as_data(data, data_options)
+    if len(dataset) == 0:
+        raise EquiauditError(f"the data {dataset.spec!r} holds no images")
+
+    elems = grp.elements
+    n_el = len(elems)
+    per_chunk = max(1, batch_size // (n_el + 1))
+    cache: GridCache = {}
+    gallery = _Gallery(samples)
+    metrics: dict[str, Any] = {}
+    state: dict[str, Any] = {"images": 0}
+    t0 = time.perf_counter()
+    total = len(dataset)
+
+    def build() -> AuditResult:
+        return _build_result(grp, loaded, dataset, options, metrics, state, gallery, dev, dt,
+                             time.perf_counter() - t0, partial=state["images"] < total)
+
+    batches = dataset.batches(per_chunk)
+    try:
+        for batch in batches:
+            _scan_batch(module, batch, elems, options, cache, metrics, state, gallery, dev, dt, dataset, task, on_task)
+            if progress is not None:
+                progress(state["images"], total)
+    except (KeyboardInterrupt, Exception) as exc:
+        if state["images"] == 0:
+            if isinstance(exc, EquiauditError):
+                raise
+            if isinstance(exc, KeyboardInterrupt):
+                raise ScanInterrupted("interrupted before the first batch finished") from exc
+            raise EquiauditError(f"scan failed on the first batch: {_one_line(exc)}") from exc
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _one_line(exc)
+        raise ScanInterrupted(f"scan stopped after {state['images']} of {total} images: {reason}",
+                              partial=build()) from exc
+    return build()
+
+
+def _scan_batch(module: nn.Module, batch: Batch, elems: tuple, options: AuditOptions, cache: GridCache,
+                metrics: dict[str, Any], state: dict[str, Any], gallery: _Gallery, dev: torch.device,
+                dt: torch.dtype, data: AuditData, task: str, on_task: Callable[[str, bool], None] | None) -> None:
+    x = batch.x.to(device=dev, dtype=dt)
+    b, c, h, w = x.shape
+    n_el = len(elems)
+    if "task" not in state:
+        chosen, out_shape = probe(module, data, x, task)
+        state.update(task=chosen, task_auto=task == "auto", out_shape=out_shape,
+                     in_mask=valid_mask(elems, (h, w), options.mask, dev))
+        if on_task is not None:
+            on_task(chosen, task == "auto")
+        if chosen == "classify":
+            metrics["cls"] = ClassificationMetrics(n_el, out_shape[0])
+        else:
+            num_classes = max(2, out_shape[0])
+            metrics["dense"] = DenseMetrics(n_el, segment=chosen == "segment", num_classes=num_classes)
+            state["out_mask"] = valid_mask(elems, out_shape[-2:], options.mask, dev)
+        metrics["floor"] = FloorMetric(n_el)
+    kw = {"interpolation": options.interpolation, "padding": options.padding, "cache": cache}
+    xg = apply_elements(x, elems, **kw)
+    inputs = torch.cat([x.unsqueeze(0), xg]).reshape((n_el + 1) * b, c, h, w)
+    with torch.inference_mode():
+        y = _forward(module, inputs, options.batch_size)
+    if not torch.isfinite(y).all():
+        raise InputMismatchError(f"the model output NaN or inf on images {state['images']}..{state['images'] + b - 1}")
+    y = y.reshape(n_el + 1, b, *y.shape[1:])
+    ref, out = y[0], y[1:]
+    sampled = [i for i, g in enumerate(elems) if not uses_exact_path(g, (h, w))]
+    roundtrip = apply_elements(xg, elems, inverse=True, **kw) if sampled else xg  # exact: floor 0 by definition
+    metrics["floor"].update(roundtrip if sampled else x.expand_as(xg), x, state["in_mask"])
+    labels = batch.y.to(dev) if batch.y is not None and data.has_labels else None
+    if state["task"] == "classify":
+        scores = metrics["cls"].update(out, ref, labels)
+        worst = (1 - scores["agreement"]).sum(0) + scores["kl"].mean(0).clamp_max(0.999)
+        payload = {"pred": scores["pred"], "confidence": scores["confidence"],
+                   "ref_pred": ref.argmax(-1)[None], "ref_confidence": ref.softmax(-1).amax(-1)[None]}
+        if labels is not None:
+            payload["label"] = labels[None]
+    else:
+        back = apply_elements(out, elems, inverse=True, **kw)
+        truth = None
+        if batch.mask is not None and data.has_masks:
+            truth = torch.nn.functional.interpolate(batch.mask.to(dev, torch.float32), size=ref.shape[-2:],
+                                                    mode="nearest")[:, 0].long()
+        scores = metrics["dense"].update(back, ref, state["out_mask"], truth)
+        worst = scores["equivariance_error"].mean(0)
+        payload = {"error_map": (back - ref).abs().mean(2).half()}
+        if state["task"] == "segment":
+            from .metrics import binarize
+
+            payload["seg"] = binarize(back).to(torch.uint8)
+            payload["ref_seg"] = binarize(ref).to(torch.uint8)[None]
+            if truth is not None:
+                payload["truth"] = truth.to(torch.uint8)[None]
+    gallery.add(state["images"], x, worst, payload)
+    state["images"] += b
+
+
+def _build_result(grp: Group, loaded: LoadedModel, data: AuditData, options: AuditOptions,
+                  metrics: dict[str, Any], state: dict[str, Any], gallery: _Gallery, dev: torch.device,
+                  dt: torch.dtype, wall: float, partial: bool) -> AuditResult:
+    rows = [{"id": i, "label": g.label, **g.params(), "exact": g.exact} for i, g in enumerate(grp.elements)]
+    frame = pd.DataFrame(rows)
+    extra: dict[str, float] = {}
+    per_class = None
+    for key, metric in metrics.items():
+        for name, values in metric.compute().items():
+            frame[name] = values.numpy()
+        if hasattr(metric, "summary"):
+            extra.update(metric.summary())
+        if key == "cls":
+            pc = metric.per_class()
+            classes = data.class_names or [str(k) for k in range(metric.num_classes)]
+            per_class = {"classes": classes[:metric.num_classes]}
+            per_class.update({k: v.numpy().tolist() for k, v in pc.items()})
+    summary = _summary(frame, extra) if metrics else {}
+    summary["images"] = state["images"]
+    n_img = state["images"]
+    meta = {
+        "group": grp.describe(),
+        "model": loaded.describe(),
+        "data": data.describe(),
+        "task": state.get("task"),
+        "task_auto": state.get("task_auto"),
+        "output_shape": list(state.get("out_shape", ())),
+        "options": {"interpolation": options.interpolation, "padding": options.padding, "mask": options.mask,
+                    "batch_size": options.batch_size,
+                    "mask_fraction": float(state["in_mask"].float().mean()) if "in_mask" in state else None},
+        "versions": {"equiaudit": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
+                     "platform": platform.platform()},
+        "device": str(dev),
+        "dtype": str(dt).replace("torch.", ""),
+        "wall_time_s": wall,
+        "images_per_s": n_img / wall if wall > 0 else None,
+        "transformed_images_per_s": n_img * len(grp) / wall if wall > 0 else None,
+        "partial": partial,
+    }
+    samples = gallery.export() if gallery.size > 0 and n_img else None
+    return AuditResult(frame, summary, meta, per_class, samples)

@@ -1,0 +1,177 @@
+"""The audit loop end to end, on properties: exactly invariant models score ~0, broken ones do not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from _models import C4Averaged, CoordinateModel, ConstantSeg, Identity, SmallCNN
+from equiaudit.audit import audit
+from equiaudit.errors import EquiauditError, InputMismatchError, ScanInterrupted
+from equiaudit.result import AuditResult, load, save
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    from equiaudit.data import load_data
+
+    data = load_data("digits", limit=24)
+    return torch.stack([data.dataset[i][0] for i in range(len(data))])
+
+
+def _seeded(module: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return module
+
+
+def test_c4_averaged_model_is_exactly_invariant_on_c4_not_on_so2() -> None:
+    model = C4Averaged(_seeded(SmallCNN()))
+    exact = audit(model, "digits", "c4", limit=32, samples=0)
+    assert (exact.elements["agreement"] == 1).all()
+    assert exact.elements["invariance_error_max"].max() <= 1e-6
+    assert (exact.elements["floor"] == 0).all()
+    assert exact.summary["exact_group"] is True
+    so2 = audit(model, "digits", "so2", steps=36, limit=32, samples=0)
+    assert so2.summary["invariance_error_max"] > 1e-2
+    assert so2.summary["kl_max"] > 1e-6
+    assert so2.summary["floor_max"] > 0
+
+
+def test_d4_averaged_model_is_exactly_invariant_on_d4() -> None:
+    model = C4Averaged(_seeded(SmallCNN()), d4=True)
+    res = audit(model, "digits", "d4", limit=16, dtype="float64", samples=0)
+    assert res.elements["invariance_error_max"].max() <= 1e-12
+    assert res.summary["kl_max"] <= 1e-12
+    plain = audit(_seeded(SmallCNN()), "digits", "d4", limit=16, samples=0)
+    assert plain.summary["invariance_error_max"] > 1e-2
+
+
+def test_identity_dense_model_scores_exactly_the_floor(digits: torch.Tensor) -> None:
+    res = audit(Identity(), digits, "so2:12", task="dense", samples=0)
+    assert res.task == "dense"
+    torch.testing.assert_close(torch.tensor(res.elements["equivariance_error"].values),
+                               torch.tensor(res.elements["floor"].values), rtol=0, atol=0)
+    sampled = ~res.elements["exact"]
+    assert res.elements.loc[sampled, "floor"].min() > 0
+    assert (res.elements.loc[~sampled, "floor"] == 0).all()  # rot90 multiples are permutations
+    broken = audit(CoordinateModel(), digits, "so2:12", task="dense", samples=0)
+    ratio = broken.elements["equivariance_error"][sampled] / broken.elements["floor"][sampled]
+    assert ratio.min() > 5
+    assert broken.elements.loc[~sampled & (broken.elements["label"] != "identity"), "equivariance_error"].min() > 0.1
+
+
+def test_scale_group_floor_and_mask(digits: torch.Tensor) -> None:
+    res = audit(Identity(), digits, "scale:0.5..2:5", task="dense", samples=0)
+    assert res.meta["options"]["mask_fraction"] < 0.5  # zooming in by 2 keeps the central quarter
+    assert (res.elements["equivariance_error"] == res.elements["floor"]).all()
+
+
+def test_results_do_not_depend_on_batch_size(digits: torch.Tensor) -> None:
+    model = _seeded(SmallCNN())
+    a = audit(model, digits, "so2:8", batch_size=9, samples=0).elements
+    b = audit(model, digits, "so2:8", batch_size=500, samples=0).elements
+    for col in ("agreement", "kl", "invariance_error", "floor"):
+        torch.testing.assert_close(torch.tensor(a[col].values), torch.tensor(b[col].values), rtol=1e-4, atol=1e-6)
+
+
+def test_labels_give_accuracy_metrics() -> None:
+    res = audit(_seeded(SmallCNN()), "digits", "c4", limit=40, samples=4)
+    assert {"accuracy", "accuracy_drop"} <= set(res.elements.columns)
+    assert res.elements.loc[0, "accuracy_drop"] == 0  # identity element
+    assert 0 <= res.summary["worst_case_accuracy"] <= res.summary["accuracy_min"]
+    assert res.per_class is not None and len(res.per_class["classes"]) == 10
+    assert res.samples["first"]["pred"].shape == (4, 4)
+    assert res.samples["worst"]["x"].shape == (4, 1, 28, 28)
+
+
+def test_segmentation_with_masks() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 32, 32)
+    mask = (x.mean(1, keepdim=True) > 0.5).float()
+    res = audit(ConstantSeg(), (x, None, mask), "c4", samples=2)
+    assert res.task == "segment"
+    assert (res.elements["iou_consistency"] == 1).all()
+    assert res.elements["equivariance_error"].max() < 1e-6
+    assert "iou_truth" in res.elements and "iou_truth_reference" in res.summary
+    assert res.samples["first"]["seg"].shape == (2, 4, 32, 32)
+
+
+class _Nan(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 3), float("nan"))
+
+
+class _Fails(nn.Module):
+    """Works on the first 3 forwards, then raises (a model that breaks mid-scan)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.calls = SmallCNN(), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > 3:
+            raise RuntimeError("device lost\nsecond line")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(("model", "match"), [
+    (SmallCNN(in_channels=3), "takes 3 channel"),
+    (_Nan(), "NaN"),
+    (nn.Flatten(0), "neither"),
+])
+def test_input_mismatch_is_one_clear_line(model: nn.Module, match: str) -> None:
+    with pytest.raises(InputMismatchError, match=match) as info:
+        audit(model, "digits", "c4", limit=4)
+    assert "\n" not in str(info.value)
+
+
+def test_wrong_task_and_bad_options() -> None:
+    with pytest.raises(InputMismatchError, match="task dense"):
+        audit(SmallCNN(), "digits", "c4", limit=4, task="dense")
+    for kwargs in ({"task": "detect"}, {"mask": "square"}, {"interpolation": "area"}, {"batch_size": 0}):
+        with pytest.raises(EquiauditError):
+            audit(SmallCNN(), "digits", "c4", limit=4, **kwargs)
+
+
+def test_failure_mid_scan_keeps_partial_results() -> None:
+    with pytest.raises(ScanInterrupted) as info:
+        audit(_Fails(), "digits", "c4", limit=20, batch_size=10)  # 2 images per forward after the probe
+    partial = info.value.partial
+    assert partial is not None and partial.meta["partial"] is True
+    assert 0 < partial.summary["images"] < 20
+    assert "device lost" in str(info.value) and "second line" not in str(info.value)
+
+
+def test_json_round_trip_and_schema(tmp_path) -> None:
+    res = audit(_seeded(SmallCNN()), "digits", "so2:4", limit=8, samples=2)
+    doc = json.loads(res.to_json())
+    assert doc["schema_version"] == 1 and doc["tool"] == "equiaudit"
+    assert set(doc) == {"schema_version", "tool", "summary", "elements", "per_class", "meta"}
+    first = doc["elements"][1]
+    for key in ("id", "label", "angle", "scale", "reflect", "exact", "agreement", "flip_rate", "kl",
+                "invariance_error", "accuracy", "accuracy_drop", "floor"):
+        assert key in first
+    for key in ("group", "model", "data", "task", "options", "versions", "device", "dtype", "wall_time_s",
+                "images_per_s"):
+        assert key in doc["meta"]
+    path = save(res, tmp_path / "r.json")
+    back = load(path)
+    assert back.summary == doc["summary"]
+    assert back.samples["first"]["pred"].shape == res.samples["first"]["pred"].shape
+    assert AuditResult.from_dict(doc).to_dict() == doc
+
+
+def test_metric_value_and_checks() -> None:
+    res = audit(C4Averaged(_seeded(SmallCNN())), "digits", "c4", limit=8, samples=0)
+    assert res.check(above={"invariance_error": 1e-5}, below={"agreement": 0.99}) == []
+    assert res.check(above={"invariance_error": -1.0})
+    with pytest.raises(EquiauditError, match="unknown metric"):
+        res.metric_value("iou_truth")
