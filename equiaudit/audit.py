@@ -269,17 +269,23 @@ def _scan_batch(module: nn.Module, batch: Batch, elems: tuple, options: AuditOpt
             state["out_mask"] = valid_mask(elems, out_shape[-2:], options.mask, dev)
         metrics["floor"] = FloorMetric(n_el)
     kw = {"interpolation": options.interpolation, "padding": options.padding, "cache": cache}
-    xg = apply_elements(x, elems, **kw)
-    inputs = torch.cat([x.unsqueeze(0), xg]).reshape((n_el + 1) * b, c, h, w)
+    # One input buffer: the untransformed batch, then every transformed copy written in place.
+    inputs = torch.empty((n_el + 1, b, c, h, w), dtype=x.dtype, device=dev)
+    inputs[0] = x
+    xg = apply_elements(x, elems, out=inputs[1:], **kw)
     with torch.inference_mode():
-        y = _forward(module, inputs, options.batch_size)
+        y = _forward(module, inputs.view((n_el + 1) * b, c, h, w), options.batch_size)
     if not torch.isfinite(y).all():
         raise InputMismatchError(f"the model output NaN or inf on images {state['images']}..{state['images'] + b - 1}")
     y = y.reshape(n_el + 1, b, *y.shape[1:])
     ref, out = y[0], y[1:]
-    sampled = [i for i, g in enumerate(elems) if not uses_exact_path(g, (h, w))]
-    roundtrip = apply_elements(xg, elems, inverse=True, **kw) if sampled else xg  # exact: floor 0 by definition
-    metrics["floor"].update(roundtrip if sampled else x.expand_as(xg), x, state["in_mask"])
+    sampled = state.setdefault("sampled", [i for i, g in enumerate(elems) if not uses_exact_path(g, (h, w))])
+    if sampled:  # exact elements are permutations: their round trip is the identity, floor 0
+        picked = [elems[i] for i in sampled]
+        roundtrip = apply_elements(xg if len(sampled) == n_el else xg[sampled], picked, inverse=True, **kw)
+        metrics["floor"].update(roundtrip, x, state["in_mask"], sampled)
+    else:
+        metrics["floor"].update(xg[:0], x, state["in_mask"], [])
     labels = batch.y.to(dev) if batch.y is not None and data.has_labels else None
     if state["task"] == "classify":
         scores = metrics["cls"].update(out, ref, labels)

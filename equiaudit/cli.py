@@ -88,10 +88,12 @@ def _print_table(result: Any) -> None:
     for _, row in frame.iterrows():
         cells = [f"{row[c]:.4g}" if row[c] == row[c] else "-" for c in metric_cols]
         table.add_row(str(row["label"]), "yes" if row["exact"] else "", *cells)
-    out.print(table)
+    # A pipe or file gets the full table instead of rich's 80-column default.
+    console = out if sys.stdout.isatty() else Console(file=sys.stdout, width=200, highlight=False, soft_wrap=True)
+    console.print(table)
     summary = result.summary
     keys = [k for k in summary if k not in ("exact_group",)]
-    out.print("summary: " + ", ".join(
+    console.print("summary: " + ", ".join(
         f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
 
 

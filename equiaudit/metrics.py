@@ -115,11 +115,17 @@ class FloorMetric(Metric):
         self.add_state("floor_sum", _zeros(num_elements), "sum")
         self.add_state("floor_max", _zeros(num_elements), "max")
 
-    def update(self, roundtrip: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-        err = relative_error(roundtrip, x, mask).double().cpu()
+    def update(self, roundtrip: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None,
+               index: list[int] | None = None) -> None:
+        """``roundtrip`` is ``(S, B, ...)`` for the elements at ``index`` (all when None); the others are exact
+        permutations whose floor is 0 by definition."""
         self.count += x.shape[0]
-        self.floor_sum += err.sum(-1)
-        self.floor_max = torch.maximum(self.floor_max, err.max(-1).values)
+        if roundtrip.shape[0] == 0:
+            return
+        err = relative_error(roundtrip, x, mask).double().cpu()
+        idx = torch.arange(self.floor_sum.shape[0]) if index is None else torch.tensor(index, dtype=torch.long)
+        self.floor_sum[idx] += err.sum(-1)
+        self.floor_max[idx] = torch.maximum(self.floor_max[idx], err.max(-1).values)
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {"floor": self.floor_sum / self.count.clamp_min(1), "floor_max": self.floor_max}

@@ -81,7 +81,7 @@ def sampling_grid(elements: Sequence[GroupElement], size: tuple[int, int], *, in
 
 def apply_elements(x: torch.Tensor, elements: Group | Sequence[GroupElement], *, inverse: bool = False,
                    interpolation: str = "bilinear", padding: str = "zeros",
-                   cache: GridCache | None = None) -> torch.Tensor:
+                   cache: GridCache | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Apply every element to a batch, returning ``(G, B, C, H, W)``.
 
     Args:
@@ -92,6 +92,7 @@ def apply_elements(x: torch.Tensor, elements: Group | Sequence[GroupElement], *,
         interpolation: ``bilinear`` | ``bicubic`` | ``nearest``.
         padding: ``zeros`` | ``border`` | ``reflection``.
         cache: a dict reused across calls so grids are built once per (elements, size, device, dtype).
+        out: an optional ``(G, B, C, H, W)`` tensor to write into (e.g. a slice of the model's input buffer).
 
     All non-exact elements go through one ``grid_sample`` call; exact ones are permutations.
     """
@@ -116,11 +117,15 @@ def apply_elements(x: torch.Tensor, elements: Group | Sequence[GroupElement], *,
             len(sampled), b * c, *size)
         res = F.grid_sample(src, grid, mode=interpolation, padding_mode=padding, align_corners=False)
         res = res.reshape(len(sampled), b, c, *size)
-        if len(sampled) == n:
+        if len(sampled) == n and out is None:
             return res
-    out = torch.empty((n, b, c, *size), dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((n, b, c, *size), dtype=x.dtype, device=x.device)
     if res is not None:
-        out[sampled] = res
+        if len(sampled) == n:
+            out.copy_(res)
+        else:
+            out[sampled] = res
     done = set(sampled)
     for i, g in enumerate(elements):
         if i not in done:
