@@ -34,9 +34,16 @@ class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
             nn.Linear(32, 10),
         )
 
@@ -66,14 +73,20 @@ def bench_throughput(model: nn.Module, x: torch.Tensor, steps: int, batch_size: 
     def run_bare() -> None:
         with torch.inference_mode():
             for i in range(0, bare_inputs.shape[0], batch_size):
-                model(bare_inputs[i:i + batch_size])
+                model(bare_inputs[i : i + batch_size])
 
     run_audit(), run_bare()  # warm-up
     t_audit, t_bare = best_of(run_audit), best_of(run_bare)
     transformed = n * len(group)
-    return {"images": n, "elements": len(group), "audit_s": t_audit, "bare_forward_s": t_bare,
-            "audit_transformed_per_s": transformed / t_audit, "bare_forward_per_s": transformed / t_bare,
-            "throughput_ratio": t_bare / t_audit}
+    return {
+        "images": n,
+        "elements": len(group),
+        "audit_s": t_audit,
+        "bare_forward_s": t_bare,
+        "audit_transformed_per_s": transformed / t_audit,
+        "bare_forward_per_s": transformed / t_bare,
+        "throughput_ratio": t_bare / t_audit,
+    }
 
 
 def bench_naive_loop(model: nn.Module, x: torch.Tensor, steps: int, t_audit: float) -> dict[str, float]:
@@ -84,7 +97,7 @@ def bench_naive_loop(model: nn.Module, x: torch.Tensor, steps: int, t_audit: flo
         with torch.inference_mode():
             for angle in angles:
                 for i in range(0, x.shape[0], 4):
-                    batch = x[i:i + 4]
+                    batch = x[i : i + 4]
                     ref = model(batch)
                     out = model(rotate(batch, angle, interpolation=InterpolationMode.BILINEAR))
                     (out.argmax(-1) == ref.argmax(-1)).float().mean()
@@ -130,13 +143,17 @@ def main() -> None:
     if args.json:
         print(json.dumps(res, indent=2))
         return
-    print(f"throughput ratio (audit / bare forward, so2:{args.steps}, {len(x)} digits): "
-          f"{res['throughput_ratio']:.3f}   target >= 0.90")
+    print(
+        f"throughput ratio (audit / bare forward, so2:{args.steps}, {len(x)} digits): "
+        f"{res['throughput_ratio']:.3f}   target >= 0.90"
+    )
     print(f"  audit {res['audit_transformed_per_s']:.0f} transformed img/s, bare {res['bare_forward_per_s']:.0f} img/s")
     print(f"speed-up over the naive torchvision loop (batches of 4): {res['speedup_vs_naive']:.1f}x   target >= 5x")
     if not args.skip_memory:
-        print(f"peak RSS 10,000 vs 1,000 images: {res['peak_rss_10000_mib']:.0f} MiB vs "
-              f"{res['peak_rss_1000_mib']:.0f} MiB, ratio {res['memory_ratio_10k_vs_1k']:.3f}   target ~1.0")
+        print(
+            f"peak RSS 10,000 vs 1,000 images: {res['peak_rss_10000_mib']:.0f} MiB vs "
+            f"{res['peak_rss_1000_mib']:.0f} MiB, ratio {res['memory_ratio_10k_vs_1k']:.3f}   target ~1.0"
+        )
     _ = resource  # imported for the child processes' measurement
 
 

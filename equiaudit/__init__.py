@@ -24,8 +24,18 @@ _LAZY = {
     "EquiauditError": "equiaudit.errors",
 }
 __all__ = [  # noqa: RUF022 - grouped by concept
-    "audit", "AuditResult", "parse_group", "Group", "GroupElement", "GroupTransform", "apply_elements",
-    "load_model", "load_data", "EquiauditError", "__version__", "zoo",
+    "audit",
+    "AuditResult",
+    "parse_group",
+    "Group",
+    "GroupElement",
+    "GroupTransform",
+    "apply_elements",
+    "load_model",
+    "load_data",
+    "EquiauditError",
+    "__version__",
+    "zoo",
 ]
 
 if TYPE_CHECKING:

@@ -36,8 +36,8 @@ class AuditOptions:
     interpolation: str = "bilinear"
     padding: str = "zeros"
     mask: str = "auto"
-    batch_size: int = 256          # images per model forward (transformed copies included)
-    samples: int = 8               # gallery images kept in memory for reports (first N and worst N)
+    batch_size: int = 256  # images per model forward (transformed copies included)
+    samples: int = 8  # gallery images kept in memory for reports (first N and worst N)
 
 
 def _first_conv_channels(module: nn.Module) -> int | None:
@@ -53,7 +53,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _forward(module: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    outs = [module(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    outs = [module(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     for o in outs:
         if not isinstance(o, torch.Tensor):
             raise InputMismatchError(f"the model returned {type(o).__name__}, not a tensor")
@@ -64,16 +64,19 @@ def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> tup
     """Check the model on one real batch before the scan; returns the task and the per-image output shape."""
     c = _first_conv_channels(module)
     if c is not None and c != x.shape[1]:
-        raise InputMismatchError(f"the model's first convolution takes {c} channel(s) but the data "
-                                 f"{data.spec!r} has {x.shape[1]}; use --channels {c}")
+        raise InputMismatchError(
+            f"the model's first convolution takes {c} channel(s) but the data "
+            f"{data.spec!r} has {x.shape[1]}; use --channels {c}"
+        )
     try:
         with torch.inference_mode():
             y = _forward(module, x, x.shape[0])
     except EquiauditError:
         raise
     except Exception as exc:
-        raise InputMismatchError(f"the model fails on input of shape {tuple(x.shape)} from {data.spec!r}: "
-                                 f"{_one_line(exc)}") from None
+        raise InputMismatchError(
+            f"the model fails on input of shape {tuple(x.shape)} from {data.spec!r}: {_one_line(exc)}"
+        ) from None
     if not torch.isfinite(y).all():
         raise InputMismatchError(f"the model outputs NaN or inf on {data.spec!r} (shape {tuple(x.shape)})")
     if y.dim() == 2:
@@ -81,16 +84,19 @@ def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> tup
     elif y.dim() == 4:
         hr, wr = y.shape[-2] / x.shape[-2], y.shape[-1] / x.shape[-1]
         if not math.isclose(hr, wr, rel_tol=1e-6):
-            raise InputMismatchError(f"dense output {tuple(y.shape[-2:])} is not proportional to the input "
-                                     f"{tuple(x.shape[-2:])}, so transformations cannot be undone on it")
+            raise InputMismatchError(
+                f"dense output {tuple(y.shape[-2:])} is not proportional to the input "
+                f"{tuple(x.shape[-2:])}, so transformations cannot be undone on it"
+            )
         chosen = "segment" if data.has_masks else "dense"
     else:
         raise InputMismatchError(f"output shape {tuple(y.shape)} is neither (B, classes) nor (B, C, H, W)")
     if task == "auto":
         return chosen, tuple(y.shape[1:])
     if (task == "classify") != (y.dim() == 2):
-        raise InputMismatchError(f"--task {task} cannot use output shape {tuple(y.shape)}; "
-                                 f"it looks like {chosen} (try --task auto)")
+        raise InputMismatchError(
+            f"--task {task} cannot use output shape {tuple(y.shape)}; it looks like {chosen} (try --task auto)"
+        )
     return task, tuple(y.shape[1:])
 
 
@@ -137,7 +143,9 @@ def _as_data(data: Any, data_options: dict[str, Any]) -> AuditData:
         return AuditData.from_tensors(data)
     if isinstance(data, (tuple, list)) and data and isinstance(data[0], torch.Tensor):
         return AuditData.from_tensors(*data)
-    raise EquiauditError(f"data must be a spec string, AuditData, a tensor or (x, y[, mask]); got {type(data).__name__}")
+    raise EquiauditError(
+        f"data must be a spec string, AuditData, a tensor or (x, y[, mask]); got {type(data).__name__}"
+    )
 
 
 def _summary(frame: pd.DataFrame, extra: dict[str, float]) -> dict[str, Any]:
@@ -168,12 +176,26 @@ def _summary(frame: pd.DataFrame, extra: dict[str, float]) -> dict[str, Any]:
     return out
 
 
-def audit(model: nn.Module | str | LoadedModel, data: Any = "digits", group: str | Group = "so2",
-          steps: int | None = None, *, task: str = "auto", interpolation: str = "bilinear",
-          padding: str = "zeros", mask: str = "auto", batch_size: int = 256, samples: int = 8,
-          device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-          trust: bool = False, arch: str | None = None, progress: Progress | None = None,
-          on_task: Callable[[str, bool], None] | None = None, **data_options: Any) -> AuditResult:
+def audit(
+    model: nn.Module | str | LoadedModel,
+    data: Any = "digits",
+    group: str | Group = "so2",
+    steps: int | None = None,
+    *,
+    task: str = "auto",
+    interpolation: str = "bilinear",
+    padding: str = "zeros",
+    mask: str = "auto",
+    batch_size: int = 256,
+    samples: int = 8,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    trust: bool = False,
+    arch: str | None = None,
+    progress: Progress | None = None,
+    on_task: Callable[[str, bool], None] | None = None,
+    **data_options: Any,
+) -> AuditResult:
     """Audit ``model`` on ``data`` under every element of ``group``.
 
     Args:
@@ -201,8 +223,11 @@ def audit(model: nn.Module | str | LoadedModel, data: Any = "digits", group: str
     valid_mask(grp.elements, (3, 3), mask)  # validates the option before any work
     apply_elements(torch.zeros(1, 1, 2, 2), grp.elements[:1], interpolation=interpolation, padding=padding)
 
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, arch=arch, trust=trust, device=None if device is None else resolve_device(device))
+    loaded = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(model, arch=arch, trust=trust, device=None if device is None else resolve_device(device))
+    )
     module = loaded.module.eval()
     param = next(iter(module.parameters()), None)
     dev = resolve_device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
@@ -227,8 +252,19 @@ def audit(model: nn.Module | str | LoadedModel, data: Any = "digits", group: str
     total = len(dataset)
 
     def build() -> AuditResult:
-        return _build_result(grp, loaded, dataset, options, metrics, state, gallery, dev, dt,
-                             time.perf_counter() - t0, partial=state["images"] < total)
+        return _build_result(
+            grp,
+            loaded,
+            dataset,
+            options,
+            metrics,
+            state,
+            gallery,
+            dev,
+            dt,
+            time.perf_counter() - t0,
+            partial=state["images"] < total,
+        )
 
     batches = dataset.batches(per_chunk)
     try:
@@ -244,21 +280,38 @@ def audit(model: nn.Module | str | LoadedModel, data: Any = "digits", group: str
                 raise ScanInterrupted("interrupted before the first batch finished") from exc
             raise EquiauditError(f"scan failed on the first batch: {_one_line(exc)}") from exc
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _one_line(exc)
-        raise ScanInterrupted(f"scan stopped after {state['images']} of {total} images: {reason}",
-                              partial=build()) from exc
+        raise ScanInterrupted(
+            f"scan stopped after {state['images']} of {total} images: {reason}", partial=build()
+        ) from exc
     return build()
 
 
-def _scan_batch(module: nn.Module, batch: Batch, elems: tuple, options: AuditOptions, cache: GridCache,
-                metrics: dict[str, Any], state: dict[str, Any], gallery: _Gallery, dev: torch.device,
-                dt: torch.dtype, data: AuditData, task: str, on_task: Callable[[str, bool], None] | None) -> None:
+def _scan_batch(
+    module: nn.Module,
+    batch: Batch,
+    elems: tuple,
+    options: AuditOptions,
+    cache: GridCache,
+    metrics: dict[str, Any],
+    state: dict[str, Any],
+    gallery: _Gallery,
+    dev: torch.device,
+    dt: torch.dtype,
+    data: AuditData,
+    task: str,
+    on_task: Callable[[str, bool], None] | None,
+) -> None:
     x = batch.x.to(device=dev, dtype=dt)
     b, c, h, w = x.shape
     n_el = len(elems)
     if "task" not in state:
         chosen, out_shape = probe(module, data, x, task)
-        state.update(task=chosen, task_auto=task == "auto", out_shape=out_shape,
-                     in_mask=valid_mask(elems, (h, w), options.mask, dev))
+        state.update(
+            task=chosen,
+            task_auto=task == "auto",
+            out_shape=out_shape,
+            in_mask=valid_mask(elems, (h, w), options.mask, dev),
+        )
         if on_task is not None:
             on_task(chosen, task == "auto")
         if chosen == "classify":
@@ -290,16 +343,21 @@ def _scan_batch(module: nn.Module, batch: Batch, elems: tuple, options: AuditOpt
     if state["task"] == "classify":
         scores = metrics["cls"].update(out, ref, labels)
         worst = (1 - scores["agreement"]).sum(0) + scores["kl"].mean(0).clamp_max(0.999)
-        payload = {"pred": scores["pred"], "confidence": scores["confidence"],
-                   "ref_pred": ref.argmax(-1)[None], "ref_confidence": ref.softmax(-1).amax(-1)[None]}
+        payload = {
+            "pred": scores["pred"],
+            "confidence": scores["confidence"],
+            "ref_pred": ref.argmax(-1)[None],
+            "ref_confidence": ref.softmax(-1).amax(-1)[None],
+        }
         if labels is not None:
             payload["label"] = labels[None]
     else:
         back = apply_elements(out, elems, inverse=True, **kw)
         truth = None
         if batch.mask is not None and data.has_masks:
-            truth = torch.nn.functional.interpolate(batch.mask.to(dev, torch.float32), size=ref.shape[-2:],
-                                                    mode="nearest")[:, 0].long()
+            truth = torch.nn.functional.interpolate(
+                batch.mask.to(dev, torch.float32), size=ref.shape[-2:], mode="nearest"
+            )[:, 0].long()
         scores = metrics["dense"].update(back, ref, state["out_mask"], truth)
         worst = scores["equivariance_error"].mean(0)
         payload = {"error_map": (back - ref).abs().mean(2).half()}
@@ -314,9 +372,19 @@ def _scan_batch(module: nn.Module, batch: Batch, elems: tuple, options: AuditOpt
     state["images"] += b
 
 
-def _build_result(grp: Group, loaded: LoadedModel, data: AuditData, options: AuditOptions,
-                  metrics: dict[str, Any], state: dict[str, Any], gallery: _Gallery, dev: torch.device,
-                  dt: torch.dtype, wall: float, partial: bool) -> AuditResult:
+def _build_result(
+    grp: Group,
+    loaded: LoadedModel,
+    data: AuditData,
+    options: AuditOptions,
+    metrics: dict[str, Any],
+    state: dict[str, Any],
+    gallery: _Gallery,
+    dev: torch.device,
+    dt: torch.dtype,
+    wall: float,
+    partial: bool,
+) -> AuditResult:
     rows = [{"id": i, "label": g.label, **g.params(), "exact": g.exact} for i, g in enumerate(grp.elements)]
     frame = pd.DataFrame(rows)
     extra: dict[str, float] = {}
@@ -329,7 +397,7 @@ def _build_result(grp: Group, loaded: LoadedModel, data: AuditData, options: Aud
         if key == "cls":
             pc = metric.per_class()
             classes = data.class_names or [str(k) for k in range(metric.num_classes)]
-            per_class = {"classes": classes[:metric.num_classes]}
+            per_class = {"classes": classes[: metric.num_classes]}
             per_class.update({k: v.numpy().tolist() for k, v in pc.items()})
     summary = _summary(frame, extra) if metrics else {}
     summary["images"] = state["images"]
@@ -341,11 +409,19 @@ def _build_result(grp: Group, loaded: LoadedModel, data: AuditData, options: Aud
         "task": state.get("task"),
         "task_auto": state.get("task_auto"),
         "output_shape": list(state.get("out_shape", ())),
-        "options": {"interpolation": options.interpolation, "padding": options.padding, "mask": options.mask,
-                    "batch_size": options.batch_size,
-                    "mask_fraction": float(state["in_mask"].float().mean()) if "in_mask" in state else None},
-        "versions": {"equiaudit": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
-                     "platform": platform.platform()},
+        "options": {
+            "interpolation": options.interpolation,
+            "padding": options.padding,
+            "mask": options.mask,
+            "batch_size": options.batch_size,
+            "mask_fraction": float(state["in_mask"].float().mean()) if "in_mask" in state else None,
+        },
+        "versions": {
+            "equiaudit": __version__,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
         "device": str(dev),
         "dtype": str(dt).replace("torch.", ""),
         "wall_time_s": wall,

@@ -19,8 +19,12 @@ from rich.table import Table
 
 from .errors import EquiauditError, ScanInterrupted
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Equivariance testing and auditing for PyTorch vision models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Equivariance testing and auditing for PyTorch vision models.",
+)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
@@ -76,9 +80,23 @@ def _save(result: Any, path: Path | None, kind: str = "result") -> Path | None:
 
 def _print_table(result: Any) -> None:
     frame = result.elements
-    metric_cols = [c for c in ("agreement", "flip_rate", "kl", "invariance_error", "accuracy", "accuracy_drop",
-                               "equivariance_error", "max_abs_error", "iou_consistency", "iou_truth", "floor")
-                   if c in frame]
+    metric_cols = [
+        c
+        for c in (
+            "agreement",
+            "flip_rate",
+            "kl",
+            "invariance_error",
+            "accuracy",
+            "accuracy_drop",
+            "equivariance_error",
+            "max_abs_error",
+            "iou_consistency",
+            "iou_truth",
+            "floor",
+        )
+        if c in frame
+    ]
     title = f"{result.meta['model']['source']} · {result.meta['group']['spec']} · {result.meta['task']}"
     table = Table(title=title, title_justify="left")
     table.add_column("element")
@@ -93,18 +111,35 @@ def _print_table(result: Any) -> None:
     console.print(table)
     summary = result.summary
     keys = [k for k in summary if k not in ("exact_group",)]
-    console.print("summary: " + ", ".join(
-        f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
+    console.print(
+        "summary: "
+        + ", ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys)
+    )
 
 
 @app.command()
 def scan(
-    model: Annotated[str, typer.Argument(help="Model file (.pt state dict / pickle / TorchScript, .pt2), or zoo:NAME.")],
-    group: Annotated[str, typer.Option("--group", "-g", help="Group spec: so2, so2:N, rot:A..B:N, c4, d4, flip, "
-                                       "scale:0.5..2:7, products like c4*scale:0.8,1,1.25.")] = "so2",
+    model: Annotated[
+        str, typer.Argument(help="Model file (.pt state dict / pickle / TorchScript, .pt2), or zoo:NAME.")
+    ],
+    group: Annotated[
+        str,
+        typer.Option(
+            "--group",
+            "-g",
+            help="Group spec: so2, so2:N, rot:A..B:N, c4, d4, flip, scale:0.5..2:7, products like c4*scale:0.8,1,1.25.",
+        ),
+    ] = "so2",
     steps: Annotated[int | None, typer.Option("--steps", "-n", help="Angles for so2 (default 36).")] = None,
-    data: Annotated[str, typer.Option("--data", "-d", help="digits, rot-digits, scale-digits, shapes-seg, photos, "
-                                      "noise, mnist, rot-mnist, a folder, or a .npz/.pt file.")] = "digits",
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="digits, rot-digits, scale-digits, shapes-seg, photos, "
+            "noise, mnist, rot-mnist, a folder, or a .npz/.pt file.",
+        ),
+    ] = "digits",
     split: Annotated[str, typer.Option(help="Data split: train, val, test or all.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Use at most this many images.")] = None,
     input_size: Annotated[int | None, typer.Option(help="Resize images to SIZE x SIZE.")] = None,
@@ -113,8 +148,9 @@ def scan(
     std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
     input_shape: Annotated[str | None, typer.Option(help="C,H,W of --data noise (default 1,28,28).")] = None,
     download: Annotated[bool, typer.Option(help="Allow downloading mnist / rot-mnist into the cache.")] = False,
-    cache_dir: Annotated[Path | None, typer.Option(help="Dataset cache (default $EQUIAUDIT_CACHE or "
-                                                   "~/.cache/equiaudit).")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Dataset cache (default $EQUIAUDIT_CACHE or ~/.cache/equiaudit).")
+    ] = None,
     task: Annotated[str, typer.Option(help="auto, classify, segment or dense.")] = "auto",
     interpolation: Annotated[str, typer.Option(help="bilinear, bicubic or nearest.")] = "bilinear",
     padding: Annotated[str, typer.Option(help="zeros, border or reflection.")] = "zeros",
@@ -123,16 +159,25 @@ def scan(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1...")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
     arch: Annotated[str | None, typer.Option(help="Architecture for a state dict: module:factory or zoo:NAME.")] = None,
-    trust: Annotated[bool, typer.Option(help="Allow files that run code when loaded (pickled modules, "
-                                        "TorchScript, .pt2). Only for files from a source you trust.")] = False,
+    trust: Annotated[
+        bool,
+        typer.Option(
+            help="Allow files that run code when loaded (pickled modules, "
+            "TorchScript, .pt2). Only for files from a source you trust."
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")] = False,
     out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the JSON document here.")] = None,
     report: Annotated[Path | None, typer.Option(help="Write an HTML audit report here.")] = None,
     samples: Annotated[int, typer.Option(help="Gallery images kept for reports.")] = 8,
-    fail_above: Annotated[list[str] | None, typer.Option(help="METRIC=VALUE: exit 1 when the metric's worst "
-                                                         "value is above VALUE (repeatable).")] = None,
-    fail_below: Annotated[list[str] | None, typer.Option(help="METRIC=VALUE: exit 1 when the metric's worst "
-                                                         "value is below VALUE (repeatable).")] = None,
+    fail_above: Annotated[
+        list[str] | None,
+        typer.Option(help="METRIC=VALUE: exit 1 when the metric's worst value is above VALUE (repeatable)."),
+    ] = None,
+    fail_below: Annotated[
+        list[str] | None,
+        typer.Option(help="METRIC=VALUE: exit 1 when the metric's worst value is below VALUE (repeatable)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages on stderr.")] = False,
 ) -> None:
     """Audit a model's invariance / equivariance under a transformation group."""
@@ -146,9 +191,16 @@ def scan(
         if len(dims) != 3 or any(d < 1 or d != int(d) for d in dims):
             raise fail(f"--input-shape takes C,H,W (e.g. 1,28,28), got {input_shape!r}")
         shape = tuple(int(d) for d in dims)
-    data_options = {"split": split, "limit": limit, "input_size": input_size, "channels": channels,
-                    "mean": _floats(mean, "--mean"), "std": _floats(std, "--std"), "download": download,
-                    "cache_dir": cache_dir}
+    data_options = {
+        "split": split,
+        "limit": limit,
+        "input_size": input_size,
+        "channels": channels,
+        "mean": _floats(mean, "--mean"),
+        "std": _floats(std, "--std"),
+        "download": download,
+        "cache_dir": cache_dir,
+    }
     if shape is not None:
         data_options["input_shape"] = shape
     show = not (quiet or json_out)
@@ -161,8 +213,26 @@ def scan(
             err.print(f"task: {chosen} (chosen from the model's output shape; override with --task)")
 
     try:
-        result = _run_scan(audit, model, group, steps, data, data_options, task, interpolation, padding, mask,
-                           batch_size, device, dtype, arch, trust, samples, show, on_task)
+        result = _run_scan(
+            audit,
+            model,
+            group,
+            steps,
+            data,
+            data_options,
+            task,
+            interpolation,
+            padding,
+            mask,
+            batch_size,
+            device,
+            dtype,
+            arch,
+            trust,
+            samples,
+            show,
+            on_task,
+        )
     except ScanInterrupted as exc:
         if exc.partial is not None:
             saved = _save(exc.partial, out_file or _rescue_path("partial"), "partial result")
@@ -178,8 +248,7 @@ def scan(
         _save(result, out_file or _rescue_path("result"))
         raise fail(str(exc)) from None
     if above or below:
-        result.meta["checks"] = {"fail_above": above, "fail_below": below, "failures": failures,
-                                 "passed": not failures}
+        result.meta["checks"] = {"fail_above": above, "fail_below": below, "failures": failures, "passed": not failures}
     saved = _save(result, out_file)
     if report is not None:
         try:
@@ -202,30 +271,59 @@ def scan(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _run_scan(audit: Any, model: str, group: str, steps: int | None, data: str, data_options: dict[str, Any],
-              task: str, interpolation: str, padding: str, mask: str, batch_size: int, device: str, dtype: str,
-              arch: str | None, trust: bool, samples: int, show: bool, on_task: Any) -> Any:
+def _run_scan(
+    audit: Any,
+    model: str,
+    group: str,
+    steps: int | None,
+    data: str,
+    data_options: dict[str, Any],
+    task: str,
+    interpolation: str,
+    padding: str,
+    mask: str,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    arch: str | None,
+    trust: bool,
+    samples: int,
+    show: bool,
+    on_task: Any,
+) -> Any:
     from .groups import parse_group
 
     grp = parse_group(group, steps)  # a bad spec fails before the model or data load
-    kwargs = dict(group=grp, task=task, interpolation=interpolation, padding=padding, mask=mask,
-                  batch_size=batch_size, device=device, dtype=dtype, arch=arch, trust=trust, samples=samples,
-                  on_task=on_task, **data_options)
+    kwargs = dict(
+        group=grp,
+        task=task,
+        interpolation=interpolation,
+        padding=padding,
+        mask=mask,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        arch=arch,
+        trust=trust,
+        samples=samples,
+        on_task=on_task,
+        **data_options,
+    )
     if not show or not err.is_terminal:
         return audit(model, data, **kwargs)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-               TimeRemainingColumn())
+    columns = (TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         tid = bar.add_task("scan", total=None)
-        return audit(model, data, progress=lambda done, total: bar.update(tid, completed=done, total=total),
-                     **kwargs)
+        return audit(model, data, progress=lambda done, total: bar.update(tid, completed=done, total=total), **kwargs)
 
 
 @app.command()
-def groups(spec: Annotated[str, typer.Argument(help="A group spec, e.g. d4 or c4*scale:0.8,1,1.25.")],
-           steps: Annotated[int | None, typer.Option("--steps", "-n")] = None) -> None:
+def groups(
+    spec: Annotated[str, typer.Argument(help="A group spec, e.g. d4 or c4*scale:0.8,1,1.25.")],
+    steps: Annotated[int | None, typer.Option("--steps", "-n")] = None,
+) -> None:
     """List the elements of a group spec with their parameters and matrices."""
     from .groups import parse_group
 
@@ -233,14 +331,22 @@ def groups(spec: Annotated[str, typer.Argument(help="A group spec, e.g. d4 or c4
         grp = parse_group(spec, steps)
     except EquiauditError as exc:
         raise fail(str(exc)) from None
-    table = Table(title=f"{grp.spec}: {len(grp)} elements ({'exact' if grp.exact else 'interpolated'})",
-                  title_justify="left")
+    table = Table(
+        title=f"{grp.spec}: {len(grp)} elements ({'exact' if grp.exact else 'interpolated'})", title_justify="left"
+    )
     for col in ("id", "label", "angle", "scale", "reflect", "exact", "matrix (centred, y down)"):
         table.add_column(col)
     for i, g in enumerate(grp):
         m = g.matrix()[:, :2]
-        table.add_row(str(i), g.label, f"{g.angle:g}", f"{g.scale:g}", str(g.reflect), str(g.exact),
-                      f"[{m[0, 0]:+.3f} {m[0, 1]:+.3f}; {m[1, 0]:+.3f} {m[1, 1]:+.3f}]")
+        table.add_row(
+            str(i),
+            g.label,
+            f"{g.angle:g}",
+            f"{g.scale:g}",
+            str(g.reflect),
+            str(g.exact),
+            f"[{m[0, 0]:+.3f} {m[0, 1]:+.3f}; {m[1, 0]:+.3f} {m[1, 1]:+.3f}]",
+        )
     out.print(table)
 
 
@@ -271,6 +377,8 @@ def main() -> None:
     except Exception as exc:  # a bug: still one line for the user
         if os.environ.get("EQUIAUDIT_DEBUG"):
             raise
-        err.print(f"error: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                  "(rerun with EQUIAUDIT_DEBUG=1 for the traceback)")
+        err.print(
+            f"error: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(rerun with EQUIAUDIT_DEBUG=1 for the traceback)"
+        )
         sys.exit(EXIT_USAGE)

@@ -161,13 +161,19 @@ class Group:
         angles = {g.angle for g in self.elements}
         scales = {g.scale for g in self.elements}
         reflects = {g.reflect for g in self.elements}
-        varying = [name for name, s in (("rotation", angles), ("scale", scales), ("reflection", reflects))
-                   if len(s) > 1]
+        varying = [
+            name for name, s in (("rotation", angles), ("scale", scales), ("reflection", reflects)) if len(s) > 1
+        ]
         return varying[0] if len(varying) == 1 else ("mixed" if varying else "trivial")
 
     def describe(self) -> dict:
-        return {"spec": self.spec, "size": len(self), "exact": self.exact, "kind": self.kind,
-                "elements": [g.label for g in self.elements]}
+        return {
+            "spec": self.spec,
+            "size": len(self),
+            "exact": self.exact,
+            "kind": self.kind,
+            "elements": [g.label for g in self.elements],
+        }
 
 
 def _number(text: str, spec: str) -> float:
@@ -182,8 +188,9 @@ def _number(text: str, spec: str) -> float:
 
 def _count(text: str, spec: str) -> int:
     if not text.isdigit() or int(text) < 1:
-        raise GroupSpecError(f"bad count {text!r} in group spec {spec!r} (a positive integer); "
-                             f"valid forms: {VALID_FORMS}")
+        raise GroupSpecError(
+            f"bad count {text!r} in group spec {spec!r} (a positive integer); valid forms: {VALID_FORMS}"
+        )
     return int(text)
 
 
@@ -246,7 +253,6 @@ def parse_group(spec: str | Group | Sequence[GroupElement], steps: int | None = 
     product = reduce(lambda acc, f: [a * b for a in acc for b in f], factors)
     unique = tuple(dict.fromkeys(product))
     canonical = "*".join(
-        f"so2:{steps or DEFAULT_SO2_STEPS}" if tok == "so2" else tok
-        for tok in text.lower().replace(" ", "").split("*")
+        f"so2:{steps or DEFAULT_SO2_STEPS}" if tok == "so2" else tok for tok in text.lower().replace(" ", "").split("*")
     )
     return Group(canonical, unique)

@@ -20,6 +20,7 @@ _EPS = 1e-12
 
 # ---- per-image formulas -------------------------------------------------------------------------------------
 
+
 def relative_error(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``||out - ref|| / ||ref||`` per image over all trailing dims (optionally inside a broadcastable mask).
 
@@ -69,6 +70,7 @@ def iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, mask: torch.
 
 # ---- reducible state ----------------------------------------------------------------------------------------
 
+
 class Metric:
     """State + ``update`` + ``compute`` + ``merge``; every state declares its reduction (``sum`` | ``max``)."""
 
@@ -105,7 +107,6 @@ def _zeros(n: int, *shape: int) -> torch.Tensor:
     return torch.zeros((n, *shape), dtype=torch.float64)
 
 
-
 class FloorMetric(Metric):
     """Interpolation floor per element: ``||T_g^-1 T_g x - x|| / ||x||`` inside the mask, mean and max."""
 
@@ -115,8 +116,9 @@ class FloorMetric(Metric):
         self.add_state("floor_sum", _zeros(num_elements), "sum")
         self.add_state("floor_max", _zeros(num_elements), "max")
 
-    def update(self, roundtrip: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None,
-               index: list[int] | None = None) -> None:
+    def update(
+        self, roundtrip: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, index: list[int] | None = None
+    ) -> None:
         """``roundtrip`` is ``(S, B, ...)`` for the elements at ``index`` (all when None); the others are exact
         permutations whose floor is 0 by definition."""
         self.count += x.shape[0]
@@ -147,12 +149,14 @@ class ClassificationMetrics(Metric):
         self.add_state("correct", _zeros(g), "sum")
         self.add_state("correct_ref", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("all_correct", torch.zeros((), dtype=torch.float64), "sum")
-        self.add_state("class_count", _zeros(k), "sum")            # images per true class
-        self.add_state("class_correct", _zeros(g, k), "sum")       # correct per element and true class
-        self.add_state("pred_count", _zeros(k), "sum")             # images per reference prediction
-        self.add_state("class_agree", _zeros(g, k), "sum")         # agreement per element and reference class
+        self.add_state("class_count", _zeros(k), "sum")  # images per true class
+        self.add_state("class_correct", _zeros(g, k), "sum")  # correct per element and true class
+        self.add_state("pred_count", _zeros(k), "sum")  # images per reference prediction
+        self.add_state("class_agree", _zeros(g, k), "sum")  # agreement per element and reference class
 
-    def update(self, out: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def update(
+        self, out: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Add a batch: ``out`` is ``(G, B, K)``, ``ref`` ``(B, K)``. Returns per-image scores ``(G, B)``."""
         k = self.num_classes
         pred_ref, pred = ref.argmax(-1), out.argmax(-1)
@@ -177,13 +181,23 @@ class ClassificationMetrics(Metric):
             self.all_correct += (correct.prod(0) * correct_ref).sum().cpu()
             self.class_count += onehot.sum(0).cpu()
             self.class_correct += torch.einsum("gb,bk->gk", correct, onehot).cpu()
-        return {"agreement": agree, "kl": kl, "invariance_error": err, "pred": pred,
-                "confidence": out.softmax(-1).amax(-1)}
+        return {
+            "agreement": agree,
+            "kl": kl,
+            "invariance_error": err,
+            "pred": pred,
+            "confidence": out.softmax(-1).amax(-1),
+        }
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count.clamp_min(1)
-        res = {"agreement": self.agree / n, "flip_rate": 1 - self.agree / n, "kl": self.kl_sum / n,
-               "invariance_error": self.err_sum / n, "invariance_error_max": self.err_max}
+        res = {
+            "agreement": self.agree / n,
+            "flip_rate": 1 - self.agree / n,
+            "kl": self.kl_sum / n,
+            "invariance_error": self.err_sum / n,
+            "invariance_error_max": self.err_max,
+        }
         if self.labelled > 0:
             m = self.labelled
             acc = self.correct / m
@@ -196,8 +210,12 @@ class ClassificationMetrics(Metric):
         if self.labelled > 0:
             m = self.labelled
             acc = self.correct / m
-            out.update(accuracy_reference=float(self.correct_ref / m), accuracy_mean=float(acc.mean()),
-                       accuracy_min=float(acc.min()), worst_case_accuracy=float(self.all_correct / m))
+            out.update(
+                accuracy_reference=float(self.correct_ref / m),
+                accuracy_mean=float(acc.mean()),
+                accuracy_min=float(acc.min()),
+                worst_case_accuracy=float(self.all_correct / m),
+            )
         return out
 
     def per_class(self) -> dict[str, torch.Tensor]:
@@ -225,8 +243,9 @@ class DenseMetrics(Metric):
         self.add_state("truth_sum", _zeros(g), "sum")
         self.add_state("truth_ref_sum", torch.zeros((), dtype=torch.float64), "sum")
 
-    def update(self, out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None,
-               truth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def update(
+        self, out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None, truth: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Add a batch: ``out`` ``(G, B, C, H, W)`` already undone, ``ref`` ``(B, C, H, W)``, ``mask`` ``(H, W)``,
         ``truth`` ``(B, H, W)`` label maps. Returns per-image scores ``(G, B)``."""
         m = None if mask is None else mask.to(ref.dtype)
@@ -252,8 +271,11 @@ class DenseMetrics(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count.clamp_min(1)
-        res = {"equivariance_error": self.err_sum / n, "equivariance_error_max": self.err_max,
-               "max_abs_error": self.abs_max}
+        res = {
+            "equivariance_error": self.err_sum / n,
+            "equivariance_error_max": self.err_max,
+            "max_abs_error": self.abs_max,
+        }
         if self.segment:
             res["iou_consistency"] = self.iou_sum / n
             if self.truth_count > 0:

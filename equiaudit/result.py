@@ -30,22 +30,72 @@ from .errors import EquiauditError, ResultFormatError
 
 SCHEMA_VERSION = 1
 ELEMENT_KEYS = ("id", "label", "angle", "scale", "reflect", "exact")
-ELEMENT_METRICS = ("agreement", "flip_rate", "kl", "invariance_error", "invariance_error_max", "accuracy",
-                   "accuracy_drop", "equivariance_error", "equivariance_error_max", "max_abs_error",
-                   "iou_consistency", "iou_truth", "floor", "floor_max")
+ELEMENT_METRICS = (
+    "agreement",
+    "flip_rate",
+    "kl",
+    "invariance_error",
+    "invariance_error_max",
+    "accuracy",
+    "accuracy_drop",
+    "equivariance_error",
+    "equivariance_error_max",
+    "max_abs_error",
+    "iou_consistency",
+    "iou_truth",
+    "floor",
+    "floor_max",
+)
 # Higher is better for these; every other metric is an error (lower is better).
-HIGHER_IS_BETTER = frozenset({"agreement", "accuracy", "iou_consistency", "iou_truth", "accuracy_mean",
-                              "accuracy_min", "worst_case_accuracy", "accuracy_reference", "agreement_min",
-                              "agreement_mean", "iou_consistency_min", "iou_consistency_mean",
-                              "iou_truth_reference", "iou_truth_mean", "iou_truth_min"})
+HIGHER_IS_BETTER = frozenset(
+    {
+        "agreement",
+        "accuracy",
+        "iou_consistency",
+        "iou_truth",
+        "accuracy_mean",
+        "accuracy_min",
+        "worst_case_accuracy",
+        "accuracy_reference",
+        "agreement_min",
+        "agreement_mean",
+        "iou_consistency_min",
+        "iou_consistency_mean",
+        "iou_truth_reference",
+        "iou_truth_mean",
+        "iou_truth_min",
+    }
+)
 
 
-SUMMARY_METRICS = frozenset({
-    "agreement_mean", "agreement_min", "flip_rate_max", "kl_mean", "kl_max", "invariance_error_mean",
-    "invariance_error_max", "equivariance_error_mean", "equivariance_error_max", "floor_mean", "floor_max",
-    "max_abs_error_mean", "max_abs_error_max", "iou_consistency_mean", "iou_consistency_min", "iou_truth_mean",
-    "iou_truth_min", "accuracy_drop_max", "error_to_floor_max", "accuracy_reference", "accuracy_mean",
-    "accuracy_min", "worst_case_accuracy", "iou_truth_reference"})
+SUMMARY_METRICS = frozenset(
+    {
+        "agreement_mean",
+        "agreement_min",
+        "flip_rate_max",
+        "kl_mean",
+        "kl_max",
+        "invariance_error_mean",
+        "invariance_error_max",
+        "equivariance_error_mean",
+        "equivariance_error_max",
+        "floor_mean",
+        "floor_max",
+        "max_abs_error_mean",
+        "max_abs_error_max",
+        "iou_consistency_mean",
+        "iou_consistency_min",
+        "iou_truth_mean",
+        "iou_truth_min",
+        "accuracy_drop_max",
+        "error_to_floor_max",
+        "accuracy_reference",
+        "accuracy_mean",
+        "accuracy_min",
+        "worst_case_accuracy",
+        "iou_truth_reference",
+    }
+)
 
 
 def known_metrics() -> frozenset[str]:
@@ -99,8 +149,14 @@ class AuditResult:
 
     def to_dict(self) -> dict[str, Any]:
         records = [{k: _clean(v) for k, v in row.items()} for row in self.elements.to_dict(orient="records")]
-        return {"schema_version": SCHEMA_VERSION, "tool": "equiaudit", "summary": _clean(self.summary),
-                "elements": records, "per_class": _clean(self.per_class), "meta": _clean(self.meta)}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": "equiaudit",
+            "summary": _clean(self.summary),
+            "elements": records,
+            "per_class": _clean(self.per_class),
+            "meta": _clean(self.meta),
+        }
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -113,11 +169,16 @@ class AuditResult:
         if not isinstance(doc, dict) or doc.get("tool") != "equiaudit" or "schema_version" not in doc:
             raise ResultFormatError(f"{source} is not an equiaudit result (no 'tool': 'equiaudit' / schema_version)")
         if doc["schema_version"] != SCHEMA_VERSION:
-            raise ResultFormatError(f"{source} has schema_version {doc['schema_version']!r}; "
-                                    f"this equiaudit reads version {SCHEMA_VERSION}")
+            raise ResultFormatError(
+                f"{source} has schema_version {doc['schema_version']!r}; this equiaudit reads version {SCHEMA_VERSION}"
+            )
         elements, summary, meta = doc.get("elements"), doc.get("summary"), doc.get("meta")
-        if not isinstance(elements, list) or not elements or not isinstance(summary, dict) \
-                or not isinstance(meta, dict):
+        if (
+            not isinstance(elements, list)
+            or not elements
+            or not isinstance(summary, dict)
+            or not isinstance(meta, dict)
+        ):
             raise ResultFormatError(f"{source} is missing 'elements', 'summary' or 'meta'")
         for i, rec in enumerate(elements):
             if not isinstance(rec, dict) or any(k not in rec for k in ELEMENT_KEYS):

@@ -64,9 +64,15 @@ def sampling_theta(elements: Sequence[GroupElement], size: tuple[int, int], inve
     return thetas
 
 
-def sampling_grid(elements: Sequence[GroupElement], size: tuple[int, int], *, inverse: bool = False,
-                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                  cache: GridCache | None = None) -> torch.Tensor:
+def sampling_grid(
+    elements: Sequence[GroupElement],
+    size: tuple[int, int],
+    *,
+    inverse: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache: GridCache | None = None,
+) -> torch.Tensor:
     """``(G, H, W, 2)`` sampling grid for ``F.grid_sample``, computed in float64 and cached per key."""
     key = (tuple(elements), tuple(size), inverse, str(device), dtype)
     if cache is not None and key in cache:
@@ -79,9 +85,16 @@ def sampling_grid(elements: Sequence[GroupElement], size: tuple[int, int], *, in
     return grid
 
 
-def apply_elements(x: torch.Tensor, elements: Group | Sequence[GroupElement], *, inverse: bool = False,
-                   interpolation: str = "bilinear", padding: str = "zeros",
-                   cache: GridCache | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+def apply_elements(
+    x: torch.Tensor,
+    elements: Group | Sequence[GroupElement],
+    *,
+    inverse: bool = False,
+    interpolation: str = "bilinear",
+    padding: str = "zeros",
+    cache: GridCache | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Apply every element to a batch, returning ``(G, B, C, H, W)``.
 
     Args:
@@ -109,12 +122,21 @@ def apply_elements(x: torch.Tensor, elements: Group | Sequence[GroupElement], *,
     sampled = [i for i, g in enumerate(elements) if not uses_exact_path(g, size)]
     res = None
     if sampled:
-        grid = sampling_grid([elements[i] for i in sampled], size, inverse=inverse, device=x.device,
-                             dtype=x.dtype if x.is_floating_point() else torch.float32, cache=cache)
+        grid = sampling_grid(
+            [elements[i] for i in sampled],
+            size,
+            inverse=inverse,
+            device=x.device,
+            dtype=x.dtype if x.is_floating_point() else torch.float32,
+            cache=cache,
+        )
         # Fold the batch into channels: one grid per element, one grid_sample call for all of them.
         src = x[sampled] if stacked and len(sampled) < n else x
-        src = src.reshape(len(sampled), b * c, *size) if stacked else src.reshape(1, b * c, *size).expand(
-            len(sampled), b * c, *size)
+        src = (
+            src.reshape(len(sampled), b * c, *size)
+            if stacked
+            else src.reshape(1, b * c, *size).expand(len(sampled), b * c, *size)
+        )
         res = F.grid_sample(src, grid, mode=interpolation, padding_mode=padding, align_corners=False)
         res = res.reshape(len(sampled), b, c, *size)
         if len(sampled) == n and out is None:
@@ -138,8 +160,9 @@ def transform(x: torch.Tensor, element: GroupElement, **kwargs) -> torch.Tensor:
     return apply_elements(x, (element,), **kwargs)[0]
 
 
-def valid_mask(elements: Sequence[GroupElement], size: tuple[int, int], kind: str = "auto",
-               device: torch.device | str = "cpu") -> torch.Tensor:
+def valid_mask(
+    elements: Sequence[GroupElement], size: tuple[int, int], kind: str = "auto", device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """``(H, W)`` bool mask of the pixels compared by default.
 
     ``auto``: pixels ``p`` with ``g(p)`` inside the image (pixel centres, so bilinear taps stay inside) for every
@@ -168,8 +191,9 @@ def valid_mask(elements: Sequence[GroupElement], size: tuple[int, int], kind: st
 class GroupTransform(nn.Module):
     """Module face of :func:`apply_elements`: stores the group and options, caches grids across calls."""
 
-    def __init__(self, group: str | Group, steps: int | None = None, *, interpolation: str = "bilinear",
-                 padding: str = "zeros") -> None:
+    def __init__(
+        self, group: str | Group, steps: int | None = None, *, interpolation: str = "bilinear", padding: str = "zeros"
+    ) -> None:
         super().__init__()
         _check_options(interpolation, padding)
         self.group = parse_group(group, steps)
@@ -178,13 +202,21 @@ class GroupTransform(nn.Module):
         self._cache: GridCache = {}
 
     def forward(self, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-        return apply_elements(x, self.group.elements, inverse=inverse, interpolation=self.interpolation,
-                              padding=self.padding, cache=self._cache)
+        return apply_elements(
+            x,
+            self.group.elements,
+            inverse=inverse,
+            interpolation=self.interpolation,
+            padding=self.padding,
+            cache=self._cache,
+        )
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Undo each element on its own slice of ``(G, B, C, H, W)``."""
         return self.forward(y, inverse=True)
 
     def extra_repr(self) -> str:
-        return f"group={self.group.spec!r}, size={len(self.group)}, interpolation={self.interpolation!r}, " \
-               f"padding={self.padding!r}"
+        return (
+            f"group={self.group.spec!r}, size={len(self.group)}, interpolation={self.interpolation!r}, "
+            f"padding={self.padding!r}"
+        )

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from _models import C4Averaged, ConstantSeg, CoordinateModel, Identity, SmallCNN
 from torch import nn
 
-from _models import C4Averaged, CoordinateModel, ConstantSeg, Identity, SmallCNN
 from equiaudit.audit import audit
 from equiaudit.errors import EquiauditError, InputMismatchError, ScanInterrupted
 from equiaudit.result import AuditResult, load, save
@@ -52,8 +52,12 @@ def test_d4_averaged_model_is_exactly_invariant_on_d4() -> None:
 def test_identity_dense_model_scores_exactly_the_floor(digits: torch.Tensor) -> None:
     res = audit(Identity(), digits, "so2:12", task="dense", samples=0)
     assert res.task == "dense"
-    torch.testing.assert_close(torch.tensor(res.elements["equivariance_error"].values),
-                               torch.tensor(res.elements["floor"].values), rtol=0, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(res.elements["equivariance_error"].values),
+        torch.tensor(res.elements["floor"].values),
+        rtol=0,
+        atol=0,
+    )
     sampled = ~res.elements["exact"]
     assert res.elements.loc[sampled, "floor"].min() > 0
     assert (res.elements.loc[~sampled, "floor"] == 0).all()  # rot90 multiples are permutations
@@ -122,11 +126,14 @@ class _Fails(nn.Module):
         return self.inner(x)
 
 
-@pytest.mark.parametrize(("model", "match"), [
-    (SmallCNN(in_channels=3), "takes 3 channel"),
-    (_Nan(), "NaN"),
-    (nn.Flatten(0), "neither"),
-])
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (SmallCNN(in_channels=3), "takes 3 channel"),
+        (_Nan(), "NaN"),
+        (nn.Flatten(0), "neither"),
+    ],
+)
 def test_input_mismatch_is_one_clear_line(model: nn.Module, match: str) -> None:
     with pytest.raises(InputMismatchError, match=match) as info:
         audit(model, "digits", "c4", limit=4)
@@ -156,11 +163,34 @@ def test_json_round_trip_and_schema(tmp_path) -> None:
     assert doc["schema_version"] == 1 and doc["tool"] == "equiaudit"
     assert set(doc) == {"schema_version", "tool", "summary", "elements", "per_class", "meta"}
     first = doc["elements"][1]
-    for key in ("id", "label", "angle", "scale", "reflect", "exact", "agreement", "flip_rate", "kl",
-                "invariance_error", "accuracy", "accuracy_drop", "floor"):
+    for key in (
+        "id",
+        "label",
+        "angle",
+        "scale",
+        "reflect",
+        "exact",
+        "agreement",
+        "flip_rate",
+        "kl",
+        "invariance_error",
+        "accuracy",
+        "accuracy_drop",
+        "floor",
+    ):
         assert key in first
-    for key in ("group", "model", "data", "task", "options", "versions", "device", "dtype", "wall_time_s",
-                "images_per_s"):
+    for key in (
+        "group",
+        "model",
+        "data",
+        "task",
+        "options",
+        "versions",
+        "device",
+        "dtype",
+        "wall_time_s",
+        "images_per_s",
+    ):
         assert key in doc["meta"]
     path = save(res, tmp_path / "r.json")
     back = load(path)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _models import C4Averaged, SmallCNN
 from typer.testing import CliRunner
 
-from _models import C4Averaged, SmallCNN
 from equiaudit.cli import app
 
 runner = CliRunner()
@@ -38,8 +38,19 @@ def invariant_file(tmp_path_factory) -> Path:
 
 
 def test_scan_json_prints_one_document(state_dict_file: Path) -> None:
-    res = _run("scan", str(state_dict_file), "--arch", "_models:SmallCNN", "--group", "so2", "--steps", "4",
-               "--limit", "8", "--json")
+    res = _run(
+        "scan",
+        str(state_dict_file),
+        "--arch",
+        "_models:SmallCNN",
+        "--group",
+        "so2",
+        "--steps",
+        "4",
+        "--limit",
+        "8",
+        "--json",
+    )
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["schema_version"] == 1
@@ -51,8 +62,9 @@ def test_scan_json_prints_one_document(state_dict_file: Path) -> None:
 
 def test_scan_human_mode_table_on_stdout_messages_on_stderr(state_dict_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "sub" / "r.json"
-    res = _run("scan", str(state_dict_file), "--arch", "_models:SmallCNN", "-g", "c4", "--limit", "8",
-               "--out", str(out))
+    res = _run(
+        "scan", str(state_dict_file), "--arch", "_models:SmallCNN", "-g", "c4", "--limit", "8", "--out", str(out)
+    )
     assert res.exit_code == 0
     assert "rot90" in res.stdout and "summary:" in res.stdout
     assert "task: classify" in res.stderr
@@ -61,26 +73,51 @@ def test_scan_human_mode_table_on_stdout_messages_on_stderr(state_dict_file: Pat
 
 
 def test_fail_above_exits_1_and_passing_check_exits_0(invariant_file: Path) -> None:
-    ok = _run("scan", str(invariant_file), "--trust", "-g", "c4", "--limit", "8", "--json",
-              "--fail-above", "invariance_error=1e-5", "--fail-below", "agreement=1")
+    ok = _run(
+        "scan",
+        str(invariant_file),
+        "--trust",
+        "-g",
+        "c4",
+        "--limit",
+        "8",
+        "--json",
+        "--fail-above",
+        "invariance_error=1e-5",
+        "--fail-below",
+        "agreement=1",
+    )
     assert ok.exit_code == 0, ok.stderr
     assert json.loads(ok.stdout)["meta"]["checks"]["passed"] is True
-    bad = _run("scan", str(invariant_file), "--trust", "-g", "so2:8", "--limit", "8", "--json",
-               "--fail-above", "invariance_error=1e-5")
+    bad = _run(
+        "scan",
+        str(invariant_file),
+        "--trust",
+        "-g",
+        "so2:8",
+        "--limit",
+        "8",
+        "--json",
+        "--fail-above",
+        "invariance_error=1e-5",
+    )
     assert bad.exit_code == 1
     assert "check failed: invariance_error" in bad.stderr
     assert json.loads(bad.stdout)["meta"]["checks"]["passed"] is False
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["-g", "so3"], "valid forms"),
-    (["--fail-above", "invariance_error"], "METRIC=VALUE"),
-    (["--fail-above", "bogus=1"], "unknown metric"),
-    (["--data", "no/such/place"], ""),
-    (["--mask", "square"], "mask"),
-    (["--channels", "3"], "channel"),
-    (["--input-shape", "1,28"], "C,H,W"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-g", "so3"], "valid forms"),
+        (["--fail-above", "invariance_error"], "METRIC=VALUE"),
+        (["--fail-above", "bogus=1"], "unknown metric"),
+        (["--data", "no/such/place"], ""),
+        (["--mask", "square"], "mask"),
+        (["--channels", "3"], "channel"),
+        (["--input-shape", "1,28"], "C,H,W"),
+    ],
+)
 def test_usage_and_input_errors_exit_2_with_one_line(state_dict_file: Path, args: list[str], message: str) -> None:
     res = _run("scan", str(state_dict_file), "--arch", "_models:SmallCNN", "--limit", "4", *args)
     assert res.exit_code == 2
@@ -130,8 +167,18 @@ def test_unwritable_out_is_rescued_not_lost(state_dict_file: Path, tmp_path: Pat
     monkeypatch.chdir(tmp_path)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    res = _run("scan", str(state_dict_file), "--arch", "_models:SmallCNN", "-g", "c4", "--limit", "4",
-               "--out", str(blocker / "r.json"))
+    res = _run(
+        "scan",
+        str(state_dict_file),
+        "--arch",
+        "_models:SmallCNN",
+        "-g",
+        "c4",
+        "--limit",
+        "4",
+        "--out",
+        str(blocker / "r.json"),
+    )
     assert res.exit_code == 0
     rescued = list(tmp_path.glob("equiaudit-result-*.json"))
     assert len(rescued) == 1 and json.loads(rescued[0].read_text())["schema_version"] == 1

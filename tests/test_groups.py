@@ -53,8 +53,9 @@ def test_range_and_log_scale_values() -> None:
     assert any(e.is_identity for e in parse_group("scale:0.5..2:7"))
 
 
-@pytest.mark.parametrize("spec", ["", "so3", "rot:1..2", "scale:0,1", "scale:-1..2:3", "c0", "so2:x", "c4*",
-                                  "rot:a,b", "scale:nan"])
+@pytest.mark.parametrize(
+    "spec", ["", "so3", "rot:1..2", "scale:0,1", "scale:-1..2:3", "c0", "so2:x", "c4*", "rot:a,b", "scale:nan"]
+)
 def test_bad_specs_name_the_valid_forms(spec: str) -> None:
     with pytest.raises(GroupSpecError) as info:
         parse_group(spec)
@@ -82,8 +83,16 @@ def test_scale_above_one_zooms_in_and_flip_mirrors_x() -> None:
     np.testing.assert_allclose(GroupElement(reflect=True).matrix()[:, :2] @ [1, 1], [-1, 1])
 
 
-@pytest.mark.parametrize("element", [GroupElement(37, 1.3, True), GroupElement(-90), GroupElement(180, 0.5),
-                                     GroupElement(12.5, 2.0, False), GroupElement(90, 1, True)])
+@pytest.mark.parametrize(
+    "element",
+    [
+        GroupElement(37, 1.3, True),
+        GroupElement(-90),
+        GroupElement(180, 0.5),
+        GroupElement(12.5, 2.0, False),
+        GroupElement(90, 1, True),
+    ],
+)
 def test_inverse_and_composition_match_matrices(element: GroupElement) -> None:
     inv = element.inverse()
     assert (element * inv).is_identity and (inv * element).is_identity

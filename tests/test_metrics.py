@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from equiaudit.metrics import ClassificationMetrics, DenseMetrics, FloorMetric, binarize, iou, kl_divergence, relative_error
+from equiaudit.metrics import (
+    ClassificationMetrics,
+    DenseMetrics,
+    FloorMetric,
+    binarize,
+    iou,
+    kl_divergence,
+    relative_error,
+)
 
 
 def test_relative_error_matches_numpy() -> None:
@@ -20,7 +28,8 @@ def test_relative_error_matches_numpy() -> None:
     got_m = relative_error(torch.from_numpy(out), torch.from_numpy(ref), mask).numpy()
     inner = (slice(None), slice(None), slice(None), slice(1, 4), slice(1, 4))
     want_m = np.linalg.norm((out - ref)[inner].reshape(2, 4, -1), axis=-1) / np.linalg.norm(
-        ref[inner[1:]].reshape(4, -1), axis=-1)
+        ref[inner[1:]].reshape(4, -1), axis=-1
+    )
     np.testing.assert_allclose(got_m, want_m, rtol=1e-12)
 
 
@@ -54,8 +63,14 @@ def test_binarize_single_channel_threshold_and_argmax() -> None:
 
 def _random_batches(n: int, g: int, k: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(g, 5, k, generator=gen), torch.randn(5, k, generator=gen),
-             torch.randint(0, k, (5,), generator=gen)) for _ in range(n)]
+    return [
+        (
+            torch.randn(g, 5, k, generator=gen),
+            torch.randn(5, k, generator=gen),
+            torch.randint(0, k, (5,), generator=gen),
+        )
+        for _ in range(n)
+    ]
 
 
 def test_classification_streaming_equals_one_shot_and_merges_exactly() -> None:
@@ -63,8 +78,9 @@ def test_classification_streaming_equals_one_shot_and_merges_exactly() -> None:
     streamed, merged, one = ClassificationMetrics(3, 4), ClassificationMetrics(3, 4), ClassificationMetrics(3, 4)
     for out, ref, y in batches:
         streamed.update(out, ref, y)
-    one.update(torch.cat([b[0] for b in batches], 1), torch.cat([b[1] for b in batches]),
-               torch.cat([b[2] for b in batches]))
+    one.update(
+        torch.cat([b[0] for b in batches], 1), torch.cat([b[1] for b in batches]), torch.cat([b[2] for b in batches])
+    )
     a, b = ClassificationMetrics(3, 4), ClassificationMetrics(3, 4)
     for out, ref, y in batches[:2]:
         a.update(out, ref, y)

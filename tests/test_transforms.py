@@ -64,7 +64,7 @@ def test_round_trip_of_smooth_image_is_small_inside_the_mask() -> None:
     mask = valid_mask(group.elements, (32, 32))
     err = ((back - x) * mask).abs().max().item()
     assert err < 0.02
-    assert ((back - x).abs().amax() > err)  # outside the mask the zero padding shows
+    assert (back - x).abs().amax() > err  # outside the mask the zero padding shows
 
 
 def test_stacked_input_applies_each_element_to_its_slice() -> None:
@@ -111,9 +111,10 @@ def test_module_wraps_the_function() -> None:
     x = torch.randn(2, 1, 10, 10)
     expected = apply_elements(x, parse_group("so2:6"), interpolation="bicubic", padding="border")
     torch.testing.assert_close(module(x), expected)
-    torch.testing.assert_close(module.inverse(module(x)),
-                               apply_elements(expected, parse_group("so2:6"), inverse=True, interpolation="bicubic",
-                                              padding="border"))
+    torch.testing.assert_close(
+        module.inverse(module(x)),
+        apply_elements(expected, parse_group("so2:6"), inverse=True, interpolation="bicubic", padding="border"),
+    )
     assert "so2:6" in repr(module)
 
 
@@ -130,10 +131,14 @@ def test_sampling_matches_independent_reference_rotation() -> None:
     g = GroupElement(30)
     out = transform(torch.from_numpy(img)[None, None], g)[0, 0].numpy()
     inv = g.inverse().matrix((16, 16))
-    for (y, x) in [(8, 8), (5, 9), (10, 6)]:
+    for y, x in [(8, 8), (5, 9), (10, 6)]:
         sx, sy = inv @ [x, y, 1]
         x0, y0 = int(np.floor(sx)), int(np.floor(sy))
         fx, fy = sx - x0, sy - y0
-        ref = (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
-               + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
+        ref = (
+            img[y0, x0] * (1 - fx) * (1 - fy)
+            + img[y0, x0 + 1] * fx * (1 - fy)
+            + img[y0 + 1, x0] * (1 - fx) * fy
+            + img[y0 + 1, x0 + 1] * fx * fy
+        )
         assert out[y, x] == pytest.approx(ref, abs=1e-10)

@@ -1,0 +1,630 @@
+"""Equivariance assertions for test suites: measure with :func:`equivariance_error`, assert with
+:func:`assert_invariant` / :func:`assert_equivariant`. The pytest plugin's ``equivariance`` fixture uses the
+same functions, and all of them measure through :func:`equiaudit.audit.audit` (one implementation of the
+metrics).
+
+Errors are relative: ``||f(g x) - f(x)|| / ||f(x)||`` per image for invariant outputs (logits) and
+``||g^-1 f(g x) - f(x)|| / ||f(x)||`` inside the compared region for equivariant (dense) outputs. Assertions
+use each element's **maximum over the inputs**; the mean is reported for information.
+
+Tolerances (``max_error``):
+
+* ``"Kx floor"`` (default ``"2x floor"``): an element may reach ``K`` times its interpolation floor (the error
+  of resampling the inputs there and back, maximum over the inputs) plus :data:`FLOAT_TOLERANCE` of the dtype.
+  Exact elements (quarter turns, flips) have a floor of 0, so they are held to float precision; mixed groups
+  get both rules from the one formula.
+* a number: the same absolute limit for every element, exact ones included.
+
+Measured (CPU, 16 shipped digits, untrained models; the largest error over the elements of ``c4`` / ``d4``,
+float32 / float64): C4-averaged ResNet-18 1.2e-7 / 2.1e-16, D4-averaged ResNet-18 1.5e-7 / 2.7e-16, C4 and D4
+group CNNs 4e-8 / 1e-16. Under ``so2:8`` / ``so2:16`` (bilinear, floor about 0.11), e2cnn C8 and C16
+steerable classifiers reach 0.16-0.46x floor, the identity map (dense) exactly 1x floor, C4-averaged CNNs
+2.3-5.7x floor.
+
+On CUDA, TF32 is switched off while a check runs (it keeps 10 mantissa bits, far from float32 round-off) and
+restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .errors import EquiauditError, InputMismatchError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .data import AuditData
+    from .groups import Group
+    from .loading import LoadedModel
+    from .result import AuditResult
+
+__all__ = [
+    "BASELINE_RTOL",
+    "DEFAULT_MAX_ERROR",
+    "FLOAT_TOLERANCE",
+    "MODES",
+    "ElementError",
+    "EquivarianceReport",
+    "Failure",
+    "Location",
+    "Tolerance",
+    "assert_equivariant",
+    "assert_invariant",
+    "check_equivariance",
+    "equivariance_error",
+    "float_tolerance",
+    "format_failure",
+    "parse_max_error",
+]
+
+# Relative error allowed as round-off, per dtype: the whole tolerance of exact elements and the slack added to
+# "Kx floor" (so a zero floor does not demand zero error). float32 / float64 sit 100x / 1e4x above the errors
+# measured above; float16 / bfloat16 (not measurable on CPU) follow equiaudit.reports.verdict.ROUNDOFF.
+FLOAT_TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}
+DEFAULT_MAX_ERROR = "2x floor"
+# A baseline budget b allows b * (1 + BASELINE_RTOL) + FLOAT_TOLERANCE[dtype]: errors move by round-off
+# between machines and library versions (a few 1e-7 in float32), far below 5 %; a real regression more.
+BASELINE_RTOL = 0.05
+MODES = ("auto", "invariant", "equivariant")
+DEFAULT_COUNT = 16  # shipped digits used when no inputs are given
+NOISE_COUNT = 8  # band-limited noise images when the digits cannot take the input shape
+_TASKS = {"auto": "auto", "invariant": "classify", "equivariant": "dense"}
+_FLOOR_RE = re.compile(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*[x×*]\s*floor", re.IGNORECASE)
+
+
+# ---- tolerances --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``factor`` x floor + the dtype's float tolerance, or an ``absolute`` limit for every element."""
+
+    factor: float | None = None
+    absolute: float | None = None
+
+    def limit(self, floor: float, dtype: str) -> float:
+        if self.absolute is not None:
+            return self.absolute
+        return (self.factor or 0.0) * floor + float_tolerance(dtype)
+
+    def explain(self, dtype: str, exact: bool) -> str:
+        if self.absolute is not None:
+            return "max_error"
+        if exact:
+            return f"{dtype} round-off, exact element"
+        return f"{self.factor:g}x floor + {float_tolerance(dtype):g}"
+
+    def __str__(self) -> str:
+        return f"{self.absolute:g}" if self.absolute is not None else f"{self.factor:g}x floor"
+
+
+def float_tolerance(dtype: str) -> float:
+    """The round-off tolerance of a dtype name (``float32``...); unknown names get the float32 value."""
+    return FLOAT_TOLERANCE.get(dtype.replace("torch.", ""), FLOAT_TOLERANCE["float32"])
+
+
+def parse_max_error(value: str | float | Tolerance | None) -> Tolerance:
+    """``None`` (the default ``"2x floor"``), ``"Kx floor"``, or a non-negative number (or its string)."""
+    if value is None:
+        value = DEFAULT_MAX_ERROR
+    if isinstance(value, Tolerance):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise EquiauditError(f"max_error must be a number or 'Kx floor', got {type(value).__name__}")
+    if isinstance(value, str):
+        m = _FLOOR_RE.fullmatch(value.strip())
+        if m:
+            return Tolerance(factor=float(m[1]))
+        try:
+            value = float(value)
+        except ValueError:
+            raise EquiauditError(
+                f"max_error {value!r} is neither a number nor 'Kx floor' (e.g. '2x floor')"
+            ) from None
+    if not value >= 0:  # also rejects NaN
+        raise EquiauditError(f"max_error must be >= 0, got {value!r}")
+    return Tolerance(absolute=float(value))
+
+
+# ---- what a measurement returns ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an element's largest error is: the input image and the output entry with the largest difference.
+
+    ``index`` is ``(class,)`` for logits and ``(channel, y, x)`` for dense outputs (output pixel grid);
+    ``output`` is the model's output on the transformed image there (dense outputs: with the element undone),
+    ``reference`` its output on the image itself.
+    """
+
+    image: int
+    index: tuple[int, ...]
+    output: float
+    reference: float
+
+    def __str__(self) -> str:
+        if len(self.index) == 1:
+            where = f"logit {self.index[0]}"
+        else:
+            c, y, x = self.index
+            where = f"channel {c}, pixel (y={y}, x={x})"
+        return f"image {self.image}, {where}: {self.output:.6g} vs {self.reference:.6g} untransformed"
+
+
+@dataclass(frozen=True)
+class ElementError:
+    """One element's numbers: ``error`` (max over the inputs, the asserted value), its mean, and the floor."""
+
+    label: str
+    exact: bool
+    error: float
+    error_mean: float
+    floor: float
+    floor_mean: float
+    where: Location | None = None
+
+
+@dataclass(frozen=True)
+class EquivarianceReport:
+    """What :func:`equivariance_error` measured, per element, with the full :class:`AuditResult` behind it."""
+
+    group: str
+    mode: str  # invariant | equivariant
+    dtype: str
+    device: str
+    inputs: str  # which inputs were used, in words
+    elements: tuple[ElementError, ...]
+    result: AuditResult = field(repr=False, compare=False)
+
+    def __getitem__(self, label: str) -> ElementError:
+        for e in self.elements:
+            if e.label == label:
+                return e
+        raise KeyError(f"no element {label!r}; elements: {', '.join(e.label for e in self.elements)}")
+
+    @property
+    def worst(self) -> ElementError:
+        """The element with the largest error (the identity only if it is the sole element)."""
+        rest = [e for e in self.elements if e.label != "identity"] or list(self.elements)
+        return max(rest, key=lambda e: e.error)
+
+    @property
+    def max_error(self) -> float:
+        return self.worst.error
+
+    def errors(self) -> dict[str, float]:
+        """``{label: error}`` (max over the inputs), in group order."""
+        return {e.label: e.error for e in self.elements}
+
+    def __str__(self) -> str:
+        head = f"{self.mode} under {self.group} ({self.dtype} on {self.device}; inputs: {self.inputs})"
+        rows = [
+            f"  {e.label:>16}  error {e.error:.3e} (mean {e.error_mean:.3e})  floor {e.floor:.3e}"
+            for e in self.elements
+        ]
+        return "\n".join([head, *rows])
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An element above its limit: ``kind`` is ``tolerance`` or ``baseline``, ``rule`` how it was set."""
+
+    element: ElementError
+    limit: float
+    rule: str
+    kind: str = "tolerance"
+
+    def line(self) -> str:
+        e = self.element
+        name = "baseline budget" if self.kind == "baseline" else "tolerance"
+        text = (
+            f"{e.label}: error {e.error:.4g} (mean {e.error_mean:.3g}), floor {e.floor:.3g}, "
+            f"{name} {self.limit:.4g} ({self.rule})"
+        )
+        return text + (f"; max at {e.where}" if e.where is not None else "")
+
+
+# ---- measuring ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    """What locating errors needs after the audit: the prepared module, the inputs and the options."""
+
+    loaded: LoadedModel
+    data: AuditData
+    device: str
+    dtype: str
+    group: Group
+    task: str
+    interpolation: str
+    padding: str
+    mask: str
+    batch_size: int
+
+
+def _input_channels(module: nn.Module) -> int | None:
+    for m in module.modules():
+        c = getattr(m, "in_channels", None)
+        if isinstance(c, int):
+            return c
+    return None
+
+
+def _default_data(module: nn.Module, input_shape: Sequence[int] | None) -> tuple[AuditData, str]:
+    from .data import load_data
+
+    c, h, w = tuple(input_shape) if input_shape is not None else (_input_channels(module) or 1, 28, 28)
+    if c in (1, 3) and h == w:
+        data = load_data(
+            "digits", limit=DEFAULT_COUNT, input_size=None if h == 28 else h, channels=None if c == 1 else c
+        )
+        return data, f"{len(data)} shipped digits {c}x{h}x{w}"
+    data = load_data("noise", input_shape=(c, h, w), limit=NOISE_COUNT)
+    return data, f"{len(data)} band-limited noise images {c}x{h}x{w} (digits cannot take this shape)"
+
+
+def _as_data(
+    inputs: Any, module: nn.Module, input_shape: Sequence[int] | None
+) -> tuple[AuditData, str, bool]:
+    """The data to measure on, a description for messages, and whether it is the default."""
+    import torch
+
+    from .data import AuditData, load_data
+
+    if inputs is None:
+        return (*_default_data(module, input_shape), True)
+    if isinstance(inputs, torch.Tensor):
+        data = AuditData.from_tensors(inputs, spec="inputs")
+        c, h, w = data.input_shape
+        return data, f"{len(data)} given images {c}x{h}x{w}", False
+    if isinstance(inputs, AuditData):
+        return inputs, f"{len(inputs)} images of {inputs.spec!r}", False
+    if isinstance(inputs, str):
+        size = channels = None
+        if input_shape is not None:
+            channels, size = input_shape[0], (input_shape[1], input_shape[2])
+        data = load_data(
+            inputs, limit=DEFAULT_COUNT, input_size=size, channels=channels, input_shape=input_shape
+        )
+        return data, f"{len(data)} images of {inputs!r}", False
+    raise EquiauditError(
+        f"inputs must be a tensor (N, C, H, W), a data spec string or AuditData; got {type(inputs).__name__}"
+    )
+
+
+@contextlib.contextmanager
+def _prepared(model: Any, device: Any, dtype: Any) -> Iterator[tuple[LoadedModel, Any, Any]]:
+    """Load ``model`` (a module stays the same object), switch TF32 off, and afterwards put a module back on
+    its device, dtype and train/eval modes (the audit moves it in place and sets eval mode)."""
+    import torch
+
+    from .loading import LoadedModel, load_model
+
+    own = isinstance(model, torch.nn.Module)
+    param = next(iter(model.parameters()), None) if own else None
+    before = (param.device, param.dtype) if param is not None else None
+    modes = {m: m.training for m in model.modules()} if own else {}
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        loaded = load_model(model, device=_module_device(model) if own else device or "auto")
+    module = loaded.module
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield loaded, device if device is not None else _module_device(module), dtype
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        after = next(iter(module.parameters()), None)
+        if before is not None and after is not None and (after.device, after.dtype) != before:
+            module.to(device=before[0], dtype=before[1])
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _module_device(module: nn.Module) -> Any:
+    import torch
+
+    param = next(iter(module.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _measure(
+    loaded: LoadedModel,
+    group: str | Group,
+    inputs: Any,
+    *,
+    steps: int | None,
+    input_shape: Any,
+    mode: str,
+    device: Any,
+    dtype: Any,
+    interpolation: str,
+    padding: str,
+    mask: str,
+    batch_size: int,
+) -> tuple[EquivarianceReport, _Context]:
+    from .audit import audit
+    from .groups import parse_group
+
+    if mode not in MODES:
+        raise EquiauditError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    grp = parse_group(group, steps)
+    data, described, default = _as_data(inputs, loaded.module, input_shape)
+    try:
+        result = audit(
+            loaded,
+            data,
+            grp,
+            task=_TASKS[mode],
+            interpolation=interpolation,
+            padding=padding,
+            mask=mask,
+            batch_size=batch_size,
+            samples=4,
+            device=device,
+            dtype=dtype,
+        )
+    except InputMismatchError as exc:
+        if not default:
+            raise
+        raise InputMismatchError(f"{exc}; pass inputs= or input_shape=(C, H, W)") from None
+    frame = result.elements
+    task = result.task
+    metric = "invariance_error" if task == "classify" else "equivariance_error"
+    elements = tuple(
+        ElementError(
+            str(row["label"]),
+            bool(row["exact"]),
+            float(row[f"{metric}_max"]),
+            float(row[metric]),
+            float(row["floor_max"]),
+            float(row["floor"]),
+        )
+        for row in frame.to_dict(orient="records")
+    )
+    report = EquivarianceReport(
+        grp.spec,
+        "invariant" if task == "classify" else "equivariant",
+        str(result.meta["dtype"]),
+        str(result.meta["device"]),
+        described,
+        elements,
+        result,
+    )
+    meta = result.meta
+    context = _Context(
+        loaded, data, meta["device"], meta["dtype"], grp, task, interpolation, padding, mask, batch_size
+    )
+    return report, context
+
+
+def _locate(ctx: _Context, labels: Sequence[str]) -> dict[str, Location]:
+    """Recompute the chosen elements on the inputs and find the image and output entry of the largest error.
+
+    Uses the same transforms, masks and per-image formula as the audit (``relative_error``), one element at a
+    time so memory stays at one batch of outputs.
+    """
+    import torch
+
+    from .metrics import relative_error
+    from .transforms import apply_elements, valid_mask
+
+    module = ctx.loaded.module
+    dev = torch.device(ctx.device)
+    x = torch.cat([b.x for b in ctx.data.batches(ctx.batch_size)]).to(dev, getattr(torch, ctx.dtype))
+    kw = {"interpolation": ctx.interpolation, "padding": ctx.padding}
+
+    def forward(inp: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [module(inp[i : i + ctx.batch_size]) for i in range(0, inp.shape[0], ctx.batch_size)]
+        )
+
+    found: dict[str, Location] = {}
+    with torch.inference_mode():
+        ref = forward(x)
+        out_mask = (
+            None if ctx.task == "classify" else valid_mask(ctx.group.elements, ref.shape[-2:], ctx.mask, dev)
+        )
+        for g in ctx.group.elements:
+            if g.label not in labels:
+                continue
+            out = forward(apply_elements(x, (g,), **kw)[0])
+            if out_mask is not None:
+                out = apply_elements(out[None], (g,), inverse=True, **kw)[0]
+            m = None if out_mask is None else out_mask.to(ref.dtype)
+            b = int(relative_error(out, ref, m).argmax())
+            diff = (out[b] - ref[b]).abs() * (1 if m is None else m)
+            index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+            found[g.label] = Location(b, index, float(out[b][index]), float(ref[b][index]))
+    return found
+
+
+def _with_locations(report: EquivarianceReport, found: Mapping[str, Location]) -> EquivarianceReport:
+    elements = tuple(replace(e, where=found.get(e.label, e.where)) for e in report.elements)
+    return replace(report, elements=elements)
+
+
+def equivariance_error(
+    model: Any,
+    group: str | Group = "c4",
+    inputs: Any = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    mode: str = "auto",
+    dtype: Any = None,
+    device: Any = None,
+    interpolation: str = "bilinear",
+    mask: str = "auto",
+    steps: int | None = None,
+    padding: str = "zeros",
+    batch_size: int = 256,
+    locate: bool = True,
+) -> EquivarianceReport:
+    """Measure how far ``model`` is from invariant / equivariant under every element of ``group``.
+
+    Args:
+        model: an ``nn.Module`` (left on its device, dtype and modes afterwards), a source such as
+            ``"zoo:NAME"`` or a path (see :func:`equiaudit.loading.load_model`).
+        group, steps: a group spec (see :mod:`equiaudit.groups`).
+        inputs: ``None`` (16 shipped digits at ``input_shape``, or band-limited noise when digits cannot take
+            the shape), a tensor ``(N, C, H, W)`` / ``(N, H, W)``, a data spec string or an ``AuditData``.
+        input_shape: ``(C, H, W)`` of the default inputs (default: the first convolution's channels, 28x28).
+        mode: ``invariant`` (outputs ``(B, K)``), ``equivariant`` (outputs ``(B, C, H, W)``) or ``auto``.
+        dtype, device: what to measure in (``None``: the model's own).
+        interpolation, padding, mask: sampling options of :mod:`equiaudit.transforms`.
+        locate: find where in the output each element's largest error is (one more forward pass).
+
+    Returns:
+        Per element the error (max and mean over the inputs), the interpolation floor and, with ``locate``,
+        the image and output entry of the largest error.
+    """
+    with _prepared(model, device, dtype) as (loaded, dev, dt):
+        report, ctx = _measure(
+            loaded,
+            group,
+            inputs,
+            steps=steps,
+            input_shape=input_shape,
+            mode=mode,
+            device=dev,
+            dtype=dt,
+            interpolation=interpolation,
+            padding=padding,
+            mask=mask,
+            batch_size=batch_size,
+        )
+        if locate:
+            report = _with_locations(report, _locate(ctx, [e.label for e in report.elements]))
+    return report
+
+
+# ---- asserting ---------------------------------------------------------------------------------------------
+
+
+def _failures(
+    report: EquivarianceReport, tolerance: Tolerance, budgets: Mapping[str, float] | None
+) -> list[Failure]:
+    out = []
+    slack = float_tolerance(report.dtype)
+    for e in report.elements:
+        limit = tolerance.limit(e.floor, report.dtype)
+        if not e.error <= limit:  # NaN fails
+            out.append(Failure(e, limit, tolerance.explain(report.dtype, e.exact)))
+            continue
+        budget = None if budgets is None else budgets.get(e.label)
+        if budget is not None:
+            allowed = budget * (1 + BASELINE_RTOL) + slack
+            if not e.error <= allowed:
+                out.append(
+                    Failure(
+                        e, allowed, f"recorded {budget:.4g} x {1 + BASELINE_RTOL:g} + {slack:g}", "baseline"
+                    )
+                )
+    return out
+
+
+def check_equivariance(
+    model: Any,
+    group: str | Group = "c4",
+    inputs: Any = None,
+    *,
+    max_error: str | float | Tolerance | None = None,
+    budgets: Mapping[str, float] | None = None,
+    **options: Any,
+) -> tuple[EquivarianceReport, list[Failure]]:
+    """Measure (as :func:`equivariance_error`, ``options`` are its keywords) and judge each element against
+    ``max_error`` and, when given, per-element ``budgets`` (a recorded baseline). Only failing elements are
+    located. Returns the report and the failures (empty when every element holds)."""
+    tolerance = parse_max_error(max_error)
+    locate = options.pop("locate", True)
+    params = {
+        "steps": None,
+        "input_shape": None,
+        "mode": "auto",
+        "device": None,
+        "dtype": None,
+        "interpolation": "bilinear",
+        "padding": "zeros",
+        "mask": "auto",
+        "batch_size": 256,
+    }
+    unknown = set(options) - set(params)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    params.update(options)
+    device, dtype = params.pop("device"), params.pop("dtype")
+    with _prepared(model, device, dtype) as (loaded, dev, dt):
+        report, ctx = _measure(loaded, group, inputs, device=dev, dtype=dt, **params)
+        failures = _failures(report, tolerance, budgets)
+        if failures and locate:
+            report = _with_locations(report, _locate(ctx, [f.element.label for f in failures]))
+            failures = [replace(f, element=report[f.element.label]) for f in failures]
+    return report, failures
+
+
+def format_failure(
+    report: EquivarianceReport, failures: Sequence[Failure], subject: str, hint: str | None = None
+) -> str:
+    """The assertion message: what was checked, then one line per failing element, then ``hint``."""
+    kinds = {f.kind for f in failures}
+    what = "baseline budget" if kinds == {"baseline"} else "tolerance"
+    lines = [
+        f"{subject}: not {report.mode} under {report.group} within {what} ({len(failures)} of "
+        f"{len(report.elements)} elements fail; {report.dtype} on {report.device}; inputs: {report.inputs})"
+    ]
+    lines += [f"  {f.line()}" for f in failures]
+    if hint:
+        lines.append(hint)
+    return "\n".join(lines)
+
+
+def _subject(model: Any) -> str:
+    return f"model {model!r}" if isinstance(model, str) else type(model).__name__
+
+
+def _assert(
+    model: Any, group: str | Group, inputs: Any, mode: str, max_error: Any, options: dict[str, Any]
+) -> EquivarianceReport:
+    __tracebackhide__ = True
+    report, failures = check_equivariance(model, group, inputs, max_error=max_error, mode=mode, **options)
+    if failures:
+        raise AssertionError(format_failure(report, failures, _subject(model)))
+    return report
+
+
+def assert_invariant(
+    model: Any,
+    group: str | Group = "c4",
+    inputs: Any = None,
+    *,
+    max_error: str | float | Tolerance | None = None,
+    **options: Any,
+) -> EquivarianceReport:
+    """Fail (``AssertionError``, one line per failing element) unless the logits of ``model`` are invariant
+    under ``group`` within ``max_error`` (default ``"2x floor"``); ``options`` as
+    :func:`equivariance_error`."""
+    __tracebackhide__ = True
+    return _assert(model, group, inputs, "invariant", max_error, options)
+
+
+def assert_equivariant(
+    model: Any,
+    group: str | Group = "c4",
+    inputs: Any = None,
+    *,
+    max_error: str | float | Tolerance | None = None,
+    **options: Any,
+) -> EquivarianceReport:
+    """Fail unless the dense outputs of ``model`` are equivariant under ``group`` within ``max_error``
+    (default ``"2x floor"``); ``options`` as :func:`equivariance_error`."""
+    __tracebackhide__ = True
+    return _assert(model, group, inputs, "equivariant", max_error, options)
