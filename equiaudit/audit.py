@@ -223,6 +223,9 @@ def audit(
     valid_mask(grp.elements, (3, 3), mask)  # validates the option before any work
     apply_elements(torch.zeros(1, 1, 2, 2), grp.elements[:1], interpolation=interpolation, padding=padding)
 
+    if device is None and isinstance(model, nn.Module):  # in-memory modules stay where they are
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else "cpu"
     loaded = (
         model
         if isinstance(model, LoadedModel)

@@ -116,6 +116,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _chmod_like_new_file(path: str | os.PathLike) -> None:
+    """mkstemp creates 0600 files; give the result the mode a plain ``open(..., "w")`` would (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write via a temporary file in the same folder and rename, so a reader never sees half a file."""
     path = Path(path)
@@ -124,6 +131,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        _chmod_like_new_file(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         raise EquiauditError(f"cannot write {path}: {exc.strerror or exc}") from None
@@ -247,6 +255,7 @@ def save(result: AuditResult, path: str | os.PathLike) -> Path:
             fd, tmp = tempfile.mkstemp(dir=side.parent, prefix=f".{side.name}.", suffix=".npz")
             with os.fdopen(fd, "wb") as fh:
                 np.savez_compressed(fh, **flat)
+            _chmod_like_new_file(tmp)
             os.replace(tmp, side)
         except OSError as exc:
             raise EquiauditError(f"cannot write {side}: {exc.strerror or exc}") from None

@@ -117,6 +117,12 @@ def apply_elements(
         raise EquiauditError(f"expected a (B, C, H, W) or (G, B, C, H, W) tensor, got shape {tuple(x.shape)}")
     if stacked and x.shape[0] != n:
         raise EquiauditError(f"stacked input has {x.shape[0]} slices for {n} elements")
+    if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
+        # grid_sample has no half-precision CPU kernel: sample in float32, return the input's dtype.
+        res32 = apply_elements(
+            x.float(), elements, inverse=inverse, interpolation=interpolation, padding=padding, cache=cache
+        )
+        return res32.to(x.dtype) if out is None else out.copy_(res32)
     size = (x.shape[-2], x.shape[-1])
     b, c = x.shape[-4], x.shape[-3]
     sampled = [i for i, g in enumerate(elements) if not uses_exact_path(g, size)]

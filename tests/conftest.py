@@ -6,6 +6,8 @@ import pytest
 import torch
 from _tolerances import TOLERANCES
 
+pytest_plugins = ["pytester"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--device", default="cpu", help="device for numerical tests: cpu or cuda")
