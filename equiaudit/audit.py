@@ -41,6 +41,8 @@ class AuditOptions:
 
 
 def _first_conv_channels(module: nn.Module) -> int | None:
+    """``in_channels`` of the first ``Conv2d`` registered; only a hint, since registration order is not always
+    the order of use."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             return m.in_channels
@@ -62,18 +64,18 @@ def _forward(module: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tenso
 
 def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> tuple[str, tuple[int, ...]]:
     """Check the model on one real batch before the scan; returns the task and the per-image output shape."""
-    c = _first_conv_channels(module)
-    if c is not None and c != x.shape[1]:
-        raise InputMismatchError(
-            f"the model's first convolution takes {c} channel(s) but the data "
-            f"{data.spec!r} has {x.shape[1]}; use --channels {c}"
-        )
     try:
         with torch.inference_mode():
             y = _forward(module, x, x.shape[0])
     except EquiauditError:
         raise
     except Exception as exc:
+        c = _first_conv_channels(module)
+        if c is not None and c != x.shape[1]:
+            raise InputMismatchError(
+                f"the model fails on {x.shape[1]}-channel input from {data.spec!r} and its first convolution takes "
+                f"{c} channel(s); use --channels {c} ({_one_line(exc)})"
+            ) from None
         raise InputMismatchError(
             f"the model fails on input of shape {tuple(x.shape)} from {data.spec!r}: {_one_line(exc)}"
         ) from None

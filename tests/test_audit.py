@@ -129,7 +129,7 @@ class _Fails(nn.Module):
 @pytest.mark.parametrize(
     ("model", "match"),
     [
-        (SmallCNN(in_channels=3), "takes 3 channel"),
+        (SmallCNN(in_channels=3), "takes 3 channel\\(s\\); use --channels 3"),
         (_Nan(), "NaN"),
         (nn.Flatten(0), "neither"),
     ],

@@ -1,0 +1,3 @@
+"""Model families of the zoo; importing this package registers every model."""
+
+from . import cnn, gcnn, hnet, resnet, scale, steerable, unet  # noqa: F401
