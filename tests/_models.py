@@ -73,3 +73,17 @@ class ConstantSeg(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+
+class FailsMidScan(SmallCNN):
+    """A classifier that raises on its fourth forward: a scan that breaks part-way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > 3:
+            raise RuntimeError("device lost\nsecond line")
+        return super().forward(x)

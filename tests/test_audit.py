@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _models import C4Averaged, ConstantSeg, CoordinateModel, Identity, SmallCNN
+from _models import C4Averaged, ConstantSeg, CoordinateModel, FailsMidScan, Identity, SmallCNN
 from torch import nn
 
 from equiaudit.audit import audit
@@ -112,20 +112,6 @@ class _Nan(nn.Module):
         return torch.full((x.shape[0], 3), float("nan"))
 
 
-class _Fails(nn.Module):
-    """Works on the first 3 forwards, then raises (a model that breaks mid-scan)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner, self.calls = SmallCNN(), 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls > 3:
-            raise RuntimeError("device lost\nsecond line")
-        return self.inner(x)
-
-
 @pytest.mark.parametrize(
     ("model", "match"),
     [
@@ -150,7 +136,7 @@ def test_wrong_task_and_bad_options() -> None:
 
 def test_failure_mid_scan_keeps_partial_results() -> None:
     with pytest.raises(ScanInterrupted) as info:
-        audit(_Fails(), "digits", "c4", limit=20, batch_size=10)  # 2 images per forward after the probe
+        audit(FailsMidScan(), "digits", "c4", limit=20, batch_size=10)  # 2 images per forward after the probe
     partial = info.value.partial
     assert partial is not None and partial.meta["partial"] is True
     assert 0 < partial.summary["images"] < 20

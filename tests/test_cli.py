@@ -188,3 +188,26 @@ def test_groups_command_lists_elements() -> None:
     res = _run("groups", "d4")
     assert res.exit_code == 0 and "hflip*rot90" in res.stdout
     assert _run("groups", "bogus").exit_code == 2
+
+
+def test_scan_that_breaks_part_way_writes_its_partial_result(tmp_path: Path) -> None:
+    torch.save(SmallCNN().state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "partial.json"
+    res = _run(
+        "scan",
+        str(tmp_path / "w.pt"),
+        "--arch",
+        "_models:FailsMidScan",
+        "-g",
+        "c4",
+        "--limit",
+        "20",
+        "--batch-size",
+        "10",
+        "--out",
+        str(out),
+    )
+    assert res.exit_code == 2
+    assert "scan stopped after" in res.stderr and str(out) in res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["partial"] is True and 0 < doc["summary"]["images"] < 20
