@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import math
 import platform
 import sys
 import time
@@ -84,8 +83,9 @@ def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> tup
     if y.dim() == 2:
         chosen = "classify"
     elif y.dim() == 4:
-        hr, wr = y.shape[-2] / x.shape[-2], y.shape[-1] / x.shape[-1]
-        if not math.isclose(hr, wr, rel_tol=1e-6):
+        ratio = y.shape[-2] / x.shape[-2]
+        # Strided layers on odd sizes round (65 -> 33): allow one pixel either way.
+        if abs(x.shape[-1] * ratio - y.shape[-1]) > 1 + 1e-9:
             raise InputMismatchError(
                 f"dense output {tuple(y.shape[-2:])} is not proportional to the input "
                 f"{tuple(x.shape[-2:])}, so transformations cannot be undone on it"
@@ -136,7 +136,9 @@ class _Gallery:
         return {"first": stack(self.first), "worst": stack(worst)}
 
 
-def _as_data(data: Any, data_options: dict[str, Any]) -> AuditData:
+def as_audit_data(data: Any, data_options: dict[str, Any] | None = None) -> AuditData:
+    """Accept a spec string (options go to :func:`load_data`), an AuditData, a tensor or ``(x, y[, mask])``."""
+    data_options = data_options or {}
     if isinstance(data, AuditData):
         return data
     if isinstance(data, str):
@@ -162,17 +164,22 @@ def _summary(frame: pd.DataFrame, extra: dict[str, float]) -> dict[str, Any]:
     for col in ("agreement",):
         stat(col, "mean"), stat(col, "min")
     stat("flip_rate", "max")
-    for col in ("kl", "invariance_error", "equivariance_error", "floor", "max_abs_error"):
+    for col in ("kl", "max_abs_error"):
         stat(col, "mean"), stat(col, "max")
+    # X_mean: mean over elements of the per-element mean; X_worst: the worst element's mean;
+    # X_max: the worst single image under the worst element (the max of the element column X_max).
+    for col in ("invariance_error", "equivariance_error", "floor"):
+        stat(col, "mean"), stat(col, "max", f"{col}_worst"), stat(f"{col}_max", "max", f"{col}_max")
     for col in ("iou_consistency", "iou_truth"):
         stat(col, "mean"), stat(col, "min")
     stat("accuracy_drop", "max")
     key = next((c for c in ("invariance_error", "equivariance_error") if c in rest), None)
     if key is not None and len(rest):
         out["worst_element"] = str(rest.loc[rest[key].idxmax(), "label"])
-        err = rest[key]
-        floor = rest["floor"]
-        out["error_to_floor_max"] = float((err / floor.where(floor > 0)).max()) if (floor > 0).any() else None
+    if "equivariance_error" in rest and (rest["floor"] > 0).any():
+        # Only dense errors and their floor are the same kind of quantity (relative output error).
+        ratio = rest["equivariance_error"] / rest["floor"].where(rest["floor"] > 0)
+        out["error_to_floor_max"] = float(ratio.max())
     out.update(extra)
     out["exact_group"] = bool(frame["exact"].all())
     return out
@@ -218,6 +225,8 @@ def audit(
     """
     if task not in TASKS:
         raise EquiauditError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if samples < 0:
+        raise EquiauditError(f"samples must be >= 0, got {samples}")
     if batch_size < 1:
         raise EquiauditError(f"batch size must be >= 1, got {batch_size}")
     grp = parse_group(group, steps)
@@ -233,7 +242,7 @@ def audit(
         if isinstance(model, LoadedModel)
         else load_model(model, arch=arch, trust=trust, device=None if device is None else resolve_device(device))
     )
-    module = loaded.module.eval()
+    module = loaded.module if loaded.kind == "export" else loaded.module.eval()  # exported graphs have no eval()
     param = next(iter(module.parameters()), None)
     dev = resolve_device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
     if isinstance(dtype, str):
@@ -242,7 +251,7 @@ def audit(
         dtype = getattr(torch, dtype)
     dt = dtype or (param.dtype if param is not None and param.is_floating_point() else torch.float32)
     module.to(device=dev, dtype=dt)
-    dataset = _as_data(data, data_options)
+    dataset = as_audit_data(data, data_options)
     if len(dataset) == 0:
         raise EquiauditError(f"the data {dataset.spec!r} holds no images")
 
@@ -311,20 +320,28 @@ def _scan_batch(
     n_el = len(elems)
     if "task" not in state:
         chosen, out_shape = probe(module, data, x, task)
+        in_mask = valid_mask(elems, (h, w), options.mask, dev)
         state.update(
             task=chosen,
             task_auto=task == "auto",
             out_shape=out_shape,
-            in_mask=valid_mask(elems, (h, w), options.mask, dev),
+            in_size=(h, w),
+            mask_fraction=float(in_mask.float().mean()),
         )
         if on_task is not None:
             on_task(chosen, task == "auto")
         if chosen == "classify":
             metrics["cls"] = ClassificationMetrics(n_el, out_shape[0])
+            # The floor of a classifier is measured on its input: resampling there is all an invariant model sees.
+            state.update(floor_mask=in_mask, floor_size=(h, w))
         else:
             num_classes = max(2, out_shape[0])
             metrics["dense"] = DenseMetrics(n_el, segment=chosen == "segment", num_classes=num_classes)
             state["out_mask"] = valid_mask(elems, out_shape[-2:], options.mask, dev)
+            # A dense model's floor is the round trip of its own output, at the output's resolution: what undoing
+            # an element costs an exactly equivariant model (for f = identity it is the input's round trip).
+            state.update(floor_mask=state["out_mask"], floor_size=tuple(out_shape[-2:]))
+        state["sampled"] = [i for i, g in enumerate(elems) if not uses_exact_path(g, state["floor_size"])]
         metrics["floor"] = FloorMetric(n_el)
     kw = {"interpolation": options.interpolation, "padding": options.padding, "cache": cache}
     # One input buffer: the untransformed batch, then every transformed copy written in place.
@@ -337,22 +354,34 @@ def _scan_batch(
         raise InputMismatchError(f"the model output NaN or inf on images {state['images']}..{state['images'] + b - 1}")
     y = y.reshape(n_el + 1, b, *y.shape[1:])
     ref, out = y[0], y[1:]
-    sampled = state.setdefault("sampled", [i for i, g in enumerate(elems) if not uses_exact_path(g, (h, w))])
+    sampled = state["sampled"]
     if sampled:  # exact elements are permutations: their round trip is the identity, floor 0
-        picked = [elems[i] for i in sampled]
-        roundtrip = apply_elements(xg if len(sampled) == n_el else xg[sampled], picked, inverse=True, **kw)
-        metrics["floor"].update(roundtrip, x, state["in_mask"], sampled)
+        base, images = (x, xg) if state["task"] == "classify" else (ref, None)
+        if images is None:
+            images = apply_elements(base, [elems[i] for i in sampled], **kw)
+        elif len(sampled) < n_el:
+            images = images[sampled]
+        roundtrip = apply_elements(images, [elems[i] for i in sampled], inverse=True, **kw)
+        metrics["floor"].update(roundtrip, base, state["floor_mask"], sampled)
     else:
-        metrics["floor"].update(xg[:0], x, state["in_mask"], [])
-    labels = batch.y.to(dev) if batch.y is not None and data.has_labels else None
+        metrics["floor"].update(xg[:0], x, state["floor_mask"], [])
+    labels = None
+    if batch.y is not None and data.has_labels:
+        labels = batch.y.to(dev)
+        k = max(2, state["out_shape"][0]) if state["task"] == "classify" else None
+        if k is not None and (labels.min() < 0 or labels.max() >= k):
+            raise InputMismatchError(
+                f"labels of {data.spec!r} run from {int(labels.min())} to {int(labels.max())} but the model has "
+                f"{state['out_shape'][0]} output(s); check --data or the model's head"
+            )
     if state["task"] == "classify":
         scores = metrics["cls"].update(out, ref, labels)
         worst = (1 - scores["agreement"]).sum(0) + scores["kl"].mean(0).clamp_max(0.999)
         payload = {
             "pred": scores["pred"],
             "confidence": scores["confidence"],
-            "ref_pred": ref.argmax(-1)[None],
-            "ref_confidence": ref.softmax(-1).amax(-1)[None],
+            "ref_pred": scores["ref_pred"][None],
+            "ref_confidence": scores["ref_confidence"][None],
         }
         if labels is not None:
             payload["label"] = labels[None]
@@ -360,9 +389,12 @@ def _scan_batch(
         back = apply_elements(out, elems, inverse=True, **kw)
         truth = None
         if batch.mask is not None and data.has_masks:
-            truth = torch.nn.functional.interpolate(
-                batch.mask.to(dev, torch.float32), size=ref.shape[-2:], mode="nearest"
-            )[:, 0].long()
+            m = batch.mask.to(dev, torch.float32)
+            if m.shape[-2:] != ref.shape[-2:]:
+                # area pooling keeps the pixel-centre convention when the output is smaller (nearest would shift)
+                mode = "area" if m.shape[-1] > ref.shape[-1] else "nearest"
+                m = torch.nn.functional.interpolate(m, size=ref.shape[-2:], mode=mode)
+            truth = (m[:, 0] > 0.5).long()
         scores = metrics["dense"].update(back, ref, state["out_mask"], truth)
         worst = scores["equivariance_error"].mean(0)
         payload = {"error_map": (back - ref).abs().mean(2).half()}
@@ -390,7 +422,11 @@ def _build_result(
     wall: float,
     partial: bool,
 ) -> AuditResult:
-    rows = [{"id": i, "label": g.label, **g.params(), "exact": g.exact} for i, g in enumerate(grp.elements)]
+    size = state.get("in_size")
+    rows = [
+        {"id": i, "label": g.label, **g.params(), "exact": uses_exact_path(g, size) if size else g.exact}
+        for i, g in enumerate(grp.elements)
+    ]
     frame = pd.DataFrame(rows)
     extra: dict[str, float] = {}
     per_class = None
@@ -401,8 +437,8 @@ def _build_result(
             extra.update(metric.summary())
         if key == "cls":
             pc = metric.per_class()
-            classes = data.class_names or [str(k) for k in range(metric.num_classes)]
-            per_class = {"classes": classes[: metric.num_classes]}
+            names = data.class_names if data.class_names and len(data.class_names) == metric.num_classes else None
+            per_class = {"classes": names or [str(k) for k in range(metric.num_classes)]}
             per_class.update({k: v.numpy().tolist() for k, v in pc.items()})
     summary = _summary(frame, extra) if metrics else {}
     summary["images"] = state["images"]
@@ -419,7 +455,7 @@ def _build_result(
             "padding": options.padding,
             "mask": options.mask,
             "batch_size": options.batch_size,
-            "mask_fraction": float(state["in_mask"].float().mean()) if "in_mask" in state else None,
+            "mask_fraction": state.get("mask_fraction"),
         },
         "versions": {
             "equiaudit": __version__,

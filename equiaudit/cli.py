@@ -7,6 +7,7 @@ crossed, 2 usage, input or IO error (one line, no traceback).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -31,6 +32,14 @@ out = Console(highlight=False, soft_wrap=True)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+class RescuedWrite(EquiauditError):
+    """The requested file could not be written; the result went to ``path`` instead (the run still fails)."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def fail(message: str) -> typer.Exit:
     """Print one line on stderr and return the exit-2 exception to raise."""
     err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
@@ -51,7 +60,7 @@ def _thresholds(items: list[str], flag: str) -> dict[str, float]:
     for item in items:
         name, sep, value = item.partition("=")
         try:
-            if not sep or not name:
+            if not sep or not name or not math.isfinite(float(value)):
                 raise ValueError
             parsed[name.strip()] = float(value)
         except ValueError:
@@ -60,7 +69,8 @@ def _thresholds(items: list[str], flag: str) -> dict[str, float]:
 
 
 def _rescue_path(kind: str) -> Path:
-    return Path.cwd() / f"equiaudit-{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}-{os.getpid()}"
+    return Path.cwd() / f"equiaudit-{kind.split()[-1] if kind else 'result'}-{stamp}.json"
 
 
 def _save(result: Any, path: Path | None, kind: str = "result") -> Path | None:
@@ -74,8 +84,7 @@ def _save(result: Any, path: Path | None, kind: str = "result") -> Path | None:
     except EquiauditError as exc:
         rescue = _rescue_path(kind)
         save(result, rescue)
-        err.print(f"warning: {exc}; the {kind} was written to {rescue} instead")
-        return rescue
+        raise RescuedWrite(f"{exc}; the {kind} was written to {rescue} instead", rescue) from None
 
 
 def _print_table(result: Any) -> None:
@@ -234,22 +243,29 @@ def scan(
             on_task,
         )
     except ScanInterrupted as exc:
-        if exc.partial is not None:
+        if exc.partial is None:
+            raise fail(str(exc)) from None
+        try:
             saved = _save(exc.partial, out_file or _rescue_path("partial"), "partial result")
-            raise fail(f"{exc}; partial results written to {saved}") from None
-        raise fail(str(exc)) from None
+        except RescuedWrite as rescued:
+            saved = rescued.path
+        raise fail(f"{exc}; partial results written to {saved}") from None
     except EquiauditError as exc:
         raise fail(str(exc)) from None
 
-    failures = []
+    problems: list[str] = []  # IO failures: reported after the result is printed, then exit 2
     try:
         failures = result.check(above, below)
     except EquiauditError as exc:
-        _save(result, out_file or _rescue_path("result"))
-        raise fail(str(exc)) from None
+        failures = []
+        problems.append(str(exc))
     if above or below:
         result.meta["checks"] = {"fail_above": above, "fail_below": below, "failures": failures, "passed": not failures}
-    saved = _save(result, out_file)
+    try:
+        saved = _save(result, out_file if out_file or not problems else _rescue_path("result"))
+    except RescuedWrite as rescued:
+        saved = rescued.path
+        problems.append(str(rescued))
     if report is not None:
         try:
             from .reports import write_report
@@ -258,7 +274,7 @@ def scan(
             if show:
                 err.print(f"report: {path}")
         except EquiauditError as exc:
-            raise fail(f"{exc} (results {'in ' + str(saved) if saved else 'not saved; use --out'})") from None
+            problems.append(f"{exc} (results {'in ' + str(saved) if saved else 'not saved; use --out'})")
     if json_out:
         sys.stdout.write(result.to_json() + "\n")
     else:
@@ -267,6 +283,8 @@ def scan(
             err.print(f"results: {saved}")
     for line in failures:
         err.print(f"[bold red]check failed:[/] {line}")
+    if problems:
+        raise fail(problems[0])
     if failures:
         raise typer.Exit(EXIT_FAILED)
 

@@ -89,11 +89,12 @@ class GroupElement:
 
     @property
     def label(self) -> str:
-        parts = ["hflip"] if self.reflect else []
-        if self.angle != 0.0:
-            parts.append(f"rot{_fmt(self.angle)}")
+        # Product order, as in spec strings: ``rot90*hflip`` is R(90)·F, the mirror acting first.
+        parts = [f"rot{_fmt(self.angle)}"] if self.angle != 0.0 else []
         if abs(self.scale - 1.0) >= _ATOL:
             parts.append(f"scale{_fmt(self.scale)}")
+        if self.reflect:
+            parts.append("hflip")
         return "*".join(parts) or "identity"
 
     def params(self) -> dict[str, float | bool]:
@@ -201,7 +202,7 @@ def _values(body: str, spec: str, log: bool) -> list[float]:
         lo, hi, n = _number(m[1], spec), _number(m[2], spec), _count(m[3], spec)
         if log:
             if lo <= 0 or hi <= 0:
-                raise GroupSpecError(f"scale factors must be > 0 in {spec!r}")
+                raise GroupSpecError(f"scale factors must be > 0 in {spec!r}; valid forms: {VALID_FORMS}")
             return [float(v) for v in np.geomspace(lo, hi, n)]
         return [float(v) for v in np.linspace(lo, hi, n)]
     if ".." in body:
@@ -221,7 +222,7 @@ def _factor(token: str, spec: str, steps: int | None) -> list[GroupElement]:
     if t.startswith("scale:"):
         factors = _values(t[6:], spec, log=True)
         if any(f <= 0 for f in factors):
-            raise GroupSpecError(f"scale factors must be > 0 in {spec!r}")
+            raise GroupSpecError(f"scale factors must be > 0 in {spec!r}; valid forms: {VALID_FORMS}")
         return [GroupElement(scale=f) for f in factors]
     if t in ("flip", "hflip"):
         return [GroupElement(), GroupElement(reflect=True)]

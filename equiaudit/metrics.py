@@ -138,7 +138,7 @@ class ClassificationMetrics(Metric):
 
     def __init__(self, num_elements: int, num_classes: int) -> None:
         super().__init__()
-        g, k = num_elements, num_classes
+        g, k = num_elements, max(2, num_classes)  # one logit = a binary classifier (two classes)
         self.num_classes = k
         self.add_state("count", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("labelled", torch.zeros((), dtype=torch.float64), "sum")
@@ -159,10 +159,15 @@ class ClassificationMetrics(Metric):
     ) -> dict[str, torch.Tensor]:
         """Add a batch: ``out`` is ``(G, B, K)``, ``ref`` ``(B, K)``. Returns per-image scores ``(G, B)``."""
         k = self.num_classes
+        err = relative_error(out, ref).double()
+        if out.shape[-1] == 1:
+            # One logit is a binary classifier: softmax([0, z]) = sigmoid(z), so argmax is ``z > 0`` and the KL
+            # below is the Bernoulli KL.
+            out = torch.cat([torch.zeros_like(out), out], -1)
+            ref = torch.cat([torch.zeros_like(ref), ref], -1)
         pred_ref, pred = ref.argmax(-1), out.argmax(-1)
         agree = (pred == pred_ref).double()
         kl = kl_divergence(out, ref).double()
-        err = relative_error(out, ref).double()
         self.count += ref.shape[0]
         self.agree += agree.sum(-1).cpu()
         self.kl_sum += kl.sum(-1).cpu()
@@ -187,6 +192,8 @@ class ClassificationMetrics(Metric):
             "invariance_error": err,
             "pred": pred,
             "confidence": out.softmax(-1).amax(-1),
+            "ref_pred": pred_ref,
+            "ref_confidence": ref.softmax(-1).amax(-1),
         }
 
     def compute(self) -> dict[str, torch.Tensor]:

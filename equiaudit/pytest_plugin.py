@@ -80,9 +80,7 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
     """Check the keywords of the marker or of ``check()``; ``None`` values are dropped."""
     unknown = sorted(set(options) - set(MARKER_KEYS))
     if unknown:
-        raise EquiauditError(
-            f"unknown keyword(s) {', '.join(map(repr, unknown))}; valid: {', '.join(MARKER_KEYS)}"
-        )
+        raise EquiauditError(f"unknown keyword(s) {', '.join(map(repr, unknown))}; valid: {', '.join(MARKER_KEYS)}")
     out = {k: v for k, v in options.items() if v is not None}
     if "steps" in out:
         _positive_int(out["steps"], "steps")
@@ -90,9 +88,7 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
         from .groups import Group, parse_group
 
         if not isinstance(out["group"], (str, Group)):
-            raise EquiauditError(
-                f"group must be a spec string such as 'c4', got {type(out['group']).__name__}"
-            )
+            raise EquiauditError(f"group must be a spec string such as 'c4', got {type(out['group']).__name__}")
         parse_group(out["group"], out.get("steps"))
     if "max_error" in out:
         from .testing import parse_max_error
@@ -188,9 +184,7 @@ def _state_from_config(config: pytest.Config) -> _State:
     else:
         here = config.invocation_params.dir
         report_path = here / report if report else None
-        baseline = (
-            here / baseline_arg if baseline_arg else (config.rootpath / DEFAULT_BASELINE if update else None)
-        )
+        baseline = here / baseline_arg if baseline_arg else (config.rootpath / DEFAULT_BASELINE if update else None)
     state = _State(device, None if dtype == "auto" else dtype, report_path, baseline, baseline_arg, update)
     if state.comparing and baseline is not None:
         if not baseline.exists():
@@ -224,9 +218,7 @@ def read_baseline(path: Path) -> dict[str, dict]:
         )
     entries = doc.get("entries")
     if not isinstance(entries, dict) or not all(_is_entry(e) for e in entries.values()):
-        raise EquiauditError(
-            f"{path}: 'entries' must map test ids to objects with 'errors': {{label: number}}"
-        )
+        raise EquiauditError(f"{path}: 'entries' must map test ids to objects with 'errors': {{label: number}}")
     return entries
 
 
@@ -238,9 +230,7 @@ def _is_entry(entry: Any) -> bool:
 
 
 @contextlib.contextmanager
-def file_lock(
-    path: Path, timeout: float = LOCK_TIMEOUT_S, stale_after: float = LOCK_STALE_S
-) -> Iterator[None]:
+def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S, stale_after: float = LOCK_STALE_S) -> Iterator[None]:
     """Hold ``<path>.lock`` (created with O_EXCL, so exactly one process gets it; works on every OS)."""
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -481,9 +471,7 @@ def pytest_configure_node(node: Any) -> None:
     }
 
 
-def pytest_collection_modifyitems(
-    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-) -> None:
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Validate every ``equivariance`` marker: a bad one stops the run with a usage error (exit code 4). An
     xdist worker cannot stop the run here without an internal error, so there the test errors at setup."""
     errors = []
@@ -500,8 +488,7 @@ def pytest_collection_modifyitems(
         if own and "equivariance" not in getattr(item, "fixturenames", ()):
             item.warn(
                 pytest.PytestWarning(
-                    "@pytest.mark.equivariance has no effect on a test that does not "
-                    "use the equivariance fixture"
+                    "@pytest.mark.equivariance has no effect on a test that does not use the equivariance fixture"
                 )
             )
     if errors and not hasattr(config, "workerinput"):
@@ -532,9 +519,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     """xdist controller: collect the checks a worker measured and how many baseline entries it recorded."""
     out = getattr(node, "workeroutput", None) or {}
     state = node.config.stash[_STATE]
-    state.checks += [
-        _Check(name, passed, path=path) for name, passed, path in out.get("equiaudit_checks", [])
-    ]
+    state.checks += [_Check(name, passed, path=path) for name, passed, path in out.get("equiaudit_checks", [])]
     state.recorded += int(out.get("equiaudit_recorded", 0))
     state.missing += out.get("equiaudit_missing", [])
     state.errors += out.get("equiaudit_errors", [])

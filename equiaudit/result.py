@@ -70,32 +70,15 @@ HIGHER_IS_BETTER = frozenset(
 
 SUMMARY_METRICS = frozenset(
     {
-        "agreement_mean",
-        "agreement_min",
-        "flip_rate_max",
-        "kl_mean",
-        "kl_max",
-        "invariance_error_mean",
-        "invariance_error_max",
-        "equivariance_error_mean",
-        "equivariance_error_max",
-        "floor_mean",
-        "floor_max",
-        "max_abs_error_mean",
-        "max_abs_error_max",
-        "iou_consistency_mean",
-        "iou_consistency_min",
-        "iou_truth_mean",
-        "iou_truth_min",
-        "accuracy_drop_max",
-        "error_to_floor_max",
-        "accuracy_reference",
-        "accuracy_mean",
-        "accuracy_min",
-        "worst_case_accuracy",
-        "iou_truth_reference",
+        "agreement_mean", "agreement_min", "flip_rate_max", "kl_mean", "kl_max", "max_abs_error_mean",
+        "max_abs_error_max", "iou_consistency_mean", "iou_consistency_min", "iou_truth_mean", "iou_truth_min",
+        "accuracy_drop_max", "error_to_floor_max", "accuracy_reference", "accuracy_mean", "accuracy_min",
+        "worst_case_accuracy", "iou_truth_reference",
+        # X_mean: mean over elements; X_worst: the worst element's mean; X_max: the worst image anywhere
+        *(f"{m}_{how}" for m in ("invariance_error", "equivariance_error", "floor")
+          for how in ("mean", "worst", "max")),
     }
-)
+)  # fmt: skip
 
 
 def known_metrics() -> frozenset[str]:
@@ -116,26 +99,36 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _chmod_like_new_file(path: str | os.PathLike) -> None:
-    """mkstemp creates 0600 files; give the result the mode a plain ``open(..., "w")`` would (0666 & ~umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import: os.umask is process-wide, so never toggle it later
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write via a temporary file in the same folder and rename, so a reader never sees half a file."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write via a synced temporary file in the same folder and rename, so a reader never sees half a file.
+    The file gets the mode a plain ``open(..., "w")`` would give (mkstemp's is 0600)."""
     path = Path(path)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        _chmod_like_new_file(tmp)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         raise EquiauditError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @dataclass
@@ -217,10 +210,18 @@ class AuditResult:
             if col.empty:
                 col = self.elements[name].dropna()
             if col.empty:
-                raise EquiauditError(f"metric {name!r} was not measured in this audit")
+                raise EquiauditError(f"metric {name!r} is not defined for this audit")
             return float(col.min() if name in HIGHER_IS_BETTER else col.max())
-        known = sorted({*self.summary, *(c for c in self.elements.columns if c in ELEMENT_METRICS)})
-        raise EquiauditError(f"unknown metric {name!r}; this audit has: {', '.join(known)}")
+        if name in known_metrics():
+            raise EquiauditError(
+                f"metric {name!r} is not defined for this audit (task {self.task or '?'}, "
+                f"group {self.meta.get('group', {}).get('spec', '?')})"
+            )
+        defined = sorted(
+            {k for k, v in self.summary.items() if isinstance(v, (int, float)) and k in known_metrics()}
+            | {c for c in self.elements.columns if c in ELEMENT_METRICS}
+        )
+        raise EquiauditError(f"unknown metric {name!r}; this audit has: {', '.join(defined)}")
 
     def check(self, above: dict[str, float] | None = None, below: dict[str, float] | None = None) -> list[str]:
         """Threshold failures as readable lines: a metric's worst value above (or below) its limit."""
@@ -243,39 +244,50 @@ def samples_path(json_path: str | os.PathLike) -> Path:
 
 
 def save(result: AuditResult, path: str | os.PathLike) -> Path:
-    """Write the JSON document (atomically) and, when the result holds gallery samples, the ``.samples.npz``
-    sidecar next to it (written first, so a JSON never points at a missing sidecar of this run)."""
+    """Write the JSON document and, when the result holds gallery samples, the ``.samples.npz`` sidecar next to
+    it. The JSON (and ``result.meta["samples"]``) records the sidecar's SHA-256, so :func:`load` never pairs a
+    result with another run's samples; a stale sidecar from an earlier run is removed."""
+    import hashlib
+    import io
+
     import numpy as np
 
+    side = samples_path(path)
+    result.meta.pop("samples", None)
     if result.samples:
         flat = {f"{part}/{key}": value for part, arrays in result.samples.items() for key, value in arrays.items()}
-        side = samples_path(path)
-        try:
-            side.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=side.parent, prefix=f".{side.name}.", suffix=".npz")
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **flat)
-            _chmod_like_new_file(tmp)
-            os.replace(tmp, side)
-        except OSError as exc:
-            raise EquiauditError(f"cannot write {side}: {exc.strerror or exc}") from None
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **flat)
+        data = buf.getvalue()
+        atomic_write_bytes(side, data)
+        result.meta["samples"] = {"sha256": hashlib.sha256(data).hexdigest()}  # the name follows the JSON
+    elif side.is_file():
+        side.unlink()
     return atomic_write_text(path, result.to_json() + "\n")
 
 
 def load(path: str | os.PathLike) -> AuditResult:
-    """Read a results JSON and its ``.samples.npz`` sidecar when present."""
+    """Read a results JSON and, when it names one, its ``.samples.npz`` sidecar (checked by SHA-256)."""
+    import hashlib
+    import io
+
     import numpy as np
 
     result = AuditResult.from_json(path)
+    record = result.meta.get("samples")
     side = samples_path(path)
-    if side.exists():
-        try:
-            with np.load(side, allow_pickle=False) as z:
-                samples: dict[str, dict] = {}
-                for key in z.files:
-                    part, name = key.split("/", 1)
-                    samples.setdefault(part, {})[name] = z[key]
-            result.samples = samples
-        except (OSError, ValueError) as exc:
-            raise ResultFormatError(f"cannot read the samples file {side}: {exc}") from None
+    if not isinstance(record, dict) or not side.is_file():
+        return result
+    data = side.read_bytes()
+    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        return result  # another run's gallery: better none than the wrong one
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            samples: dict[str, dict] = {}
+            for key in z.files:
+                part, name = key.split("/", 1)
+                samples.setdefault(part, {})[name] = z[key]
+        result.samples = samples
+    except (OSError, ValueError) as exc:
+        raise ResultFormatError(f"cannot read the samples file {side}: {exc}") from None
     return result

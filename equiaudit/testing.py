@@ -65,7 +65,8 @@ __all__ = [
 
 # Relative error allowed as round-off, per dtype: the whole tolerance of exact elements and the slack added to
 # "Kx floor" (so a zero floor does not demand zero error). float32 / float64 sit 100x / 1e4x above the errors
-# measured above; float16 / bfloat16 (not measurable on CPU) follow equiaudit.reports.verdict.ROUNDOFF.
+# measured above; float16 / bfloat16 (not measurable on CPU) allow ~10 ulp of their mantissas. The reports'
+# verdicts use this same table.
 FLOAT_TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}
 DEFAULT_MAX_ERROR = "2x floor"
 # A baseline budget b allows b * (1 + BASELINE_RTOL) + FLOAT_TOLERANCE[dtype]: errors move by round-off
@@ -124,9 +125,7 @@ def parse_max_error(value: str | float | Tolerance | None) -> Tolerance:
         try:
             value = float(value)
         except ValueError:
-            raise EquiauditError(
-                f"max_error {value!r} is neither a number nor 'Kx floor' (e.g. '2x floor')"
-            ) from None
+            raise EquiauditError(f"max_error {value!r} is neither a number nor 'Kx floor' (e.g. '2x floor')") from None
     if not value >= 0:  # also rejects NaN
         raise EquiauditError(f"max_error must be >= 0, got {value!r}")
     return Tolerance(absolute=float(value))
@@ -271,9 +270,7 @@ def _default_data(module: nn.Module, input_shape: Sequence[int] | None) -> tuple
     return data, f"{len(data)} band-limited noise images {c}x{h}x{w} (digits cannot take this shape)"
 
 
-def _as_data(
-    inputs: Any, module: nn.Module, input_shape: Sequence[int] | None
-) -> tuple[AuditData, str, bool]:
+def _as_data(inputs: Any, module: nn.Module, input_shape: Sequence[int] | None) -> tuple[AuditData, str, bool]:
     """The data to measure on, a description for messages, and whether it is the default."""
     import torch
 
@@ -291,9 +288,7 @@ def _as_data(
         size = channels = None
         if input_shape is not None:
             channels, size = input_shape[0], (input_shape[1], input_shape[2])
-        data = load_data(
-            inputs, limit=DEFAULT_COUNT, input_size=size, channels=channels, input_shape=input_shape
-        )
+        data = load_data(inputs, limit=DEFAULT_COUNT, input_size=size, channels=channels, input_shape=input_shape)
         return data, f"{len(data)} images of {inputs!r}", False
     raise EquiauditError(
         f"inputs must be a tensor (N, C, H, W), a data spec string or AuditData; got {type(inputs).__name__}"
@@ -401,9 +396,7 @@ def _measure(
         result,
     )
     meta = result.meta
-    context = _Context(
-        loaded, data, meta["device"], meta["dtype"], grp, task, interpolation, padding, mask, batch_size
-    )
+    context = _Context(loaded, data, meta["device"], meta["dtype"], grp, task, interpolation, padding, mask, batch_size)
     return report, context
 
 
@@ -424,16 +417,12 @@ def _locate(ctx: _Context, labels: Sequence[str]) -> dict[str, Location]:
     kw = {"interpolation": ctx.interpolation, "padding": ctx.padding}
 
     def forward(inp: torch.Tensor) -> torch.Tensor:
-        return torch.cat(
-            [module(inp[i : i + ctx.batch_size]) for i in range(0, inp.shape[0], ctx.batch_size)]
-        )
+        return torch.cat([module(inp[i : i + ctx.batch_size]) for i in range(0, inp.shape[0], ctx.batch_size)])
 
     found: dict[str, Location] = {}
     with torch.inference_mode():
         ref = forward(x)
-        out_mask = (
-            None if ctx.task == "classify" else valid_mask(ctx.group.elements, ref.shape[-2:], ctx.mask, dev)
-        )
+        out_mask = None if ctx.task == "classify" else valid_mask(ctx.group.elements, ref.shape[-2:], ctx.mask, dev)
         for g in ctx.group.elements:
             if g.label not in labels:
                 continue
@@ -510,9 +499,7 @@ def equivariance_error(
 # ---- asserting ---------------------------------------------------------------------------------------------
 
 
-def _failures(
-    report: EquivarianceReport, tolerance: Tolerance, budgets: Mapping[str, float] | None
-) -> list[Failure]:
+def _failures(report: EquivarianceReport, tolerance: Tolerance, budgets: Mapping[str, float] | None) -> list[Failure]:
     out = []
     slack = float_tolerance(report.dtype)
     for e in report.elements:
@@ -525,9 +512,7 @@ def _failures(
             allowed = budget * (1 + BASELINE_RTOL) + slack
             if not e.error <= allowed:
                 out.append(
-                    Failure(
-                        e, allowed, f"recorded {budget:.4g} x {1 + BASELINE_RTOL:g} + {slack:g}", "baseline"
-                    )
+                    Failure(e, allowed, f"recorded {budget:.4g} x {1 + BASELINE_RTOL:g} + {slack:g}", "baseline")
                 )
     return out
 

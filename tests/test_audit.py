@@ -189,5 +189,70 @@ def test_metric_value_and_checks() -> None:
     res = audit(C4Averaged(_seeded(SmallCNN())), "digits", "c4", limit=8, samples=0)
     assert res.check(above={"invariance_error": 1e-5}, below={"agreement": 0.99}) == []
     assert res.check(above={"invariance_error": -1.0})
-    with pytest.raises(EquiauditError, match="unknown metric"):
+    with pytest.raises(EquiauditError, match="not defined for this audit"):
         res.metric_value("iou_truth")
+    with pytest.raises(EquiauditError, match="unknown metric"):
+        res.metric_value("bogus")
+    # summary X_max is the worst image under the worst element: the max of the element column X_max
+    assert res.summary["invariance_error_max"] == res.elements["invariance_error_max"].iloc[1:].max()
+    assert res.summary["invariance_error_worst"] == res.elements["invariance_error"].iloc[1:].max()
+
+
+class _SignFlipBinary(nn.Module):
+    """One logit whose sign flips under a left-right mirror: a binary classifier that is not flip-invariant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.shape[-1]
+        return (x[..., : w // 2].sum((1, 2, 3)) - x[..., w // 2 :].sum((1, 2, 3)))[:, None] + self.dummy
+
+
+def test_one_logit_classifier_is_binary() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 8, 8)
+    res = audit(_SignFlipBinary(), x, "flip", samples=0)
+    assert res.elements.loc[1, "agreement"] == 0  # every prediction flips
+    assert res.elements.loc[1, "kl"] > 0
+
+
+class _PoolDense(nn.Module):
+    """A pointwise map then 2x2 average pooling: equivariant up to resampling, at half resolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.avg_pool2d(self.conv(x), 2)
+
+
+def test_downsampled_dense_output_is_compared_with_its_own_floor(digits: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    res = audit(_PoolDense(), digits, "rot:0,30,45", task="dense", samples=0)
+    assert res.meta["output_shape"] == [2, 14, 14]
+    assert res.summary["error_to_floor_max"] < 1.5  # at its floor, not 2x it (the floor is at output resolution)
+
+
+def test_exact_flag_follows_the_path_taken() -> None:
+    x = torch.rand(4, 1, 6, 10)
+    res = audit(Identity(), x, "c4", task="dense", samples=0)
+    assert res.elements["exact"].tolist() == [True, False, True, False]  # odd quarter turns are sampled
+    assert res.summary["exact_group"] is False
+
+
+def test_labels_out_of_range_are_an_input_error() -> None:
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 12])
+    with pytest.raises(InputMismatchError, match="labels"):
+        audit(SmallCNN(), (x, y), "c4")
+
+
+def test_stale_samples_sidecar_is_never_attached(tmp_path) -> None:
+    model = _seeded(SmallCNN())
+    save(audit(model, "digits", "c4", limit=4, samples=2), tmp_path / "r.json")
+    assert load(tmp_path / "r.json").samples is not None
+    save(audit(model, "digits", "rot:0,45", limit=4, samples=0), tmp_path / "r.json")
+    assert load(tmp_path / "r.json").samples is None
+    assert not (tmp_path / "r.samples.npz").exists()

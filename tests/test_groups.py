@@ -106,7 +106,7 @@ def test_exactness_and_labels() -> None:
     assert not GroupElement(45).exact and not GroupElement(90, 1.5).exact
     assert GroupElement().label == "identity"
     assert GroupElement(-90).label == "rot-90"
-    assert GroupElement(90, 1.25, True).label == "hflip*rot90*scale1.25"
+    assert GroupElement(90, 1.25, True).label == "rot90*scale1.25*hflip"
     assert GroupElement(360 + 45).angle == pytest.approx(45)
     assert math.isclose(GroupElement(-180).angle, 180)
 

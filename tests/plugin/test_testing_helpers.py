@@ -267,9 +267,7 @@ def test_assert_invariant_fails_with_one_line_per_failing_element() -> None:
     with pytest.raises(AssertionError) as info:
         assert_invariant(Plain(), "c4")
     lines = str(info.value).splitlines()
-    assert lines[0].startswith(
-        "Plain: not invariant under c4 within tolerance (3 of 4 elements fail; float32"
-    )
+    assert lines[0].startswith("Plain: not invariant under c4 within tolerance (3 of 4 elements fail; float32")
     assert "inputs: 16 shipped digits 1x28x28" in lines[0]
     assert len(lines) == 4
     for line, label in zip(lines[1:], ("rot90", "rot180", "rot-90"), strict=True):
@@ -352,7 +350,5 @@ def test_helper_frames_are_hidden(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        ["*assert_invariant(Tilted(), *", "E   *AssertionError: Tilted: not invariant*"]
-    )
+    result.stdout.fnmatch_lines(["*assert_invariant(Tilted(), *", "E   *AssertionError: Tilted: not invariant*"])
     assert "testing.py" not in result.stdout.str()
