@@ -1,0 +1,314 @@
+"""Render reports to one self-contained HTML page with jinja2.
+
+plotly.js is embedded once, gzip-compressed and base64-encoded (4.8 MB raw, 2 MB so), and unpacked in the
+browser with ``DecompressionStream``; figures are JSON rendered by ``Plotly.newPlot`` into fixed ``<div>`` ids.
+Nothing is fetched from the network. The output is a pure function of its inputs (no timestamps, fixed ids),
+so the same result always gives the same bytes.
+
+The page reports on itself for tests and tools: ``<div id="equiaudit-status" data-charts="N"
+data-rendered="M" data-errors="..." data-done="1">`` once every chart has been drawn (or failed to).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from .figures import Chart, comparison_charts, report_charts
+from .gallery import Budget, Gallery, colour_bar_css, correctness_gallery, report_galleries
+from .verdict import fmt_num, fmt_pct, group_name, verdict
+
+MAX_BYTES = 5_000_000  # a default report stays under this
+TARGET_BYTES = 4_500_000  # galleries fill the page up to this, leaving a margin below MAX_BYTES
+_PAGE_OVERHEAD = 80_000  # template, styles and scripts, with room to spare
+TEMPLATES = Path(__file__).parent / "templates"
+_TASK_METRICS = {
+    "classify": ("agreement", "invariance_error"),
+    "segment": ("equivariance_error",),
+    "dense": ("equivariance_error",),
+}
+
+
+@lru_cache(maxsize=1)
+def plotly_js_gz_b64() -> str:
+    """The installed plotly.js, gzip-compressed (mtime 0, so the bytes are stable) and base64-encoded."""
+    from plotly.offline import get_plotlyjs
+
+    return base64.b64encode(gzip.compress(get_plotlyjs().encode("utf-8"), 9, mtime=0)).decode("ascii")
+
+
+def figure_json(fig: Any) -> str:
+    """A figure as JSON that is safe inside ``<script type="application/json">``."""
+    import plotly.io as pio
+
+    return pio.to_json(fig, validate=False, pretty=False, engine="json").replace("</", "<\\/")
+
+
+def fmt_count(value: Any) -> str:
+    """``16354`` -> ``16.4k``, ``23500000`` -> ``23.5M`` (exact value in the page's tooltips)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    v = float(value)
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= limit:
+            return f"{v / limit:.3g}{suffix}"
+    return f"{v:g}"
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(num=fmt_num, pct=fmt_pct, count=fmt_count)
+    return env
+
+
+def model_name(meta: Mapping[str, Any]) -> str:
+    """A short name for a model: the file name, ``zoo:NAME`` or the module class."""
+    source = str((meta.get("model") or {}).get("source") or "model")
+    if source.startswith("<module ") and source.endswith(">"):
+        return source[8:-1]
+    return Path(source).name if ("/" in source or "\\" in source) else source
+
+
+def _fmt_seconds(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    v = float(value)
+    return f"{v:.2f} s" if v < 60 else f"{int(v // 60)} min {v % 60:.0f} s"
+
+
+def _shorten(items: Sequence[str], limit: int = 12) -> str:
+    """A list in a line: all of it when short, else its start and end around an ellipsis."""
+    items = [str(i) for i in items]
+    return ", ".join(items) if len(items) <= limit else ", ".join([*items[:6], "…", *items[-2:]])
+
+
+def details(meta: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """The header's facts as ``(section, [(name, shown value, full value)])``."""
+    model, group, data = meta.get("model") or {}, meta.get("group") or {}, meta.get("data") or {}
+    options, versions = meta.get("options") or {}, meta.get("versions") or {}
+    sha = model.get("sha256") or ""
+    params = model.get("parameters")
+    norm = data.get("normalisation")
+    mask_fraction = options.get("mask_fraction")
+    shape = data.get("input_shape")
+    elements = group.get("elements") or []
+    rows: list[tuple[str, list[tuple[str, Any, Any]]]] = [
+        (
+            "Model",
+            [
+                ("source", model.get("source"), None),
+                ("kind", model.get("kind"), None),
+                ("architecture", model.get("arch"), None),
+                ("parameters", fmt_count(params), f"{params:,}" if isinstance(params, int) else None),
+                ("SHA-256", sha[:16] + "…" if sha else None, sha),
+            ],
+        ),
+        (
+            "Group",
+            [
+                ("spec", group.get("spec"), None),
+                ("name", group_name(group.get("spec", "")), None),
+                (
+                    "elements",
+                    f"{group.get('size')} ({'all exact' if group.get('exact') else 'interpolated'}): "
+                    + _shorten(elements),
+                    ", ".join(elements),
+                ),
+                ("kind", group.get("kind"), None),
+            ],
+        ),
+        (
+            "Data",
+            [
+                ("spec", data.get("spec"), None),
+                ("source", data.get("source"), None),
+                ("split", data.get("split"), None),
+                ("images", data.get("count"), None),
+                ("input shape", "×".join(str(d) for d in shape) if shape else None, None),
+                ("classes", data.get("num_classes"), ", ".join(map(str, data.get("class_names") or [])) or None),
+                ("normalisation", f"mean {norm.get('mean')}, std {norm.get('std')}" if norm else "none", None),
+            ],
+        ),
+        (
+            "Task and options",
+            [
+                (
+                    "task",
+                    str(meta.get("task")) + (" (chosen from the output shape)" if meta.get("task_auto") else ""),
+                    None,
+                ),
+                ("output shape", "×".join(str(d) for d in meta.get("output_shape") or []) or None, None),
+                ("interpolation", options.get("interpolation"), None),
+                ("padding", options.get("padding"), None),
+                (
+                    "mask",
+                    f"{options.get('mask')}"
+                    + (f" ({fmt_pct(mask_fraction)} of pixels compared)" if mask_fraction is not None else ""),
+                    None,
+                ),
+                ("batch size", options.get("batch_size"), None),
+            ],
+        ),
+        (
+            "Run",
+            [
+                ("device", meta.get("device"), None),
+                ("dtype", meta.get("dtype"), None),
+                ("time taken", _fmt_seconds(meta.get("wall_time_s")), None),
+                ("images / s", fmt_num(meta.get("images_per_s")), None),
+                *[(k, v, None) for k, v in versions.items()],
+            ],
+        ),
+    ]
+    return [
+        (section, [(k, str(v), str(full) if full else str(v)) for k, v, full in items if v not in (None, "")])
+        for section, items in rows
+    ]
+
+
+def _charts_json(charts: Sequence[Chart]) -> list[dict[str, Any]]:
+    """Charts for the template: two side by side, those marked wide in a full row, as is the last chart
+    when an odd one is left over."""
+    wide = [bool(c.wide) for c in charts]
+    narrow = [i for i, w in enumerate(wide) if not w]
+    if len(narrow) % 2:
+        wide[narrow[-1]] = True
+    return [
+        {"id": c.id, "title": c.title, "caption": c.caption, "json": Markup(figure_json(c.figure)), "wide": w}
+        for c, w in zip(charts, wide, strict=True)
+    ]
+
+
+def _budget(charts: Sequence[dict[str, Any]], limit: int) -> Budget:
+    used = len(plotly_js_gz_b64()) + sum(len(c["json"]) for c in charts) + _PAGE_OVERHEAD
+    return Budget(max(0, limit - used))
+
+
+def _page(template: str, **context: Any) -> str:
+    from equiaudit import __version__
+
+    return (
+        _env()
+        .get_template(template)
+        .render(plotly_js=Markup(plotly_js_gz_b64()), version=__version__, colour_bar=colour_bar_css(), **context)
+    )
+
+
+def check_result(result: Any, source: str = "the result") -> None:
+    """Raise :class:`ResultFormatError` (one line) unless ``result`` has everything a report reads."""
+    import pandas as pd
+
+    from equiaudit.errors import ResultFormatError
+
+    meta = result.meta
+    for path in ("group.spec", "group.size", "model.source", "data.spec", "data.count", "task"):
+        node: Any = meta
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            raise ResultFormatError(f"{source} lacks meta.{path}, which a report needs")
+    if meta["task"] not in _TASK_METRICS:
+        raise ResultFormatError(f"{source} has an unknown task {meta['task']!r}")
+    frame = result.elements
+    missing = [c for c in (*_TASK_METRICS[meta["task"]], "floor") if c not in frame]
+    if missing:
+        raise ResultFormatError(f"{source} lacks the element column(s) {', '.join(missing)} of a {meta['task']} audit")
+    for col in ("angle", "scale", *_TASK_METRICS[meta["task"]], "floor"):
+        if pd.to_numeric(frame[col], errors="coerce").isna().all() and frame[col].notna().any():
+            raise ResultFormatError(f"{source}: element column {col!r} is not numeric")
+
+
+def render_report(
+    result: Any, title: str | None = None, json_name: str | None = None, max_bytes: int = TARGET_BYTES
+) -> str:
+    """The HTML of a single-audit report."""
+    check_result(result)
+    charts = _charts_json(report_charts(result))
+    galleries: list[Gallery] = report_galleries(result, _budget(charts, max_bytes)) if result.samples else []
+    meta = result.meta
+    return _page(
+        "report.html.j2",
+        title=title or f"{model_name(meta)} · {meta['group']['spec']}",
+        meta=meta,
+        model_name=model_name(meta),
+        group_name=group_name(meta["group"]["spec"]),
+        verdict=verdict(result),
+        details=details(meta),
+        charts=charts,
+        galleries=galleries,
+        has_samples=bool(result.samples),
+        json_name=json_name,
+        checks=meta.get("checks"),
+    )
+
+
+def render_comparison(
+    results: Sequence[Any],
+    names: Sequence[str],
+    title: str | None = None,
+    matrices: Sequence[Any] = (),
+    json_name: str | None = None,
+    max_bytes: int = TARGET_BYTES,
+) -> str:
+    """The HTML of a comparison of several audits (and optional correctness matrices)."""
+    from .figures import correctness_figure
+
+    for i, r in enumerate(results):
+        check_result(r, f"result {i + 1} ({names[i]})")
+    charts = comparison_charts(results, names)
+    charts[-1:-1] = [  # before the trade-off grid, which closes the page
+        Chart(
+            f"chart-correctness-{i}",
+            f"Correctness matrix at {m.element}",
+            f"Images of the data on which {m.names[0]} and {m.names[1]} are right or wrong, under "
+            f"{m.element}; {m.total} images.",
+            correctness_figure(m),
+        )
+        for i, m in enumerate(matrices)
+    ]
+    chart_data = _charts_json(charts)
+    galleries = [correctness_gallery(matrices, _budget(chart_data, max_bytes))] if matrices else []
+    rows = [
+        {"name": n, "meta": r.meta, "verdict": verdict(r), "summary": r.summary}
+        for n, r in zip(names, results, strict=True)
+    ]
+    specs = sorted({r.meta["group"]["spec"] for r in results})
+    return _page(
+        "compare.html.j2",
+        title=title or "Comparison: " + " vs ".join(names),
+        rows=rows,
+        group_text=", ".join(f"{group_name(s)} ({s})" for s in specs),
+        charts=chart_data,
+        galleries=[g for g in galleries if g.rows],
+        json_name=json_name,
+    )
+
+
+def comparison_document(results: Sequence[Any], names: Sequence[str], matrices: Sequence[Any] = ()) -> str:
+    """The JSON written beside a comparison report: every result and the correctness matrices."""
+    doc = {
+        "tool": "equiaudit",
+        "kind": "comparison",
+        "comparison_version": 1,
+        "names": list(names),
+        "results": [r.to_dict() for r in results],
+        "correctness": [m.to_dict() for m in matrices],
+    }
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
