@@ -121,8 +121,10 @@ def _check_kwargs(info: ModelInfo, kwargs: dict[str, Any]) -> None:
 
 
 def _load_pretrained(name: str, model: nn.Module) -> None:
-    """Load the shipped checkpoint of ``name`` into ``model`` (the checkpoint module plugs in here)."""
-    raise ModelLoadError(f"no shipped checkpoint for {name}")
+    """Load the shipped checkpoint of ``name`` into ``model`` (``weights_only``, SHA-256 checked against its card)."""
+    from .checkpoints import load_pretrained
+
+    load_pretrained(name, model)
 
 
 def create(name: str, *, tiny: bool = False, pretrained: bool = False, **kwargs: Any) -> nn.Module:

@@ -117,7 +117,9 @@ def test_unknown_model_names_close_matches() -> None:
 def test_unknown_argument_and_pretrained_are_clear_errors() -> None:
     with pytest.raises(ModelLoadError, match="no argument 'widht'"):
         create("cnn", widht=3)
-    with pytest.raises(ModelLoadError, match="no shipped checkpoint for gcnn-c4"):
+    with pytest.raises(ModelLoadError, match="no shipped checkpoint for zoo model 'wrn16-8-d8d4d1'"):
+        create("wrn16-8-d8d4d1", tiny=True, pretrained=True)
+    with pytest.raises(ModelLoadError, match=r"does not fit this model .* create\('gcnn-c4', tiny=False\)"):
         create("gcnn-c4", tiny=True, pretrained=True)
 
 

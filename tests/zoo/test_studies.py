@@ -1,0 +1,97 @@
+"""The five reference studies in quick mode (tiny models, one epoch, a few images); how they pick models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from equiaudit.zoo import create
+from equiaudit.zoo.checkpoints import save_checkpoint
+from equiaudit.zoo.recipes import RECIPES
+from equiaudit.zoo.studies import STUDIES, list_studies, run_study, study_title
+from equiaudit.zoo.studies.common import QUICK_AUDIT_IMAGES, StudyContext, Table
+
+from equiaudit.errors import EquiauditError
+from equiaudit.result import AuditResult
+
+HAS_REPORTS = importlib.util.find_spec("equiaudit.reports") is not None
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_each_study_runs_quickly_and_writes_its_tables(name: str, tmp_path: Path) -> None:
+    module = importlib.import_module(f"equiaudit.zoo.studies.{STUDIES[name]}")
+    result = run_study(name, quick=True, out_dir=tmp_path, device="cpu")
+    assert result.name == name and result.quick and result.title == module.TITLE
+    assert set(result.models) == set(module.MODELS)
+    assert all(m["origin"].startswith("trained now (quick") for m in result.models.values())
+    for table in result.tables:
+        assert table.rows and all(len(row) == len(table.columns) for row in table.rows)
+    first = result.tables[0]
+    assert [row[0] for row in first.rows] == [getattr(module, "LABELS", {}).get(m, m) for m in module.MODELS]
+    doc = json.loads((tmp_path / name / "results.json").read_text())
+    assert doc["study"] == name and doc["quick"] and doc["tables"][0]["rows"] == json.loads(json.dumps(first.rows))
+    assert len(result.audits) == len(module.MODELS)
+    for key, audit in result.audits.items():
+        saved = AuditResult.from_json(tmp_path / name / f"{key}.json")
+        assert saved.summary["images"] == QUICK_AUDIT_IMAGES == audit.summary["images"]
+    if HAS_REPORTS:
+        assert (tmp_path / name / "report.html").stat().st_size > 0
+    markdown = result.to_markdown()
+    assert markdown.startswith(f"### {module.TITLE} (quick mode)") and markdown.count("| --") >= len(result.tables)
+
+
+def test_unknown_study_lists_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(EquiauditError, match="unknown study 'nope'; studies: rotated-digits"):
+        run_study("nope", out_dir=tmp_path)
+    assert list_studies() == list(STUDIES) and all(study_title(n) for n in STUDIES)
+
+
+def test_table_formats_cells_and_markdown() -> None:
+    table = Table("t", [("model", "text"), ("acc", "pct"), ("n", "int"), ("err", "sci"), ("d", "pts")])
+    table.rows.append(["a", 0.5, 1234, 0.000123, -0.04])
+    table.rows.append(["b", None, 1, 1.0, 0.0])
+    assert table.cells() == [["a", "50.0%", "1,234", "1.23e-04", "-4.0"], ["b", "-", "1", "1.00e+00", "+0.0"]]
+    assert table.to_markdown().splitlines()[2:4] == [
+        "| model | acc | n | err | d |",
+        "| :-- | --: | --: | --: | --: |",
+    ]
+
+
+def _context(tmp_path: Path) -> StudyContext:
+    return StudyContext("rotated-digits", quick=False, out_dir=tmp_path, device=torch.device("cpu"), log=None)
+
+
+def test_full_mode_reuses_a_cached_checkpoint_of_the_same_recipe(tmp_path: Path, monkeypatch) -> None:
+    # a small recipe under a study-only name, trained for real once and then found in the cache
+    recipe = replace(RECIPES["cnn"], name="cnn@test", epochs=1, create_kwargs={"hidden_channels": 4, "num_hidden": 1})
+    monkeypatch.setitem(RECIPES, "cnn@test", recipe)
+    ctx = _context(tmp_path)
+    model, _ = ctx.model("cnn@test")
+    assert ctx.models["cnn@test"]["origin"].startswith("trained now")
+    assert (tmp_path / "checkpoints" / "cnn@test.pt").is_file()
+    again, _ = _context(tmp_path).model("cnn@test")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+    ctx = _context(tmp_path)
+    ctx.model("cnn@test")
+    assert ctx.models["cnn@test"]["origin"].startswith("cached checkpoint")
+
+
+def test_full_mode_does_not_reuse_a_checkpoint_of_another_recipe(tmp_path: Path, monkeypatch) -> None:
+    recipe = replace(RECIPES["cnn"], name="cnn@test", epochs=1, create_kwargs={"hidden_channels": 4, "num_hidden": 1})
+    monkeypatch.setitem(RECIPES, "cnn@test", recipe)
+    stale = create("cnn", hidden_channels=4, num_hidden=1)
+    card = {
+        "model": {"parameters": 0, "tiny": False},
+        "data": {"limit": None, "train_images": 1},
+        "training": {"epochs": 9, "seconds": 0.0},
+        "recipe": {"key": replace(recipe, epochs=9).key()},
+    }
+    save_checkpoint("cnn@test", stale, card, tmp_path / "checkpoints")
+    ctx = _context(tmp_path)
+    ctx.model("cnn@test")
+    assert ctx.models["cnn@test"]["origin"].startswith("trained now")
+    assert ctx.models["cnn@test"]["epochs"] == 1

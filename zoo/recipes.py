@@ -1,0 +1,391 @@
+"""How each zoo checkpoint is trained: a :class:`Recipe` per checkpoint, and :func:`fit`, which follows one.
+
+``fit`` seeds, builds the model, trains it (:func:`.training.train`), measures it on the test splits of its
+data sets (:func:`.training.evaluate`), audits it on a few images, and returns the model with its model card
+(see :mod:`.checkpoints`). ``equiaudit zoo train-shipped`` retrains every shipped checkpoint with
+:data:`RECIPES`; the studies train the recipes that are not shipped.
+
+Budgets: every shipped recipe trains in about 1-4 minutes on one CPU core (batch sizes and epochs were chosen
+for that, architectures are the registry's defaults so ``create(name, pretrained=True)`` fits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from equiaudit.errors import EquiauditError
+
+from .registry import create, model_info
+from .training import TrainProgress, as_data, evaluate, seed_everything, train
+
+__all__ = ["RECIPES", "SHIPPED", "Recipe", "fit", "make_recipe", "recipe_for", "train_shipped"]
+
+# Summary entries kept in model cards (the rest of an audit is in the studies' JSON).
+_CARD_SUMMARY = (
+    "agreement_mean",
+    "agreement_min",
+    "invariance_error_mean",
+    "invariance_error_max",
+    "kl_mean",
+    "accuracy_reference",
+    "accuracy_mean",
+    "worst_case_accuracy",
+    "equivariance_error_mean",
+    "equivariance_error_max",
+    "iou_consistency_mean",
+    "iou_consistency_min",
+    "iou_truth_mean",
+    "iou_truth_min",
+    "iou_truth_reference",
+    "floor_mean",
+    "worst_element",
+    "exact_group",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a checkpoint's weights, plus how its card measures it.
+
+    ``evals``: further data sets whose test split is measured (besides ``dataset``); ``audits``: group specs
+    audited on ``audit_limit`` test images of ``audit_data`` (default ``dataset``) for the card.
+    """
+
+    name: str
+    model: str
+    dataset: str
+    epochs: int
+    lr: float = 2e-3
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    seed: int = 0
+    augment_rotation: float = 0.0
+    input_size: int | None = None
+    create_kwargs: dict[str, Any] = field(default_factory=dict)
+    evals: tuple[str, ...] = ()
+    audits: tuple[str, ...] = ()
+    audit_data: str | None = None
+    audit_limit: int = 100
+    note: str = ""
+
+    @property
+    def data_options(self) -> dict[str, Any]:
+        return {} if self.input_size is None else {"input_size": self.input_size}
+
+    def training_fields(self) -> dict[str, Any]:
+        """The fields that decide the weights (not how the card measures them)."""
+        keys = (
+            "model",
+            "dataset",
+            "epochs",
+            "lr",
+            "batch_size",
+            "weight_decay",
+            "seed",
+            "augment_rotation",
+            "input_size",
+            "create_kwargs",
+        )
+        return {k: v for k, v in asdict(self).items() if k in keys}
+
+    def key(self) -> str:
+        """A short hash of :meth:`training_fields`: equal keys, equal training."""
+        text = json.dumps(self.training_fields(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["evals"], out["audits"] = list(self.evals), list(self.audits)
+        out["key"] = self.key()
+        return out
+
+
+_ROT = ("so2:36",)
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            "cnn",
+            "cnn",
+            "digits",
+            epochs=15,
+            evals=("rot-digits",),
+            audits=_ROT,
+            note="upright digits, no augmentation: the CNN of the rotated-digits study",
+        ),
+        Recipe(
+            "gcnn-c4",
+            "gcnn-c4",
+            "digits",
+            epochs=6,
+            batch_size=16,
+            evals=("rot-digits",),
+            audits=(*_ROT, "c4"),
+            note="upright digits, no augmentation: the group CNN of the rotated-digits study",
+        ),
+        Recipe(
+            "gcnn-d4",
+            "gcnn-d4",
+            "digits",
+            epochs=6,
+            batch_size=16,
+            evals=("rot-digits",),
+            audits=(*_ROT, "d4"),
+            note="D4 invariance is the wrong prior for digits (mirrored 2/5, turned 6/9): expect confusions",
+        ),
+        Recipe(
+            "hnet",
+            "hnet",
+            "rot-digits",
+            epochs=12,
+            lr=3e-3,
+            evals=("digits",),
+            audits=(*_ROT, "c4"),
+            note="the H-Net of the rot-digits study",
+        ),
+        Recipe(
+            "cnn-hnet",
+            "cnn-hnet",
+            "rot-digits",
+            epochs=12,
+            lr=3e-3,
+            evals=("digits",),
+            audits=_ROT,
+            note="the CNN of the rot-digits study (the parameter count of hnet)",
+        ),
+        Recipe(
+            "e2cnn-c8",
+            "e2cnn-c8",
+            "digits",
+            epochs=5,
+            batch_size=16,
+            input_size=29,
+            evals=("rot-digits",),
+            audits=(*_ROT, "c4"),
+            note="digits resized to 29x29 (odd size: exact C4 on the grid)",
+        ),
+        Recipe(
+            "e2cnn-d4",
+            "e2cnn-d4",
+            "digits",
+            epochs=5,
+            batch_size=16,
+            input_size=29,
+            evals=("rot-digits",),
+            audits=(*_ROT, "d4"),
+            note="digits resized to 29x29 (odd size: exact D4 on the grid)",
+        ),
+        Recipe(
+            "unet",
+            "unet",
+            "shapes-seg",
+            epochs=12,
+            augment_rotation=180.0,
+            batch_size=16,
+            audits=_ROT,
+            audit_limit=32,
+            note="the U-Net of the segmentation study; random rotations (black corners) in training",
+        ),
+        Recipe(
+            "group-unet-c4",
+            "group-unet-c4",
+            "shapes-seg",
+            epochs=12,
+            augment_rotation=180.0,
+            batch_size=16,
+            audits=(*_ROT, "c4"),
+            audit_limit=32,
+            note="the group U-Net of the segmentation study; random rotations (black corners) in training",
+        ),
+        Recipe(
+            "dss",
+            "dss",
+            "scale-digits",
+            epochs=4,
+            evals=("digits",),
+            audits=("scale:0.5..2:9",),
+            note="the DSS model of the scale study",
+        ),
+        Recipe(
+            "deform-cnn",
+            "deform-cnn",
+            "scale-digits",
+            epochs=8,
+            evals=("digits",),
+            audits=("scale:0.5..2:9",),
+            note="the deformable CNN of the scale study",
+        ),
+        # Trained by the studies, not shipped (a checkpoint is named after its model; `cnn` ships above).
+        Recipe(
+            "cnn@scale-digits",
+            "cnn",
+            "scale-digits",
+            epochs=15,
+            evals=("digits",),
+            audits=("scale:0.5..2:9",),
+            note="the plain CNN of the scale study",
+        ),
+    )
+}
+_NATIVE_SIZE = {"digits": 28, "rot-digits": 28, "scale-digits": 28, "shapes-seg": 64}
+SHIPPED: tuple[str, ...] = tuple(name for name in RECIPES if "@" not in name)
+
+
+def recipe_for(name: str) -> Recipe:
+    """The recipe named ``name`` (shipped checkpoints are named after their model)."""
+    if name not in RECIPES:
+        model_info(name)  # an unknown model name raises with close matches
+        raise EquiauditError(f"zoo model {name!r} has no training recipe; give --dataset and --epochs")
+    return RECIPES[name]
+
+
+def make_recipe(model: str, **overrides: Any) -> Recipe:
+    """A recipe for ``model``: its shipped recipe (or the registry's default data set and 10 epochs) with
+    ``overrides`` (``None`` values are ignored)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if model in RECIPES:
+        base = RECIPES[model]
+    else:
+        info = model_info(model)
+        native = _NATIVE_SIZE.get(info.default_dataset)
+        size = None if native == info.input_shape[-1] else info.input_shape[-1]
+        base = Recipe(
+            model,
+            model,
+            info.default_dataset,
+            epochs=10,
+            input_size=size,
+            audits=(info.groups[0],) if info.groups else (),
+        )
+    if "dataset" in overrides and overrides["dataset"] != base.dataset:
+        base = replace(base, evals=tuple(e for e in base.evals if e != overrides["dataset"]))
+    return replace(base, **overrides)
+
+
+def _summary(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in _CARD_SUMMARY if k in summary}
+
+
+def fit(
+    recipe: Recipe,
+    *,
+    tiny: bool = False,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
+    audit_card: bool = True,
+    progress: TrainProgress | None = None,
+    status: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``recipe`` and measure it; returns the model (eval mode) and its model card (without the file
+    entries that :func:`.checkpoints.save_checkpoint` adds).
+
+    Args:
+        tiny: the registry's tiny variant (for tests).
+        limit: use at most ``limit`` training images, and as many test images per evaluation and audit.
+        audit_card: run the recipe's audits for the card.
+        progress: training progress (see :func:`.training.train`); ``status``: one line per phase.
+    """
+    from equiaudit.audit import audit
+
+    say = status or (lambda _msg: None)
+    info = model_info(recipe.model)
+    seed_everything(recipe.seed)
+    model = create(recipe.model, tiny=tiny, **recipe.create_kwargs)
+    opts = recipe.data_options
+    train_data = as_data(recipe.dataset, "train", limit=limit, **opts)
+    say(f"training {recipe.name} on {recipe.dataset} ({len(train_data)} images, {recipe.epochs} epochs)")
+    result = train(
+        model,
+        train_data,
+        epochs=recipe.epochs,
+        lr=recipe.lr,
+        batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay,
+        seed=recipe.seed,
+        augment_rotation=recipe.augment_rotation,
+        device=device,
+        progress=progress,
+    )
+    metrics, test_images = {}, None
+    for spec in (recipe.dataset, *recipe.evals):
+        say(f"testing {recipe.name} on {spec}")
+        ev = evaluate(model, spec, split="test", limit=limit, **opts)
+        metrics[spec] = ev.to_dict()
+        test_images = test_images or ev.images
+    audits = []
+    for group in recipe.audits if audit_card else ():
+        data = recipe.audit_data or recipe.dataset
+        say(f"auditing {recipe.name} under {group} on {data}")
+        n = recipe.audit_limit if limit is None else min(limit, recipe.audit_limit)
+        try:
+            res = audit(model, data, group, limit=n, samples=0, **opts)
+        except EquiauditError as exc:  # the card records the failure; the weights are still good
+            say(f"audit of {recipe.name} under {group} failed: {exc}")
+            audits.append({"group": group, "data": data, "images": 0, "error": str(exc)})
+            continue
+        audits.append(
+            {
+                "group": res.meta["group"]["spec"],
+                "data": data,
+                "images": res.summary["images"],
+                "summary": _summary(res.summary),
+            }
+        )
+    card = {
+        "model": {
+            "name": recipe.model,
+            "family": info.family,
+            "task": info.task,
+            "groups": list(info.groups),
+            "exact_groups": list(info.exact_groups),
+            "input_shape": list(info.input_shape),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "tiny": tiny,
+            "create_kwargs": dict(recipe.create_kwargs),
+            "reference": info.reference,
+        },
+        "data": {
+            "dataset": recipe.dataset,
+            "options": opts,
+            "train_images": len(train_data),
+            "test_images": test_images,
+            "limit": limit,
+            "source": train_data.source,
+        },
+        "training": result.to_dict(),
+        "metrics": metrics,
+        "audits": audits,
+        "recipe": recipe.to_dict(),
+    }
+    return model, card
+
+
+def train_shipped(
+    names: tuple[str, ...] | list[str] | None = None,
+    *,
+    directory: Any = None,
+    device: str | torch.device | None = None,
+    progress: Callable[[str], TrainProgress] | None = None,
+    status: Callable[[str], None] | None = None,
+) -> list[Any]:
+    """Retrain the shipped checkpoints ``names`` (default: all of :data:`SHIPPED`) with their recipes and save
+    them with their cards to ``directory`` (default: the package's checkpoint folder). Returns the ``.pt``
+    paths. ``progress(name)`` gives the training progress callback of one model."""
+    from .checkpoints import save_checkpoint
+
+    chosen = list(names) if names else list(SHIPPED)
+    for name in chosen:
+        if name not in SHIPPED:
+            raise EquiauditError(f"{name!r} is not a shipped checkpoint; shipped: {', '.join(SHIPPED)}")
+    paths = []
+    for name in chosen:
+        model, card = fit(RECIPES[name], device=device, progress=progress(name) if progress else None, status=status)
+        paths.append(save_checkpoint(name, model, card, directory))
+    return paths
