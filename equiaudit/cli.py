@@ -27,7 +27,8 @@ app = typer.Typer(
     help="Equivariance testing and auditing for PyTorch vision models.",
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# A pipe or a file gets full-width tables instead of rich's 80-column default.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -115,12 +116,10 @@ def _print_table(result: Any) -> None:
     for _, row in frame.iterrows():
         cells = [f"{row[c]:.4g}" if row[c] == row[c] else "-" for c in metric_cols]
         table.add_row(str(row["label"]), "yes" if row["exact"] else "", *cells)
-    # A pipe or file gets the full table instead of rich's 80-column default.
-    console = out if sys.stdout.isatty() else Console(file=sys.stdout, width=200, highlight=False, soft_wrap=True)
-    console.print(table)
+    out.print(table)
     summary = result.summary
     keys = [k for k in summary if k not in ("exact_group",)]
-    console.print(
+    out.print(
         "summary: "
         + ", ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys)
     )

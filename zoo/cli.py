@@ -24,7 +24,7 @@ app = typer.Typer(
     help="The model zoo: models with known symmetries, their checkpoints and the reference studies.",
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # full width when piped
 
 DEFAULT_TRAIN_OUT = Path("checkpoints")
 
