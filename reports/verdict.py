@@ -181,18 +181,21 @@ def _error_headline(result: Any, key: str, wraps: bool) -> Headline | None:
         if e <= tol:
             parts.append(f"exact elements match to {dtype} round-off (≤ {fmt_num(e)})")
         else:
-            parts.append(f"error {fmt_num(e)} {where} (no interpolation there, so all of it is the model's)")
+            parts.append(f"the error is {fmt_num(e)} {where} (no interpolation there, so all of it is the model's)")
     if len(ratio):
         worst = ratio.idxmax()
         r = float(ratio[worst])
         statuses.append(_band(r, PASS_RATIO, WARN_RATIO, higher_is_better=False))
         where = element_phrase(frame.loc[worst], wraps)
         parts.append(
-            f"{r:.3g}× the interpolation floor {where} ({fmt_num(float(err[worst]))} vs {fmt_num(float(floor[worst]))})"
+            f"the error is {r:.3g}× the interpolation floor {where} "
+            f"({fmt_num(float(err[worst]))} vs {fmt_num(float(floor[worst]))})"
             if r > PASS_RATIO
             else f"within {max(r, 1.0):.2g}× the interpolation floor (worst {where})"
         )
     status = max(statuses, key=STATUS_ORDER.__getitem__)
+    # The worst finding leads: the overall verdict quotes the first clause.
+    parts = [p for _, p in sorted(zip(statuses, parts), key=lambda sp: -STATUS_ORDER[sp[0]])]
     worst_all = err.idxmax()
     title = "Invariance error" if key == "invariance_error" else "Equivariance error"
     value = f"{fmt_num(float(err[worst_all]))} {element_phrase(frame.loc[worst_all], wraps)}"

@@ -299,3 +299,45 @@ def test_element_phrases():
         < verdict.roundoff({"dtype": "float32"})
         < verdict.roundoff({"dtype": "float32", "device": "cuda:0"})
     )
+
+
+def test_the_failing_clause_leads_the_verdict() -> None:
+
+    from equiaudit.result import AuditResult
+
+    rows = [
+        {
+            "id": 0,
+            "label": "identity",
+            "angle": 0.0,
+            "scale": 1.0,
+            "reflect": False,
+            "exact": True,
+            "equivariance_error": 0.0,
+            "floor": 0.0,
+        },
+        {
+            "id": 1,
+            "label": "rot90",
+            "angle": 90.0,
+            "scale": 1.0,
+            "reflect": False,
+            "exact": True,
+            "equivariance_error": 1e-8,
+            "floor": 0.0,
+        },
+        {
+            "id": 2,
+            "label": "rot45",
+            "angle": 45.0,
+            "scale": 1.0,
+            "reflect": False,
+            "exact": False,
+            "equivariance_error": 0.3,
+            "floor": 0.03,
+        },
+    ]
+    meta = {"task": "dense", "group": {"spec": "rot:0,90,45"}, "dtype": "float32", "device": "cpu"}
+    v = verdict.verdict(AuditResult(pd.DataFrame(rows), {"exact_group": False}, meta))
+    assert v.status == "fail"
+    assert v.sentence.startswith("Not equivariant") and "10× the interpolation floor" in v.sentence.split(";")[0]
