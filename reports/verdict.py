@@ -195,7 +195,7 @@ def _error_headline(result: Any, key: str, wraps: bool) -> Headline | None:
         )
     status = max(statuses, key=STATUS_ORDER.__getitem__)
     # The worst finding leads: the overall verdict quotes the first clause.
-    parts = [p for _, p in sorted(zip(statuses, parts), key=lambda sp: -STATUS_ORDER[sp[0]])]
+    parts = [p for _, p in sorted(zip(statuses, parts, strict=True), key=lambda sp: -STATUS_ORDER[sp[0]])]
     worst_all = err.idxmax()
     title = "Invariance error" if key == "invariance_error" else "Equivariance error"
     value = f"{fmt_num(float(err[worst_all]))} {element_phrase(frame.loc[worst_all], wraps)}"
