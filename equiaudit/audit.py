@@ -37,6 +37,9 @@ class AuditOptions:
     mask: str = "auto"
     batch_size: int = 256  # images per model forward (transformed copies included)
     samples: int = 8  # gallery images kept in memory for reports (first N and worst N)
+    # A classifier's floor depends on the data alone (resampling the input there and back), so it is estimated
+    # on the first N images; a dense model's floor involves its outputs and is measured on every image.
+    floor_images: int = 256
 
 
 def _first_conv_channels(module: nn.Module) -> int | None:
@@ -256,8 +259,8 @@ def audit(
         raise EquiauditError(f"the data {dataset.spec!r} holds no images")
 
     elems = grp.elements
-    n_el = len(elems)
-    per_chunk = max(1, batch_size // (n_el + 1))
+    # each chunk runs its images once untransformed and once per non-identity element
+    per_chunk = max(1, batch_size // (sum(not g.is_identity for g in elems) + 1))
     cache: GridCache = {}
     gallery = _Gallery(samples)
     metrics: dict[str, Any] = {}
@@ -344,27 +347,46 @@ def _scan_batch(
         state["sampled"] = [i for i, g in enumerate(elems) if not uses_exact_path(g, state["floor_size"])]
         metrics["floor"] = FloorMetric(n_el)
     kw = {"interpolation": options.interpolation, "padding": options.padding, "cache": cache}
-    # One input buffer: the untransformed batch, then every transformed copy written in place.
-    inputs = torch.empty((n_el + 1, b, c, h, w), dtype=x.dtype, device=dev)
+    # One input buffer: the untransformed batch, then every transformed copy written in place. The identity's
+    # copy would equal x, so its output is the reference itself and is not computed twice.
+    moved = state.setdefault("moved", [i for i, g in enumerate(elems) if not g.is_identity])
+    rows = {e: r for r, e in enumerate(moved)}
+    shape = (len(moved) + 1, b, c, h, w)
+    inputs = state.get("buffer")
+    if inputs is None or inputs.shape != shape:  # reused across equal chunks: no fresh allocation per batch
+        inputs = state["buffer"] = torch.empty(shape, dtype=x.dtype, device=dev)
     inputs[0] = x
-    xg = apply_elements(x, elems, out=inputs[1:], **kw)
+    xm = inputs[1:]
+    if moved:
+        apply_elements(x, [elems[i] for i in moved], out=xm, **kw)
     with torch.inference_mode():
-        y = _forward(module, inputs.view((n_el + 1) * b, c, h, w), options.batch_size)
+        y = _forward(module, inputs.view((len(moved) + 1) * b, c, h, w), options.batch_size)
     if not torch.isfinite(y).all():
         raise InputMismatchError(f"the model output NaN or inf on images {state['images']}..{state['images'] + b - 1}")
-    y = y.reshape(n_el + 1, b, *y.shape[1:])
-    ref, out = y[0], y[1:]
-    sampled = state["sampled"]
-    if sampled:  # exact elements are permutations: their round trip is the identity, floor 0
-        base, images = (x, xg) if state["task"] == "classify" else (ref, None)
-        if images is None:
-            images = apply_elements(base, [elems[i] for i in sampled], **kw)
-        elif len(sampled) < n_el:
-            images = images[sampled]
-        roundtrip = apply_elements(images, [elems[i] for i in sampled], inverse=True, **kw)
-        metrics["floor"].update(roundtrip, base, state["floor_mask"], sampled)
+    y = y.reshape(len(moved) + 1, b, *y.shape[1:])
+    ref = y[0]
+    if len(moved) == n_el:
+        out = y[1:]
     else:
-        metrics["floor"].update(xg[:0], x, state["floor_mask"], [])
+        out = y.new_empty((n_el, *y.shape[1:]))
+        out[:] = ref
+        if moved:
+            out[moved] = y[1:]
+    sampled = state["sampled"]
+    if state["task"] == "classify" and 0 < options.floor_images <= state["images"]:
+        sampled = []  # the estimate is complete (see AuditOptions.floor_images)
+    if sampled:  # exact elements are permutations: their round trip is the identity, floor 0
+        picked = [elems[i] for i in sampled]
+        if state["task"] == "classify":
+            base = x
+            images = xm if len(sampled) == len(moved) else xm[[rows[i] for i in sampled]]
+        else:
+            base = ref
+            images = apply_elements(base, picked, **kw)
+        roundtrip = apply_elements(images, picked, inverse=True, **kw)
+        metrics["floor"].update(roundtrip, base, state["floor_mask"], sampled)
+    elif not state["sampled"]:
+        metrics["floor"].update(xm[:0], x, state["floor_mask"], [])
     labels = None
     if batch.y is not None and data.has_labels:
         labels = batch.y.to(dev)
@@ -455,6 +477,7 @@ def _build_result(
             "padding": options.padding,
             "mask": options.mask,
             "batch_size": options.batch_size,
+            "floor_images": int(metrics["floor"].count) if "floor" in metrics else 0,
             "mask_fraction": state.get("mask_fraction"),
         },
         "versions": {

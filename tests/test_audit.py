@@ -256,3 +256,11 @@ def test_stale_samples_sidecar_is_never_attached(tmp_path) -> None:
     save(audit(model, "digits", "rot:0,45", limit=4, samples=0), tmp_path / "r.json")
     assert load(tmp_path / "r.json").samples is None
     assert not (tmp_path / "r.samples.npz").exists()
+
+
+def test_classifier_floor_is_estimated_on_the_first_images() -> None:
+    res = audit(_seeded(SmallCNN()), "digits", "so2:6", limit=300, batch_size=50, samples=0)
+    assert 256 <= res.meta["options"]["floor_images"] < 300
+    assert res.summary["images"] == 300
+    dense = audit(Identity(), "digits", "so2:6", limit=300, task="dense", samples=0)
+    assert dense.meta["options"]["floor_images"] == 300  # a dense model's floor uses every image
