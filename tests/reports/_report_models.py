@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from _models import C4Averaged as RotAveraged  # noqa: F401 - the one quarter-turn-averaged model of the tests
 from torch import nn
 
 
@@ -24,20 +25,6 @@ class TinyCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
-
-
-class RotAveraged(nn.Module):
-    """Logits averaged over the four quarter turns (and mirrors with ``d4``): exactly C4 (D4) invariant."""
-
-    def __init__(self, base: nn.Module, d4: bool = False) -> None:
-        super().__init__()
-        self.base, self.d4 = base, d4
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        views = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
-        if self.d4:
-            views += [torch.flip(v, dims=(-1,)) for v in views]
-        return torch.stack([self.base(v) for v in views]).mean(0)
 
 
 class TinySeg(nn.Module):
