@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -113,21 +112,32 @@ def bench_naive_loop(model: nn.Module, x: torch.Tensor, steps: int, t_audit: flo
     return {"naive_loop_s": t_naive, "speedup_vs_naive": t_naive / t_audit}
 
 
-def _peak_rss_child(count: int) -> float:
+def _peak_rss_child(count: int) -> tuple[float, float]:
+    """(peak RSS after imports and a warm-up scan, peak RSS after scanning ``count`` images), in MiB."""
     code = (
         "import resource, torch, sys; sys.path.insert(0, 'benchmarks');"
         "from bench_scan import SmallCNN; from equiaudit.audit import audit;"
-        "torch.manual_seed(0);"
-        f"audit(SmallCNN(), 'noise', 'so2:8', limit={count}, samples=8, batch_size=256);"
+        "torch.manual_seed(0); m = SmallCNN();"
+        "audit(m, 'noise', 'so2:8', limit=64, samples=8, batch_size=256);"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss);"
+        f"audit(m, 'noise', 'so2:8', limit={count}, samples=8, batch_size=256);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return float(out.stdout.strip().splitlines()[-1]) / 1024.0  # KiB -> MiB on Linux
+    base, peak = (float(v) / 1024.0 for v in out.stdout.split()[-2:])  # KiB -> MiB on Linux
+    return base, peak
 
 
 def bench_memory() -> dict[str, float]:
-    small, large = _peak_rss_child(1_000), _peak_rss_child(10_000)
-    return {"peak_rss_1000_mib": small, "peak_rss_10000_mib": large, "memory_ratio_10k_vs_1k": large / small}
+    (b1, small), (b2, large) = _peak_rss_child(1_000), _peak_rss_child(10_000)
+    growth_small, growth_large = small - b1, large - b2
+    return {
+        "peak_rss_1000_mib": small,
+        "peak_rss_10000_mib": large,
+        "memory_ratio_10k_vs_1k": large / small,
+        "growth_over_warmup_1000_mib": growth_small,
+        "growth_over_warmup_10000_mib": growth_large,
+    }
 
 
 def main() -> None:
@@ -160,7 +170,10 @@ def main() -> None:
             f"peak RSS 10,000 vs 1,000 images: {res['peak_rss_10000_mib']:.0f} MiB vs "
             f"{res['peak_rss_1000_mib']:.0f} MiB, ratio {res['memory_ratio_10k_vs_1k']:.3f}   target ~1.0"
         )
-    _ = resource  # imported for the child processes' measurement
+        print(
+            f"  growth over a 64-image warm-up scan: {res['growth_over_warmup_10000_mib']:.1f} MiB (10,000 images) "
+            f"vs {res['growth_over_warmup_1000_mib']:.1f} MiB (1,000 images)"
+        )
 
 
 if __name__ == "__main__":
