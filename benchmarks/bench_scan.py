@@ -25,6 +25,7 @@ from torchvision.transforms.functional import InterpolationMode, rotate
 from equiaudit.audit import audit
 from equiaudit.data import load_data
 from equiaudit.groups import parse_group
+from equiaudit.transforms import apply_elements
 
 
 class SmallCNN(nn.Module):
@@ -68,8 +69,8 @@ def bench_throughput(
     def run_audit() -> None:
         audit(model, x, group, batch_size=batch_size, samples=0)
 
-    # The bare forward sees the same number of transformed images at the same forward batch size.
-    bare_inputs = x.repeat(len(group), 1, 1, 1)
+    # The bare forward sees the same transformed images (made outside the timing) at the same forward batch size.
+    bare_inputs = apply_elements(x, group).reshape(-1, *x.shape[1:]).contiguous()
 
     def run_bare() -> None:
         with torch.inference_mode():
