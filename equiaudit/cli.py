@@ -90,23 +90,10 @@ def _save(result: Any, path: Path | None, kind: str = "result") -> Path | None:
 
 def _print_table(result: Any) -> None:
     frame = result.elements
-    metric_cols = [
-        c
-        for c in (
-            "agreement",
-            "flip_rate",
-            "kl",
-            "invariance_error",
-            "accuracy",
-            "accuracy_drop",
-            "equivariance_error",
-            "max_abs_error",
-            "iou_consistency",
-            "iou_truth",
-            "floor",
-        )
-        if c in frame
-    ]
+    from .result import ELEMENT_METRICS
+
+    # per-element means only: the *_max columns (worst image) are in the JSON and the summary line
+    metric_cols = [c for c in ELEMENT_METRICS if c in frame and not c.endswith("_max")]
     title = f"{result.meta['model']['source']} · {result.meta['group']['spec']} · {result.meta['task']}"
     table = Table(title=title, title_justify="left")
     table.add_column("element")
