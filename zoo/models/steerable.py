@@ -155,7 +155,8 @@ class SteerableCNN(_SteerableModel):
         if min(x.shape[-2:]) < self.MIN_SIZE:
             raise InputMismatchError(
                 f"this steerable CNN needs inputs of at least {self.MIN_SIZE}x{self.MIN_SIZE}, got "
-                f"{x.shape[-2]}x{x.shape[-1]} (pad 28x28 digits by one row and column, as e2cnn's example does)"
+                f"{x.shape[-2]}x{x.shape[-1]}; scan with --input-size 29 (odd sides 4k+1 keep C4 exact), or pad your "
+                "28x28 digits by one row and column as e2cnn's example does"
             )
         features = self.features(self._wrap(x, self.input_type)).tensor
         return self.head(features.mean(dim=(-2, -1)))  # 1x1 at 29x29; other sizes are averaged
