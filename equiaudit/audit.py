@@ -20,7 +20,7 @@ from .data import AuditData, Batch, load_data
 from .errors import EquiauditError, InputMismatchError, ScanInterrupted
 from .groups import Group, parse_group
 from .loading import LoadedModel, load_model, resolve_device
-from .metrics import ClassificationMetrics, DenseMetrics, FloorMetric
+from .metrics import ClassificationMetrics, DenseMetrics, FloorMetric, binarize
 from .result import AuditResult
 from .transforms import GridCache, apply_elements, uses_exact_path, valid_mask
 
@@ -421,8 +421,6 @@ def _scan_batch(
         worst = scores["equivariance_error"].mean(0)
         payload = {"error_map": (back - ref).abs().mean(2).half()}
         if state["task"] == "segment":
-            from .metrics import binarize
-
             payload["seg"] = binarize(back).to(torch.uint8)
             payload["ref_seg"] = binarize(ref).to(torch.uint8)[None]
             if truth is not None:

@@ -177,6 +177,7 @@ def scan(
 ) -> None:
     """Audit a model's invariance / equivariance under a transformation group."""
     from .audit import audit
+    from .groups import parse_group
     from .result import known_metrics
 
     above, below = _thresholds(fail_above or [], "--fail-above"), _thresholds(fail_below or [], "--fail-below")
@@ -208,26 +209,21 @@ def scan(
             err.print(f"task: {chosen} (chosen from the model's output shape; override with --task)")
 
     try:
-        result = _run_scan(
-            audit,
-            model,
-            group,
-            steps,
-            data,
-            data_options,
-            task,
-            interpolation,
-            padding,
-            mask,
-            batch_size,
-            device,
-            dtype,
-            arch,
-            trust,
-            samples,
-            show,
-            on_task,
+        grp = parse_group(group, steps)  # a bad spec fails before the model or data load
+        kwargs = dict(
+            task=task,
+            interpolation=interpolation,
+            padding=padding,
+            mask=mask,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            arch=arch,
+            trust=trust,
+            samples=samples,
+            on_task=on_task,
         )
+        result = _run_scan(audit, model, data, grp, {**kwargs, **data_options}, show)
     except ScanInterrupted as exc:
         if exc.partial is None:
             raise fail(str(exc)) from None
@@ -275,44 +271,9 @@ def scan(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _run_scan(
-    audit: Any,
-    model: str,
-    group: str,
-    steps: int | None,
-    data: str,
-    data_options: dict[str, Any],
-    task: str,
-    interpolation: str,
-    padding: str,
-    mask: str,
-    batch_size: int,
-    device: str,
-    dtype: str,
-    arch: str | None,
-    trust: bool,
-    samples: int,
-    show: bool,
-    on_task: Any,
-) -> Any:
-    from .groups import parse_group
-
-    grp = parse_group(group, steps)  # a bad spec fails before the model or data load
-    kwargs = dict(
-        group=grp,
-        task=task,
-        interpolation=interpolation,
-        padding=padding,
-        mask=mask,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        arch=arch,
-        trust=trust,
-        samples=samples,
-        on_task=on_task,
-        **data_options,
-    )
+def _run_scan(audit: Any, model: str, data: str, group: Any, kwargs: dict[str, Any], show: bool) -> Any:
+    """``audit(model, data, group, **kwargs)``, with a progress bar on stderr when it is a terminal."""
+    kwargs = {"group": group, **kwargs}
     if not show or not err.is_terminal:
         return audit(model, data, **kwargs)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
