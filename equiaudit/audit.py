@@ -18,11 +18,11 @@ from torch import nn
 from . import __version__
 from .data import AuditData, Batch, load_data
 from .errors import EquiauditError, InputMismatchError, ScanInterrupted
-from .groups import Group, parse_group
+from .groups import Group, GroupElement, parse_group
 from .loading import LoadedModel, load_model, resolve_device
-from .metrics import ClassificationMetrics, DenseMetrics, FloorMetric, binarize
+from .metrics import ClassificationMetrics, DenseMetrics, FloorMetric, Metric, binarize
 from .result import AuditResult
-from .transforms import GridCache, apply_elements, uses_exact_path, valid_mask
+from .transforms import ElementPlan, apply_elements, sampling_dtype, uses_exact_path, valid_mask
 
 TASKS = ("auto", "classify", "segment", "dense")
 Progress = Callable[[int, int], None]
@@ -258,175 +258,197 @@ def audit(
     if len(dataset) == 0:
         raise EquiauditError(f"the data {dataset.spec!r} holds no images")
 
-    elems = grp.elements
-    # each chunk runs its images once untransformed and once per non-identity element
-    per_chunk = max(1, batch_size // (sum(not g.is_identity for g in elems) + 1))
-    cache: GridCache = {}
-    gallery = _Gallery(samples)
-    metrics: dict[str, Any] = {}
-    state: dict[str, Any] = {"images": 0}
+    scan = _Scan(module, dataset, grp.elements, options, task, dev, dt, on_task)
     t0 = time.perf_counter()
     total = len(dataset)
 
     def build() -> AuditResult:
-        return _build_result(
-            grp,
-            loaded,
-            dataset,
-            options,
-            metrics,
-            state,
-            gallery,
-            dev,
-            dt,
-            time.perf_counter() - t0,
-            partial=state["images"] < total,
-        )
+        return _build_result(grp, loaded, dataset, options, scan, time.perf_counter() - t0, scan.images < total)
 
-    batches = dataset.batches(per_chunk)
     try:
-        for batch in batches:
-            _scan_batch(module, batch, elems, options, cache, metrics, state, gallery, dev, dt, dataset, task, on_task)
+        for batch in dataset.batches(scan.images_per_chunk):
+            scan.step(batch)
             if progress is not None:
-                progress(state["images"], total)
+                progress(scan.images, total)
     except (KeyboardInterrupt, Exception) as exc:
-        if state["images"] == 0:
+        if scan.images == 0:
             if isinstance(exc, EquiauditError):
                 raise
             if isinstance(exc, KeyboardInterrupt):
                 raise ScanInterrupted("interrupted before the first batch finished") from exc
             raise EquiauditError(f"scan failed on the first batch: {_one_line(exc)}") from exc
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _one_line(exc)
-        raise ScanInterrupted(
-            f"scan stopped after {state['images']} of {total} images: {reason}", partial=build()
-        ) from exc
+        raise ScanInterrupted(f"scan stopped after {scan.images} of {total} images: {reason}", partial=build()) from exc
     return build()
 
 
-def _scan_batch(
-    module: nn.Module,
-    batch: Batch,
-    elems: tuple,
-    options: AuditOptions,
-    cache: GridCache,
-    metrics: dict[str, Any],
-    state: dict[str, Any],
-    gallery: _Gallery,
-    dev: torch.device,
-    dt: torch.dtype,
-    data: AuditData,
-    task: str,
-    on_task: Callable[[str, bool], None] | None,
-) -> None:
-    x = batch.x.to(device=dev, dtype=dt)
-    b, c, h, w = x.shape
-    n_el = len(elems)
-    if "task" not in state:
-        chosen, out_shape = probe(module, data, x, task)
-        in_mask = valid_mask(elems, (h, w), options.mask, dev)
-        state.update(
-            task=chosen,
-            task_auto=task == "auto",
-            out_shape=out_shape,
-            in_size=(h, w),
-            mask_fraction=float(in_mask.float().mean()),
-        )
-        if on_task is not None:
-            on_task(chosen, task == "auto")
-        if chosen == "classify":
-            metrics["cls"] = ClassificationMetrics(n_el, out_shape[0])
+class _Scan:
+    """One audit's streaming state. The first batch sets it up (probe, masks, metrics, prepared transforms);
+    every batch then costs one input transform, the forwards, the undo of dense outputs and the metric updates."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        data: AuditData,
+        elements: tuple[GroupElement, ...],
+        options: AuditOptions,
+        task: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        on_task: Callable[[str, bool], None] | None,
+    ) -> None:
+        self.module, self.data, self.elements, self.options = module, data, elements, options
+        self.requested_task = task
+        self.device, self.dtype = device, dtype
+        self.on_task = on_task
+        # The identity's copy would equal x, so its output is the reference itself and is not computed twice.
+        self.moved = [i for i, g in enumerate(elements) if not g.is_identity]
+        # Each chunk runs its images once untransformed and once per moved element, in forwards of batch_size.
+        self.images_per_chunk = max(1, options.batch_size // (len(self.moved) + 1))
+        self.images = 0
+        self.task: str | None = None
+        self.out_shape: tuple[int, ...] = ()
+        self.in_size: tuple[int, int] | None = None
+        self.mask_fraction: float | None = None
+        self.metrics: dict[str, Metric] = {}
+        self.gallery = _Gallery(options.samples)
+        self._inputs: torch.Tensor | None = None  # reused across equal chunks: no fresh allocation per batch
+
+    def _setup(self, x: torch.Tensor) -> None:
+        elems, opts = self.elements, self.options
+        self.task, self.out_shape = probe(self.module, self.data, x, self.requested_task)
+        self.in_size = (x.shape[-2], x.shape[-1])
+        in_mask = valid_mask(elems, self.in_size, opts.mask, self.device)
+        self.mask_fraction = float(in_mask.float().mean())
+        if self.on_task is not None:
+            self.on_task(self.task, self.requested_task == "auto")
+        kw = {
+            "interpolation": opts.interpolation,
+            "padding": opts.padding,
+            "device": self.device,
+            "dtype": sampling_dtype(self.dtype),
+        }
+        # Sampled elements first: the grid_sample result then lands in one slice of the input buffer, and the
+        # classifier floor reads that slice as it is.
+        self.moved.sort(key=lambda i: uses_exact_path(elems[i], self.in_size))
+        self.to_inputs = ElementPlan([elems[i] for i in self.moved], self.in_size, **kw)
+        if self.task == "classify":
+            self.metrics["cls"] = ClassificationMetrics(len(elems), self.out_shape[0])
             # The floor of a classifier is measured on its input: resampling there is all an invariant model sees.
-            state.update(floor_mask=in_mask, floor_size=(h, w))
+            floor_size, self.floor_mask = self.in_size, in_mask
         else:
-            num_classes = max(2, out_shape[0])
-            metrics["dense"] = DenseMetrics(n_el, segment=chosen == "segment", num_classes=num_classes)
-            state["out_mask"] = valid_mask(elems, out_shape[-2:], options.mask, dev)
+            num_classes = max(2, self.out_shape[0])
+            self.metrics["dense"] = DenseMetrics(len(elems), segment=self.task == "segment", num_classes=num_classes)
+            out_size = (self.out_shape[-2], self.out_shape[-1])
+            self.out_mask = valid_mask(elems, out_size, opts.mask, self.device)
+            self.undo = ElementPlan(elems, out_size, inverse=True, **kw)
             # A dense model's floor is the round trip of its own output, at the output's resolution: what undoing
             # an element costs an exactly equivariant model (for f = identity it is the input's round trip).
-            state.update(floor_mask=state["out_mask"], floor_size=tuple(out_shape[-2:]))
-        state["sampled"] = [i for i, g in enumerate(elems) if not uses_exact_path(g, state["floor_size"])]
-        metrics["floor"] = FloorMetric(n_el)
-    kw = {"interpolation": options.interpolation, "padding": options.padding, "cache": cache}
-    # One input buffer: the untransformed batch, then every transformed copy written in place. The identity's
-    # copy would equal x, so its output is the reference itself and is not computed twice.
-    moved = state.setdefault("moved", [i for i, g in enumerate(elems) if not g.is_identity])
-    rows = {e: r for r, e in enumerate(moved)}
-    shape = (len(moved) + 1, b, c, h, w)
-    inputs = state.get("buffer")
-    if inputs is None or inputs.shape != shape:  # reused across equal chunks: no fresh allocation per batch
-        inputs = state["buffer"] = torch.empty(shape, dtype=x.dtype, device=dev)
-    inputs[0] = x
-    xm = inputs[1:]
-    if moved:
-        apply_elements(x, [elems[i] for i in moved], out=xm, **kw)
-    with torch.inference_mode():
-        y = _forward(module, inputs.view((len(moved) + 1) * b, c, h, w), options.batch_size)
-    if not torch.isfinite(y).all():
-        raise InputMismatchError(f"the model output NaN or inf on images {state['images']}..{state['images'] + b - 1}")
-    y = y.reshape(len(moved) + 1, b, *y.shape[1:])
-    ref = y[0]
-    if len(moved) == n_el:
-        out = y[1:]
-    else:
-        out = y.new_empty((n_el, *y.shape[1:]))
-        out[:] = ref
-        if moved:
-            out[moved] = y[1:]
-    sampled = state["sampled"]
-    if state["task"] == "classify" and 0 < options.floor_images <= state["images"]:
-        sampled = []  # the estimate is complete (see AuditOptions.floor_images)
-    if sampled:  # exact elements are permutations: their round trip is the identity, floor 0
-        picked = [elems[i] for i in sampled]
-        if state["task"] == "classify":
-            base = x
-            images = xm if len(sampled) == len(moved) else xm[[rows[i] for i in sampled]]
+            floor_size, self.floor_mask = out_size, self.out_mask
+        self.metrics["floor"] = FloorMetric(len(elems))
+        # Exact elements are permutations: their round trip is the identity, floor 0.
+        self.floor_index = [i for i, g in enumerate(elems) if not uses_exact_path(g, floor_size)]
+        self.floor_rows = torch.tensor(self.floor_index, dtype=torch.long)
+        self.floor_mask = self.floor_mask.to(self.dtype)  # the metrics weight by it; converted once, not per batch
+        picked = [elems[i] for i in self.floor_index]
+        self.floor_back = ElementPlan(picked, floor_size, inverse=True, **kw)
+        if self.task != "classify":  # a classifier's forward half of the round trip is the input buffer's head
+            self.floor_there = ElementPlan(picked, floor_size, **kw)
+
+    def step(self, batch: Batch) -> None:
+        x = batch.x.to(device=self.device, dtype=self.dtype)
+        if self.task is None:
+            self._setup(x)
+        b, c, h, w = x.shape
+        m, n_el = len(self.moved), len(self.elements)
+        if self._inputs is None or self._inputs.shape[1:] != x.shape:
+            self._inputs = torch.empty((m + 1, b, c, h, w), dtype=x.dtype, device=x.device)
+        inputs = self._inputs
+        inputs[0] = x
+        xm = inputs[1:]
+        if m:
+            self.to_inputs(x, out=xm)
+        with torch.inference_mode():
+            y = _forward(self.module, inputs.view((m + 1) * b, c, h, w), self.options.batch_size)
+        if not torch.isfinite(y).all():
+            raise InputMismatchError(f"the model output NaN or inf on images {self.images}..{self.images + b - 1}")
+        y = y.reshape(m + 1, b, *y.shape[1:])
+        ref = y[0]
+        if m == n_el:
+            out = y[1:]
+        else:
+            out = y.new_empty((n_el, *y.shape[1:]))
+            out[:] = ref
+            if m:
+                out[self.moved] = y[1:]
+        self._update_floor(x, xm, ref)
+        labels = self._labels(batch)
+        keep = self.gallery.size > 0  # the gallery's scores and payload cost work only when it is kept
+        if self.task == "classify":
+            scores = self.metrics["cls"].update(out, ref, labels, details=keep)
+            if keep:
+                worst = (1 - scores["agreement"]).sum(0) + scores["kl"].mean(0).clamp_max(0.999)
+                payload = {
+                    "pred": scores["pred"],
+                    "confidence": scores["confidence"],
+                    "ref_pred": scores["ref_pred"][None],
+                    "ref_confidence": scores["ref_confidence"][None],
+                }
+                if labels is not None:
+                    payload["label"] = labels[None]
+        else:
+            back = self.undo(out)
+            truth = self._truth(batch, ref)
+            scores = self.metrics["dense"].update(back, ref, self.out_mask, truth)
+            if keep:
+                worst = scores["equivariance_error"].mean(0)
+                payload = {"error_map": (back - ref).abs().mean(2).half()}
+                if self.task == "segment":
+                    payload["seg"] = binarize(back).to(torch.uint8)
+                    payload["ref_seg"] = binarize(ref).to(torch.uint8)[None]
+                    if truth is not None:
+                        payload["truth"] = truth.to(torch.uint8)[None]
+        if keep:
+            self.gallery.add(self.images, x, worst, payload)
+        self.images += b
+
+    def _update_floor(self, x: torch.Tensor, xm: torch.Tensor, ref: torch.Tensor) -> None:
+        floor = self.metrics["floor"]
+        if not self.floor_index:
+            floor.update(xm[:0], x, self.floor_mask, [])  # counts the images; every floor is 0
+            return
+        if self.task == "classify":
+            if 0 < self.options.floor_images <= self.images:
+                return  # the estimate is complete (see AuditOptions.floor_images)
+            base, there = x, xm[: len(self.floor_index)]
         else:
             base = ref
-            images = apply_elements(base, picked, **kw)
-        roundtrip = apply_elements(images, picked, inverse=True, **kw)
-        metrics["floor"].update(roundtrip, base, state["floor_mask"], sampled)
-    elif not state["sampled"]:
-        metrics["floor"].update(xm[:0], x, state["floor_mask"], [])
-    labels = None
-    if batch.y is not None and data.has_labels:
-        labels = batch.y.to(dev)
-        k = max(2, state["out_shape"][0]) if state["task"] == "classify" else None
-        if k is not None and (labels.min() < 0 or labels.max() >= k):
-            raise InputMismatchError(
-                f"labels of {data.spec!r} run from {int(labels.min())} to {int(labels.max())} but the model has "
-                f"{state['out_shape'][0]} output(s); check --data or the model's head"
-            )
-    if state["task"] == "classify":
-        scores = metrics["cls"].update(out, ref, labels)
-        worst = (1 - scores["agreement"]).sum(0) + scores["kl"].mean(0).clamp_max(0.999)
-        payload = {
-            "pred": scores["pred"],
-            "confidence": scores["confidence"],
-            "ref_pred": scores["ref_pred"][None],
-            "ref_confidence": scores["ref_confidence"][None],
-        }
-        if labels is not None:
-            payload["label"] = labels[None]
-    else:
-        back = apply_elements(out, elems, inverse=True, **kw)
-        truth = None
-        if batch.mask is not None and data.has_masks:
-            m = batch.mask.to(dev, torch.float32)
-            if m.shape[-2:] != ref.shape[-2:]:
-                # area pooling keeps the pixel-centre convention when the output is smaller (nearest would shift)
-                mode = "area" if m.shape[-1] > ref.shape[-1] else "nearest"
-                m = torch.nn.functional.interpolate(m, size=ref.shape[-2:], mode=mode)
-            truth = (m[:, 0] > 0.5).long()
-        scores = metrics["dense"].update(back, ref, state["out_mask"], truth)
-        worst = scores["equivariance_error"].mean(0)
-        payload = {"error_map": (back - ref).abs().mean(2).half()}
-        if state["task"] == "segment":
-            payload["seg"] = binarize(back).to(torch.uint8)
-            payload["ref_seg"] = binarize(ref).to(torch.uint8)[None]
-            if truth is not None:
-                payload["truth"] = truth.to(torch.uint8)[None]
-    gallery.add(state["images"], x, worst, payload)
-    state["images"] += b
+            there = self.floor_there(ref)
+        floor.update(self.floor_back(there), base, self.floor_mask, self.floor_rows)
+
+    def _labels(self, batch: Batch) -> torch.Tensor | None:
+        if batch.y is None or not self.data.has_labels:
+            return None
+        labels = batch.y.to(self.device)
+        if self.task == "classify":
+            k = max(2, self.out_shape[0])
+            if labels.min() < 0 or labels.max() >= k:
+                raise InputMismatchError(
+                    f"labels of {self.data.spec!r} run from {int(labels.min())} to {int(labels.max())} but the model "
+                    f"has {self.out_shape[0]} output(s); check --data or the model's head"
+                )
+        return labels
+
+    def _truth(self, batch: Batch, ref: torch.Tensor) -> torch.Tensor | None:
+        """Ground-truth label maps at the output's resolution, or None."""
+        if batch.mask is None or not self.data.has_masks:
+            return None
+        m = batch.mask.to(self.device, torch.float32)
+        if m.shape[-2:] != ref.shape[-2:]:
+            # area pooling keeps the pixel-centre convention when the output is smaller (nearest would shift)
+            mode = "area" if m.shape[-1] > ref.shape[-1] else "nearest"
+            m = torch.nn.functional.interpolate(m, size=ref.shape[-2:], mode=mode)
+        return (m[:, 0] > 0.5).long()
 
 
 def _build_result(
@@ -434,15 +456,11 @@ def _build_result(
     loaded: LoadedModel,
     data: AuditData,
     options: AuditOptions,
-    metrics: dict[str, Any],
-    state: dict[str, Any],
-    gallery: _Gallery,
-    dev: torch.device,
-    dt: torch.dtype,
+    scan: _Scan,
     wall: float,
     partial: bool,
 ) -> AuditResult:
-    size = state.get("in_size")
+    size = scan.in_size
     rows = [
         {"id": i, "label": g.label, **g.params(), "exact": uses_exact_path(g, size) if size else g.exact}
         for i, g in enumerate(grp.elements)
@@ -450,7 +468,7 @@ def _build_result(
     frame = pd.DataFrame(rows)
     extra: dict[str, float] = {}
     per_class = None
-    for key, metric in metrics.items():
+    for key, metric in scan.metrics.items():
         for name, values in metric.compute().items():
             frame[name] = values.numpy()
         if hasattr(metric, "summary"):
@@ -460,23 +478,22 @@ def _build_result(
             names = data.class_names if data.class_names and len(data.class_names) == metric.num_classes else None
             per_class = {"classes": names or [str(k) for k in range(metric.num_classes)]}
             per_class.update({k: v.numpy().tolist() for k, v in pc.items()})
-    summary = _summary(frame, extra) if metrics else {}
-    summary["images"] = state["images"]
-    n_img = state["images"]
+    summary = _summary(frame, extra) if scan.metrics else {}
+    n_img = summary["images"] = scan.images
     meta = {
         "group": grp.describe(),
         "model": loaded.describe(),
         "data": data.describe(),
-        "task": state.get("task"),
-        "task_auto": state.get("task_auto"),
-        "output_shape": list(state.get("out_shape", ())),
+        "task": scan.task,
+        "task_auto": scan.requested_task == "auto" if scan.task else None,
+        "output_shape": list(scan.out_shape),
         "options": {
             "interpolation": options.interpolation,
             "padding": options.padding,
             "mask": options.mask,
             "batch_size": options.batch_size,
-            "floor_images": int(metrics["floor"].count) if "floor" in metrics else 0,
-            "mask_fraction": state.get("mask_fraction"),
+            "floor_images": int(scan.metrics["floor"].count) if "floor" in scan.metrics else 0,
+            "mask_fraction": scan.mask_fraction,
         },
         "versions": {
             "equiaudit": __version__,
@@ -484,12 +501,12 @@ def _build_result(
             "python": sys.version.split()[0],
             "platform": platform.platform(),
         },
-        "device": str(dev),
-        "dtype": str(dt).replace("torch.", ""),
+        "device": str(scan.device),
+        "dtype": str(scan.dtype).replace("torch.", ""),
         "wall_time_s": wall,
         "images_per_s": n_img / wall if wall > 0 else None,
         "transformed_images_per_s": n_img * len(grp) / wall if wall > 0 else None,
         "partial": partial,
     }
-    samples = gallery.export() if gallery.size > 0 and n_img else None
+    samples = scan.gallery.export() if scan.gallery.size > 0 and n_img else None
     return AuditResult(frame, summary, meta, per_class, samples)

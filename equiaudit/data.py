@@ -33,10 +33,10 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from .datasets.arrays import arrays_source, load_array_file
-from .datasets.core import SPLITS, Item, Source, splitless
+from .datasets.core import SPLITS, Item, RangeItems, Source, read_range, splitless
 from .datasets.images import load_butterflies, load_folder, load_photos, load_split_folders
 from .datasets.mnist import load_mnist, load_rot_mnist
 from .datasets.synthetic import load_digits, load_noise, load_shapes
@@ -134,6 +134,21 @@ class _Pipeline(Dataset):
             x = normalise(x, *self.stats)
         return x, y, mask
 
+    def read_range(self, start: int, stop: int) -> RangeItems | None:
+        items = read_range(self.base, start, stop)
+        if items is None:
+            return None
+        x, y, mask = items
+        if self.size is not None:
+            x = resize_image(x, self.size)
+            if mask is not None:
+                mask = (resize_image(mask, self.size) >= 0.5).to(torch.float32)
+        if self.channels is not None:
+            x = convert_channels(x, self.channels)
+        if self.stats is not None:
+            x = normalise(x, *self.stats)
+        return x, y, mask
+
 
 # ----------------------------------------------------------------------------------------- AuditData
 
@@ -167,10 +182,22 @@ class AuditData:
         )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        """Batches in the data's fixed order (no shuffling, no worker processes); the last may be short."""
+        """Batches in the data's fixed order (no shuffling, no worker processes); the last may be short.
+
+        Data held in tensors is sliced a batch at a time; other data is read item by item and stacked.
+        """
         size = _positive_int(batch_size, "batch_size")
-        loader = DataLoader(self.dataset, batch_size=size, shuffle=False, num_workers=0, collate_fn=self._collate)
-        yield from loader
+        n = len(self)
+        for start in range(0, n, size):
+            stop = min(n, start + size)
+            items = read_range(self.dataset, start, stop)
+            if items is None:
+                yield self._collate([self.dataset[i] for i in range(start, stop)])
+                continue
+            x, y, mask = items
+            if self.has_labels and y is None:
+                y = torch.full((stop - start,), -1, dtype=torch.int64)
+            yield Batch(x, y if self.has_labels else None, mask if self.has_masks else None)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary for results and reports."""

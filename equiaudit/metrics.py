@@ -10,7 +10,7 @@ or ``T_g^-1 f(T_g x)`` (equivariance, undone at the output's resolution).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -117,17 +117,26 @@ class FloorMetric(Metric):
         self.add_state("floor_max", _zeros(num_elements), "max")
 
     def update(
-        self, roundtrip: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, index: list[int] | None = None
+        self,
+        roundtrip: torch.Tensor,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        index: Sequence[int] | torch.Tensor | None = None,
     ) -> None:
         """``roundtrip`` is ``(S, B, ...)`` for the elements at ``index`` (all when None); the others are exact
         permutations whose floor is 0 by definition."""
         self.count += x.shape[0]
         if roundtrip.shape[0] == 0:
             return
-        err = relative_error(roundtrip, x, mask).double().cpu()
-        idx = torch.arange(self.floor_sum.shape[0]) if index is None else torch.tensor(index, dtype=torch.long)
-        self.floor_sum[idx] += err.sum(-1)
-        self.floor_max[idx] = torch.maximum(self.floor_max[idx], err.max(-1).values)
+        err = relative_error(roundtrip, x, mask).double()
+        sums, maxima = err.sum(-1).cpu(), err.amax(-1).cpu()
+        if index is None:
+            self.floor_sum += sums
+            self.floor_max = torch.maximum(self.floor_max, maxima)
+            return
+        idx = torch.as_tensor(index, dtype=torch.long)
+        self.floor_sum.index_add_(0, idx, sums)
+        self.floor_max[idx] = torch.maximum(self.floor_max[idx], maxima)
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {"floor": self.floor_sum / self.count.clamp_min(1), "floor_max": self.floor_max}
@@ -155,46 +164,50 @@ class ClassificationMetrics(Metric):
         self.add_state("class_agree", _zeros(g, k), "sum")  # agreement per element and reference class
 
     def update(
-        self, out: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor | None = None
+        self, out: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor | None = None, details: bool = True
     ) -> dict[str, torch.Tensor]:
-        """Add a batch: ``out`` is ``(G, B, K)``, ``ref`` ``(B, K)``. Returns per-image scores ``(G, B)``."""
+        """Add a batch: ``out`` is ``(G, B, K)``, ``ref`` ``(B, K)``. Returns per-image scores ``(G, B)``, with the
+        predictions and their confidences when ``details``."""
         k = self.num_classes
-        err = relative_error(out, ref).double()
+        err = relative_error(out, ref)
         if out.shape[-1] == 1:
             # One logit is a binary classifier: softmax([0, z]) = sigmoid(z), so argmax is ``z > 0`` and the KL
             # below is the Bernoulli KL.
             out = torch.cat([torch.zeros_like(out), out], -1)
             ref = torch.cat([torch.zeros_like(ref), ref], -1)
         pred_ref, pred = ref.argmax(-1), out.argmax(-1)
-        agree = (pred == pred_ref).double()
-        kl = kl_divergence(out, ref).double()
+        agree = pred == pred_ref
+        kl = kl_divergence(out, ref)
+        # One float64 stack, one reduction and one transfer for the three per-element sums.
+        per_image = torch.stack([agree.to(kl.dtype), kl, err.to(kl.dtype)]).double()
+        sums = per_image.sum(-1).cpu()
         self.count += ref.shape[0]
-        self.agree += agree.sum(-1).cpu()
-        self.kl_sum += kl.sum(-1).cpu()
-        self.err_sum += err.sum(-1).cpu()
-        self.err_max = torch.maximum(self.err_max, err.max(-1).values.cpu())
-        ref_onehot = F.one_hot(pred_ref, k).double()
-        self.pred_count += ref_onehot.sum(0).cpu()
-        self.class_agree += torch.einsum("gb,bk->gk", agree, ref_onehot).cpu()
+        self.agree += sums[0]
+        self.kl_sum += sums[1]
+        self.err_sum += sums[2]
+        self.err_max = torch.maximum(self.err_max, per_image[2].amax(-1).cpu())
+        pred_ref_cpu, agree_cpu = pred_ref.cpu(), per_image[0].cpu()
+        self.pred_count += torch.bincount(pred_ref_cpu, minlength=k)
+        self.class_agree.index_add_(1, pred_ref_cpu, agree_cpu)
         if labels is not None:
-            correct = (pred == labels).double()
-            correct_ref = (pred_ref == labels).double()
-            onehot = F.one_hot(labels, k).double()
+            correct = pred == labels
+            correct_ref = pred_ref == labels
+            labels_cpu, correct_cpu = labels.cpu(), correct.cpu()
             self.labelled += labels.shape[0]
-            self.correct += correct.sum(-1).cpu()
+            self.correct += correct_cpu.sum(-1)
             self.correct_ref += correct_ref.sum().cpu()
-            self.all_correct += (correct.prod(0) * correct_ref).sum().cpu()
-            self.class_count += onehot.sum(0).cpu()
-            self.class_correct += torch.einsum("gb,bk->gk", correct, onehot).cpu()
-        return {
-            "agreement": agree,
-            "kl": kl,
-            "invariance_error": err,
-            "pred": pred,
-            "confidence": out.softmax(-1).amax(-1),
-            "ref_pred": pred_ref,
-            "ref_confidence": ref.softmax(-1).amax(-1),
-        }
+            self.all_correct += (correct.all(0) & correct_ref).sum().cpu()
+            self.class_count += torch.bincount(labels_cpu, minlength=k)
+            self.class_correct.index_add_(1, labels_cpu, correct_cpu.double())
+        scores = {"agreement": per_image[0], "kl": per_image[1], "invariance_error": per_image[2]}
+        if details:
+            scores.update(
+                pred=pred,
+                confidence=out.softmax(-1).amax(-1),
+                ref_pred=pred_ref,
+                ref_confidence=ref.softmax(-1).amax(-1),
+            )
+        return scores
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count.clamp_min(1)

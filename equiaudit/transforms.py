@@ -27,8 +27,6 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 PADDINGS = ("zeros", "border", "reflection")
 MASKS = ("auto", "disk", "none")
 
-GridCache = dict[tuple, torch.Tensor]
-
 
 def _check_options(interpolation: str, padding: str) -> None:
     if interpolation not in INTERPOLATIONS:
@@ -41,14 +39,6 @@ def uses_exact_path(g: GroupElement, size: tuple[int, int]) -> bool:
     """Whether ``g`` is applied by permutation on an ``(H, W)`` grid (odd quarter turns need a square)."""
     k = g.quarter_turns
     return g.exact and k is not None and (k % 2 == 0 or size[0] == size[1])
-
-
-def _apply_exact(x: torch.Tensor, g: GroupElement, inverse: bool) -> torch.Tensor:
-    h = g.inverse() if inverse else g
-    if h.reflect:
-        x = torch.flip(x, dims=(-1,))
-    k = h.quarter_turns or 0
-    return torch.rot90(x, k, dims=(-2, -1)) if k else x
 
 
 def sampling_theta(elements: Sequence[GroupElement], size: tuple[int, int], inverse: bool = False) -> np.ndarray:
@@ -71,18 +61,140 @@ def sampling_grid(
     inverse: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    cache: GridCache | None = None,
 ) -> torch.Tensor:
-    """``(G, H, W, 2)`` sampling grid for ``F.grid_sample``, computed in float64 and cached per key."""
-    key = (tuple(elements), tuple(size), inverse, str(device), dtype)
-    if cache is not None and key in cache:
-        return cache[key]
+    """``(G, H, W, 2)`` sampling grid for ``F.grid_sample``, computed in float64, then cast."""
     theta = torch.from_numpy(sampling_theta(elements, size, inverse))
     grid = F.affine_grid(theta, [len(elements), 1, *size], align_corners=False)
-    grid = grid.to(device=device, dtype=dtype)
-    if cache is not None:
-        cache[key] = grid
-    return grid
+    return grid.to(device=device, dtype=dtype)
+
+
+def sampling_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype images of ``dtype`` are sampled in: float64 stays, everything else uses float32 (half-precision
+    grids are off by up to ~0.4 px at 224 px, and the CPU has no half kernel)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class ElementPlan:
+    """Elements prepared for one image size, direction, device and dtype; call it on images.
+
+    Everything that does not depend on the pixels is done once here: which elements are exact permutations
+    (reduced to a flip and a number of quarter turns) and the sampling grid of all the others. Calling the plan
+    costs one ``grid_sample`` plus one ``rot90`` / ``flip`` per exact element.
+
+    Args:
+        elements: the elements, in output order.
+        size: ``(H, W)`` of the images the plan is called on.
+        inverse: apply ``g^-1`` instead of ``g``.
+        interpolation, padding: ``grid_sample`` options (see :data:`INTERPOLATIONS`, :data:`PADDINGS`).
+        device, dtype: where the grid lives (see :func:`sampling_dtype`); images of another dtype are cast to
+            it for sampling and back.
+    """
+
+    def __init__(
+        self,
+        elements: Sequence[GroupElement],
+        size: tuple[int, int],
+        *,
+        inverse: bool = False,
+        interpolation: str = "bilinear",
+        padding: str = "zeros",
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        _check_options(interpolation, padding)
+        self.elements = tuple(elements)
+        self.size = (int(size[0]), int(size[1]))
+        self.inverse = inverse
+        self.interpolation, self.padding = interpolation, padding
+        exact = [uses_exact_path(g, self.size) for g in self.elements]
+        self.sampled = [i for i, e in enumerate(exact) if not e]
+        self.exact: list[tuple[int, int, bool]] = []  # (index, quarter turns, mirror first) of the applied element
+        for i, g in enumerate(self.elements):
+            if exact[i]:
+                h = g.inverse() if inverse else g
+                self.exact.append((i, h.quarter_turns or 0, h.reflect))
+        # a contiguous run of sampled elements is read and written through views instead of gathered copies
+        first = self.sampled[0] if self.sampled else 0
+        self._run = (
+            slice(first, first + len(self.sampled))
+            if self.sampled == list(range(first, first + len(self.sampled)))
+            else None
+        )
+        picked = [self.elements[i] for i in self.sampled]
+        self.grid = sampling_grid(picked, self.size, inverse=inverse, device=device, dtype=dtype) if picked else None
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply every element to ``x``, returning ``(G, B, C, H, W)`` (written into ``out`` when given).
+
+        ``x`` is ``(B, C, H, W)`` (every element applied to the whole batch) or ``(G, B, C, H, W)`` (element
+        ``i`` applied to ``x[i]``, as when undoing each element on the model's outputs).
+        """
+        n = len(self.elements)
+        if x.dim() not in (4, 5):
+            raise EquiauditError(f"expected a (B, C, H, W) or (G, B, C, H, W) tensor, got shape {tuple(x.shape)}")
+        stacked = x.dim() == 5
+        if stacked and x.shape[0] != n:
+            raise EquiauditError(f"stacked input has {x.shape[0]} slices for {n} elements")
+        size = (x.shape[-2], x.shape[-1])
+        if size != self.size:
+            raise EquiauditError(f"images of size {size} given to transforms prepared for {self.size}")
+        if self.grid is not None and x.dtype != self.grid.dtype:  # half precision: sampled in float32
+            res = self(x.to(self.grid.dtype))
+            return res.to(x.dtype) if out is None else out.copy_(res)
+        b, c = x.shape[-4], x.shape[-3]
+        res = None
+        if self.grid is not None:
+            s = len(self.sampled)
+            # Fold the batch into channels: one grid per element, one grid_sample call for all of them.
+            src = x if not stacked or s == n else x[self._run] if self._run is not None else x[self.sampled]
+            src = src.reshape(s, b * c, *size) if stacked else src.reshape(1, b * c, *size).expand(s, b * c, *size)
+            res = F.grid_sample(
+                src, self.grid, mode=self.interpolation, padding_mode=self.padding, align_corners=False
+            ).reshape(s, b, c, *size)
+            if s == n and out is None:
+                return res
+        if out is None:
+            out = torch.empty((n, b, c, *size), dtype=x.dtype, device=x.device)
+        if res is not None:
+            if self._run is not None:
+                out[self._run].copy_(res)
+            else:
+                out[self.sampled] = res
+        for i, k, mirror in self.exact:
+            src = x[i] if stacked else x
+            if mirror:
+                src = torch.flip(src, dims=(-1,))
+            out[i] = torch.rot90(src, k, dims=(-2, -1)) if k else src
+        return out
+
+
+PlanCache = dict[tuple, ElementPlan]
+
+
+def element_plan(
+    elements: Sequence[GroupElement],
+    size: tuple[int, int],
+    *,
+    inverse: bool = False,
+    interpolation: str = "bilinear",
+    padding: str = "zeros",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache: PlanCache | None = None,
+) -> ElementPlan:
+    """An :class:`ElementPlan`, taken from ``cache`` when one was built for the same key."""
+    key = (tuple(elements), tuple(size), inverse, interpolation, padding, str(device), dtype)
+    plan = None if cache is None else cache.get(key)
+    if plan is None:
+        plan = ElementPlan(
+            elements, size, inverse=inverse, interpolation=interpolation, padding=padding, device=device, dtype=dtype
+        )
+        if cache is not None:
+            cache[key] = plan
+    return plan
 
 
 def apply_elements(
@@ -92,10 +204,10 @@ def apply_elements(
     inverse: bool = False,
     interpolation: str = "bilinear",
     padding: str = "zeros",
-    cache: GridCache | None = None,
+    cache: PlanCache | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Apply every element to a batch, returning ``(G, B, C, H, W)``.
+    """Apply every element to a batch, returning ``(G, B, C, H, W)`` (a thin wrapper over :class:`ElementPlan`).
 
     Args:
         x: ``(B, C, H, W)``: every element is applied to the whole batch; or ``(G, B, C, H, W)``:
@@ -104,61 +216,26 @@ def apply_elements(
         inverse: apply ``g^-1`` instead of ``g``.
         interpolation: ``bilinear`` | ``bicubic`` | ``nearest``.
         padding: ``zeros`` | ``border`` | ``reflection``.
-        cache: a dict reused across calls so grids are built once per (elements, size, device, dtype).
+        cache: a dict reused across calls so plans (and their grids) are built once per
+            (elements, size, direction, options, device, dtype).
         out: an optional ``(G, B, C, H, W)`` tensor to write into (e.g. a slice of the model's input buffer).
 
     All non-exact elements go through one ``grid_sample`` call; exact ones are permutations.
     """
     _check_options(interpolation, padding)
-    elements = tuple(elements)
-    n = len(elements)
-    stacked = x.dim() == 5
     if x.dim() not in (4, 5):
         raise EquiauditError(f"expected a (B, C, H, W) or (G, B, C, H, W) tensor, got shape {tuple(x.shape)}")
-    if stacked and x.shape[0] != n:
-        raise EquiauditError(f"stacked input has {x.shape[0]} slices for {n} elements")
-    if x.dtype in (torch.float16, torch.bfloat16):
-        # Half-precision grids are off by up to ~0.4 px at 224 px (and CPU has no kernel): sample in float32.
-        res32 = apply_elements(
-            x.float(), elements, inverse=inverse, interpolation=interpolation, padding=padding, cache=cache
-        )
-        return res32.to(x.dtype) if out is None else out.copy_(res32)
-    size = (x.shape[-2], x.shape[-1])
-    b, c = x.shape[-4], x.shape[-3]
-    sampled = [i for i, g in enumerate(elements) if not uses_exact_path(g, size)]
-    res = None
-    if sampled:
-        grid = sampling_grid(
-            [elements[i] for i in sampled],
-            size,
-            inverse=inverse,
-            device=x.device,
-            dtype=x.dtype if x.is_floating_point() else torch.float32,
-            cache=cache,
-        )
-        # Fold the batch into channels: one grid per element, one grid_sample call for all of them.
-        src = x[sampled] if stacked and len(sampled) < n else x
-        src = (
-            src.reshape(len(sampled), b * c, *size)
-            if stacked
-            else src.reshape(1, b * c, *size).expand(len(sampled), b * c, *size)
-        )
-        res = F.grid_sample(src, grid, mode=interpolation, padding_mode=padding, align_corners=False)
-        res = res.reshape(len(sampled), b, c, *size)
-        if len(sampled) == n and out is None:
-            return res
-    if out is None:
-        out = torch.empty((n, b, c, *size), dtype=x.dtype, device=x.device)
-    if res is not None:
-        if len(sampled) == n:
-            out.copy_(res)
-        else:
-            out[sampled] = res
-    done = set(sampled)
-    for i, g in enumerate(elements):
-        if i not in done:
-            out[i] = _apply_exact(x[i] if stacked else x, g, inverse)
-    return out
+    plan = element_plan(
+        tuple(elements),
+        (x.shape[-2], x.shape[-1]),
+        inverse=inverse,
+        interpolation=interpolation,
+        padding=padding,
+        device=x.device,
+        dtype=sampling_dtype(x.dtype),
+        cache=cache,
+    )
+    return plan(x, out)
 
 
 def transform(x: torch.Tensor, element: GroupElement, **kwargs) -> torch.Tensor:
@@ -205,7 +282,7 @@ class GroupTransform(nn.Module):
         self.group = parse_group(group, steps)
         self.interpolation = interpolation
         self.padding = padding
-        self._cache: GridCache = {}
+        self._cache: PlanCache = {}
 
     def forward(self, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
         return apply_elements(

@@ -22,6 +22,7 @@ from equiaudit.data import (
     resize_image,
 )
 from equiaudit.datasets import mnist as mnist_mod
+from equiaudit.datasets.core import ArrayDataset, read_range
 from equiaudit.datasets.synthetic import DIGITS_TRAIN, digit_canvases, scale_about_centre
 from equiaudit.errors import DataError
 
@@ -673,3 +674,28 @@ def test_non_array_file_and_bad_batch_size(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="only 1 <-> 3"):
         load_data(str(tmp_path / "four.npz"), channels=3)
     assert load_data(str(tmp_path / "four.npz"), channels=4).input_shape == (4, 5, 5)  # as recorded, reloads
+
+
+@pytest.mark.parametrize("case", ["digits-options", "uint8-masks", "transposed"])
+def test_sliced_batches_equal_item_by_item_reading(case: str) -> None:
+    # Tensor-backed data is sliced a batch at a time; it must give exactly what reading items one by one gives.
+    gen = np.random.default_rng(0)
+    if case == "digits-options":
+        data = load_data("digits", input_size=32, channels=3, mean=[0.1, 0.2, 0.3], std=[0.5], limit=41)
+    elif case == "uint8-masks":
+        x = torch.from_numpy(rand_uint8(gen, 23, 1, 12, 10))
+        mask = torch.from_numpy(gen.random((23, 1, 12, 10)) > 0.5)
+        data = AuditData.from_tensors(x, torch.arange(23) % 3, mask)
+    else:
+        stored = torch.from_numpy(rand_uint8(gen, 9, 1, 6, 5))
+        arr = ArrayDataset(stored, torch.arange(9), scale=1 / 255, transpose=True)
+        data = AuditData(spec="t", dataset=arr, input_shape=(1, 5, 6), has_labels=True, has_masks=False,
+                         num_classes=9, class_names=None, source="test")  # fmt: skip
+    assert read_range(data.dataset, 0, 2) is not None  # the sliced path is taken
+    sliced = list(data.batches(7))
+    items = [data._collate([data.dataset[i] for i in range(s, min(len(data), s + 7))]) for s in range(0, len(data), 7)]
+    assert len(sliced) == len(items)
+    for a, b in zip(sliced, items, strict=True):
+        assert torch.equal(a.x, b.x) and a.x.dtype == b.x.dtype
+        assert (a.y is None and b.y is None) or torch.equal(a.y, b.y)
+        assert (a.mask is None and b.mask is None) or torch.equal(a.mask, b.mask)

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError
 
 Item = tuple[torch.Tensor, int, torch.Tensor]
+# (x (B, C, H, W), labels (B,) or None, masks (B, 1, H, W) or None): a range of items read at once
+RangeItems = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 SPLITS = ("train", "val", "test", "all")
 # Streams keep the random numbers of different generated data sets independent for the same seed.
 STREAM_NOISE, STREAM_SHAPES, STREAM_ROT_DIGITS, STREAM_SCALE_DIGITS = 1, 2, 3, 4
@@ -97,6 +99,27 @@ class ArrayDataset(Dataset):
             x = x.transpose(-1, -2).contiguous()
             mask = mask if self.mask is None else mask.transpose(-1, -2).contiguous()
         return x, (-1 if self.y is None else int(self.y[i])), mask
+
+    def read_range(self, start: int, stop: int) -> RangeItems:
+        """Items ``start..stop-1`` stacked, the same values as ``__getitem__`` gives one by one."""
+        x = self.x[start:stop].to(torch.float32, copy=True)
+        if self.scale != 1.0:
+            x = x * self.scale
+        mask = None if self.mask is None else self.mask[start:stop].to(torch.float32)
+        if self.transpose:
+            x = x.transpose(-1, -2).contiguous()
+            mask = None if mask is None else mask.transpose(-1, -2).contiguous()
+        return x, (None if self.y is None else self.y[start:stop].to(torch.int64)), mask
+
+
+def read_range(ds: Dataset, start: int, stop: int) -> RangeItems | None:
+    """Items ``start..stop-1`` of ``ds`` as stacked tensors when it can slice (``read_range``, or a contiguous
+    :class:`~torch.utils.data.Subset` of one), else None (then read them one by one)."""
+    if isinstance(ds, Subset) and isinstance(ds.indices, range) and ds.indices.step == 1:
+        offset = ds.indices.start
+        return read_range(ds.dataset, offset + start, offset + stop)
+    reader = getattr(ds, "read_range", None)
+    return reader(start, stop) if reader is not None else None
 
 
 class LazyDataset(Dataset):
