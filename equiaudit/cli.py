@@ -150,7 +150,14 @@ def scan(
     interpolation: Annotated[str, typer.Option(help="bilinear, bicubic or nearest.")] = "bilinear",
     padding: Annotated[str, typer.Option(help="zeros, border or reflection.")] = "zeros",
     mask: Annotated[str, typer.Option(help="auto (region valid under every element), disk or none.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per model forward, transformed copies included.")] = 256,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Images per model forward, transformed copies included (default: sized from the model's largest "
+            "activation, at most 256).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1...")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
     arch: Annotated[str | None, typer.Option(help="Architecture for a state dict: module:factory or zoo:NAME.")] = None,

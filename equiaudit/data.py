@@ -182,22 +182,22 @@ class AuditData:
         )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        """Batches in the data's fixed order (no shuffling, no worker processes); the last may be short.
-
-        Data held in tensors is sliced a batch at a time; other data is read item by item and stacked.
-        """
+        """Batches in the data's fixed order (no shuffling, no worker processes); the last may be short."""
         size = _positive_int(batch_size, "batch_size")
         n = len(self)
         for start in range(0, n, size):
-            stop = min(n, start + size)
-            items = read_range(self.dataset, start, stop)
-            if items is None:
-                yield self._collate([self.dataset[i] for i in range(start, stop)])
-                continue
-            x, y, mask = items
-            if self.has_labels and y is None:
-                y = torch.full((stop - start,), -1, dtype=torch.int64)
-            yield Batch(x, y if self.has_labels else None, mask if self.has_masks else None)
+            yield self.read(start, min(n, start + size))
+
+    def read(self, start: int, stop: int) -> Batch:
+        """Items ``start..stop-1`` as one batch: data held in tensors is sliced, other data is read item by item
+        and stacked."""
+        items = read_range(self.dataset, start, stop)
+        if items is None:
+            return self._collate([self.dataset[i] for i in range(start, stop)])
+        x, y, mask = items
+        if self.has_labels and y is None:
+            y = torch.full((stop - start,), -1, dtype=torch.int64)
+        return Batch(x, y if self.has_labels else None, mask if self.has_masks else None)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary for results and reports."""

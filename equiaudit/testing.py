@@ -345,7 +345,7 @@ def _measure(
     interpolation: str,
     padding: str,
     mask: str,
-    batch_size: int,
+    batch_size: int | None,
 ) -> tuple[EquivarianceReport, _Context]:
     from .audit import audit
     from .groups import parse_group
@@ -396,7 +396,8 @@ def _measure(
         result,
     )
     meta = result.meta
-    context = _Context(loaded, data, meta["device"], meta["dtype"], grp, task, interpolation, padding, mask, batch_size)
+    used_batch = int(meta["options"]["batch_size"])
+    context = _Context(loaded, data, meta["device"], meta["dtype"], grp, task, interpolation, padding, mask, used_batch)
     return report, context
 
 
@@ -455,7 +456,7 @@ def equivariance_error(
     mask: str = "auto",
     steps: int | None = None,
     padding: str = "zeros",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     locate: bool = True,
 ) -> EquivarianceReport:
     """Measure how far ``model`` is from invariant / equivariant under every element of ``group``.
@@ -540,7 +541,7 @@ def check_equivariance(
         "interpolation": "bilinear",
         "padding": "zeros",
         "mask": "auto",
-        "batch_size": 256,
+        "batch_size": None,
     }
     unknown = set(options) - set(params)
     if unknown:

@@ -59,6 +59,10 @@ def test_binarize_single_channel_threshold_and_argmax() -> None:
     assert binarize(logits).tolist() == [[[0, 1]]]
     two = torch.tensor([[[[0.0, 2.0]], [[1.0, 1.0]]]])
     assert binarize(two).tolist() == [[[1, 0]]]
+    # stacked (G, B, C, H, W) maps with ties agree with the channel argmax taken one map at a time
+    many = torch.randint(0, 3, (3, 2, 5, 4, 6)).float()
+    expected = torch.stack([torch.stack([m.argmax(0) for m in g]) for g in many])
+    assert torch.equal(binarize(many), expected)
 
 
 def _random_batches(n: int, g: int, k: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
