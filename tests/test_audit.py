@@ -264,3 +264,65 @@ def test_classifier_floor_is_estimated_on_the_first_images() -> None:
     assert res.summary["images"] == 300
     dense = audit(Identity(), "digits", "so2:6", limit=300, task="dense", samples=0)
     assert dense.meta["options"]["floor_images"] == 300  # a dense model's floor uses every image
+
+
+class _RecordsBatches(nn.Module):
+    """A dense model whose largest activation is ``width`` channels at full resolution; records forward sizes."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(1, width, 3, padding=1)
+        self.head = nn.Conv2d(width, 1, 1)
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.head(self.wide(x))
+
+
+def test_auto_batch_size_follows_the_largest_activation(digits: torch.Tensor) -> None:
+    from equiaudit.audit import AUTO_BATCH_BYTES, AUTO_BATCH_MAX, auto_batch_size
+
+    cpu = torch.device("cpu")
+    assert auto_batch_size(AUTO_BATCH_BYTES["cpu"] / 40, cpu) == 40
+    assert auto_batch_size(1.0, cpu) == AUTO_BATCH_MAX and auto_batch_size(1e12, cpu) == 1
+    assert auto_batch_size(AUTO_BATCH_BYTES["cpu"] / 40, torch.device("meta")) == AUTO_BATCH_MAX  # a GPU's budget
+    narrow, wide = _seeded(_RecordsBatches(4)), _seeded(_RecordsBatches(256))
+    small = audit(narrow, digits, "so2:8", task="dense", samples=0).meta["options"]
+    large = audit(wide, digits, "so2:8", task="dense", samples=0).meta["options"]
+    # 256 float32 channels of 28x28 are 802,816 bytes per image: 8 MiB holds 10 of them
+    assert large == {**large, "batch_size": 10, "batch_size_auto": True}
+    assert small["batch_size"] > large["batch_size"]
+    assert max(wide.sizes) <= 10
+    explicit = audit(wide, digits, "so2:8", task="dense", samples=0, batch_size=64).meta["options"]
+    assert explicit["batch_size"] == 64 and explicit["batch_size_auto"] is False
+
+
+def test_auto_and_explicit_batch_sizes_give_the_same_metrics(digits: torch.Tensor) -> None:
+    model = _seeded(_RecordsBatches(256))
+    auto = audit(model, digits, "so2:12", task="dense", samples=0).elements
+    fixed = audit(model, digits, "so2:12", task="dense", samples=0, batch_size=300).elements
+    for col in ("equivariance_error", "equivariance_error_max", "floor"):
+        torch.testing.assert_close(
+            torch.tensor(auto[col].values), torch.tensor(fixed[col].values), rtol=1e-4, atol=1e-6
+        )
+
+
+def test_forwards_are_split_evenly() -> None:
+    model = _RecordsBatches(2)
+    audit(model, torch.rand(3, 1, 12, 12), "so2:12", task="dense", samples=0, batch_size=8)
+    # after the probe: 2 images (24 rows) fill 3 forwards of 8; the last image's 12 rows are 6 + 6, not 8 + 4
+    assert model.sizes[1:] == [8, 8, 8, 6, 6]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_torchscript_models_get_a_guessed_batch_size(digits: torch.Tensor) -> None:
+    eager = _seeded(SmallCNN())
+    scripted = torch.jit.script(eager)  # refuses forward hooks
+    res = audit(scripted, digits, "c4", samples=0)
+    # guessed as 16x the input: 16 x 3,136 bytes per 28x28 float32 image -> 8 MiB holds 167
+    assert res.meta["options"]["batch_size"] == 167 and res.meta["options"]["batch_size_auto"] is True
+    assert audit(eager, digits, "c4", samples=0).meta["options"]["batch_size"] == 256  # measured: 8 channels
+    torch.testing.assert_close(
+        res.summary["invariance_error_max"], audit(eager, digits, "c4", samples=0).summary["invariance_error_max"]
+    )
