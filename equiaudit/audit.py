@@ -57,13 +57,17 @@ def _one_line(exc: BaseException) -> str:
 
 
 # An automatic forward batch keeps the largest activation of one forward within this many bytes. On a CPU a
-# larger batch is slower per image once it spills out of the caches (a 0.5M-parameter U-Net at 64x64 px:
-# 2.6 ms per image at 32 images, 6.7 ms at 252); on a GPU the budget only guards memory.
-AUTO_BATCH_BYTES = {"cpu": 8 << 20, "other": 2 << 30}
+# larger batch is slower per image once its live activations (several times the largest) spill out of the
+# caches: the zoo's 0.5M-parameter U-Net at 64x64 px runs 2.2 ms per image at 8 to 16 images (4 MiB here),
+# 2.7 ms at 27 and 3.2 ms at 54. On a GPU the budget only guards memory.
+AUTO_BATCH_BYTES = {"cpu": 4 << 20, "other": 2 << 30}
 AUTO_BATCH_MAX = 256
 # Without module hooks (TorchScript, exported programs) the largest activation is guessed from the input.
 _GUESSED_EXPANSION = 16
-_PROBE_IMAGES = 8
+# The probe runs on two images (two, so that a model which squeezes its batch dimension still shows its shape);
+# the first chunk, read before the forward batch is known, holds eight.
+_PROBE_IMAGES = 2
+_FIRST_CHUNK = 8
 
 
 def auto_batch_size(activation_bytes_per_image: float, device: torch.device) -> int:
@@ -371,10 +375,10 @@ class _Scan:
     @property
     def images_per_chunk(self) -> int:
         """Each chunk runs its images once untransformed and once per moved element, in up to four forwards:
-        as many as fill them best (forward batch 167, 36 rows per image: 9 images in 2 forwards of 162, not 4
-        in one of 144)."""
+        as many as fill them best (forward batch 83, 36 rows per image: 9 images in 4 forwards of 81, not 2
+        in one of 72)."""
         if self.forward_batch is None:
-            return _PROBE_IMAGES  # the first chunk: enough for the probe
+            return _FIRST_CHUNK
         rows, fb = len(self.moved) + 1, self.forward_batch
         best_fill, best = 0.0, 1
         for forwards in range(1, 5):

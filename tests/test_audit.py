@@ -290,10 +290,11 @@ def test_auto_batch_size_follows_the_largest_activation(digits: torch.Tensor) ->
     narrow, wide = _seeded(_RecordsBatches(4)), _seeded(_RecordsBatches(256))
     small = audit(narrow, digits, "so2:8", task="dense", samples=0).meta["options"]
     large = audit(wide, digits, "so2:8", task="dense", samples=0).meta["options"]
-    # 256 float32 channels of 28x28 are 802,816 bytes per image: 8 MiB holds 10 of them
-    assert large == {**large, "batch_size": 10, "batch_size_auto": True}
+    # 256 float32 channels of 28x28 are 802,816 bytes per image: the CPU budget of 4 MiB holds 5 of them
+    assert AUTO_BATCH_BYTES["cpu"] == 4 << 20
+    assert large == {**large, "batch_size": 5, "batch_size_auto": True}
     assert small["batch_size"] > large["batch_size"]
-    assert max(wide.sizes) <= 10
+    assert max(wide.sizes) <= 5
     explicit = audit(wide, digits, "so2:8", task="dense", samples=0, batch_size=64).meta["options"]
     assert explicit["batch_size"] == 64 and explicit["batch_size_auto"] is False
 
@@ -320,9 +321,9 @@ def test_torchscript_models_get_a_guessed_batch_size(digits: torch.Tensor) -> No
     eager = _seeded(SmallCNN())
     scripted = torch.jit.script(eager)  # refuses forward hooks
     res = audit(scripted, digits, "c4", samples=0)
-    # guessed as 16x the input: 16 x 3,136 bytes per 28x28 float32 image -> 8 MiB holds 167
-    assert res.meta["options"]["batch_size"] == 167 and res.meta["options"]["batch_size_auto"] is True
-    assert audit(eager, digits, "c4", samples=0).meta["options"]["batch_size"] == 256  # measured: 8 channels
+    # guessed as 16x the input: 16 x 3,136 bytes per 28x28 float32 image -> 4 MiB holds 83
+    assert res.meta["options"]["batch_size"] == 83 and res.meta["options"]["batch_size_auto"] is True
+    assert audit(eager, digits, "c4", samples=0).meta["options"]["batch_size"] == 167  # measured: 8 channels
     torch.testing.assert_close(
         res.summary["invariance_error_max"], audit(eager, digits, "c4", samples=0).summary["invariance_error_max"]
     )
