@@ -164,8 +164,8 @@ def bench_naive_segmentation(steps: int, images: int, batch_size: int | None, re
                     seg = out[:, 0] > 0
                     _iou(seg, ref).mean(), _iou(seg, tb).mean()
 
-    def run_audit() -> None:
-        audit(model, data, group, batch_size=batch_size, samples=0)
+    def run_audit() -> None:  # from the same in-memory tensors as the naive loop
+        audit(model, (x, None, batch.mask), group, task="segment", batch_size=batch_size, samples=0)
 
     run_audit()  # warm-up
     t_naive, t_audit = _interleaved(run_naive, run_audit, repeats)
