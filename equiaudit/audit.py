@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -62,12 +62,11 @@ def _one_line(exc: BaseException) -> str:
 # 2.7 ms at 27 and 3.2 ms at 54. On a GPU the budget only guards memory.
 AUTO_BATCH_BYTES = {"cpu": 4 << 20, "other": 2 << 30}
 AUTO_BATCH_MAX = 256
-# Without module hooks (TorchScript, exported programs) the largest activation is guessed from the input.
+# Where no submodule's hook fires (TorchScript, traced and exported programs) or some refuse one, the largest
+# activation is taken as at least this many times the input.
 _GUESSED_EXPANSION = 16
-# The probe runs on two images (two, so that a model which squeezes its batch dimension still shows its shape);
-# the first chunk, read before the forward batch is known, holds eight.
+# The probe runs on two images: two, so that a model which squeezes its batch dimension still shows its shape.
 _PROBE_IMAGES = 2
-_FIRST_CHUNK = 8
 
 
 def auto_batch_size(activation_bytes_per_image: float, device: torch.device) -> int:
@@ -101,24 +100,37 @@ def _forward(module: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tenso
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> tuple[str, tuple[int, ...], float]:
+class Probe(NamedTuple):
+    """What the probe learnt about the model on a few real images."""
+
+    task: str
+    out_shape: tuple[int, ...]  # per image
+    out_dtype: torch.dtype
+    activation_bytes: float  # per image, of the largest activation (see :func:`probe`)
+
+
+def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> Probe:
     """Check the model on a few real images before the scan.
 
-    Returns the task, the per-image output shape and the bytes per image of the largest activation (measured
-    with forward hooks, or guessed from the input and output where hooks are not available).
+    The largest activation is measured with forward hooks on every submodule; where none of them fires
+    (TorchScript, traced or exported programs) or some refuse a hook, it is taken as at least
+    ``_GUESSED_EXPANSION`` times the input (and at least the output).
     """
     x = x[:_PROBE_IMAGES]
     largest = [0]
+    refused = False
 
     def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
         largest[0] = max(largest[0], _nbytes(output))
 
     handles = []
-    try:
-        for sub in module.modules():
+    for sub in module.modules():
+        if sub is module:  # the root's output is not an inner activation
+            continue
+        try:
             handles.append(sub.register_forward_hook(record))
-    except Exception:  # TorchScript modules refuse hooks; the guess below stands in
-        pass
+        except Exception:  # TorchScript submodules refuse hooks
+            refused = True
     try:
         with torch.inference_mode():
             y = _forward(module, x, x.shape[0])
@@ -137,7 +149,8 @@ def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> tup
     finally:
         for handle in handles:
             handle.remove()
-    activation = largest[0] or max(_nbytes(y), _GUESSED_EXPANSION * _nbytes(x))
+    guess = max(_nbytes(y), _GUESSED_EXPANSION * _nbytes(x))
+    activation = max(largest[0], guess) if refused or largest[0] == 0 else max(largest[0], _nbytes(y))
     activation_per_image = activation / x.shape[0]
     if not torch.isfinite(y).all():
         raise InputMismatchError(f"the model outputs NaN or inf on {data.spec!r} (shape {tuple(x.shape)})")
@@ -155,12 +168,12 @@ def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> tup
     else:
         raise InputMismatchError(f"output shape {tuple(y.shape)} is neither (B, classes) nor (B, C, H, W)")
     if task == "auto":
-        return chosen, tuple(y.shape[1:]), activation_per_image
+        return Probe(chosen, tuple(y.shape[1:]), y.dtype, activation_per_image)
     if (task == "classify") != (y.dim() == 2):
         raise InputMismatchError(
             f"--task {task} cannot use output shape {tuple(y.shape)}; it looks like {chosen} (try --task auto)"
         )
-    return task, tuple(y.shape[1:]), activation_per_image
+    return Probe(task, tuple(y.shape[1:]), y.dtype, activation_per_image)
 
 
 @dataclass
@@ -325,7 +338,8 @@ def audit(
         return _build_result(grp, loaded, dataset, options, scan, time.perf_counter() - t0, scan.images < total)
 
     try:
-        while scan.images < total:  # chunks are sized once the first one has measured the model
+        scan.prepare(dataset.read(0, min(total, _PROBE_IMAGES)).x)
+        while scan.images < total:
             scan.step(dataset.read(scan.images, min(total, scan.images + scan.images_per_chunk)))
             if progress is not None:
                 progress(scan.images, total)
@@ -342,8 +356,9 @@ def audit(
 
 
 class _Scan:
-    """One audit's streaming state. The first batch sets it up (probe, masks, metrics, prepared transforms);
-    every batch then costs one input transform, the forwards, the undo of dense outputs and the metric updates."""
+    """One audit's streaming state. :meth:`prepare` probes the model on the first images and sets up the
+    forward batch, masks, metrics and prepared transforms; every :meth:`step` then costs one input transform,
+    the forwards, the undo of dense outputs and the metric updates."""
 
     def __init__(
         self,
@@ -362,7 +377,7 @@ class _Scan:
         self.on_task = on_task
         # The identity's copy would equal x, so its output is the reference itself and is not computed twice.
         self.moved = [i for i, g in enumerate(elements) if not g.is_identity]
-        self.forward_batch = options.batch_size  # set from the first chunk when None
+        self.forward_batch = options.batch_size  # set by prepare() when None
         self.images = 0
         self.task: str | None = None
         self.out_shape: tuple[int, ...] = ()
@@ -371,14 +386,21 @@ class _Scan:
         self.metrics: dict[str, Metric] = {}
         self.gallery = _Gallery(options.samples)
         self._inputs: torch.Tensor | None = None  # reused across equal chunks: no fresh allocation per batch
+        # Set by prepare(); the dense-only ones stay None for classifiers.
+        self.to_inputs: ElementPlan | None = None  # the moved elements on the input
+        self.undo: ElementPlan | None = None  # every element's inverse on the output
+        self.out_mask: torch.Tensor | None = None
+        self.floor_index: list[int] = []  # elements with a nonzero floor (sampled at the floor's size)
+        self.floor_rows = torch.zeros(0, dtype=torch.long)
+        self.floor_mask: torch.Tensor | None = None
+        self.floor_there: ElementPlan | None = None  # dense only: a classifier reads the input buffer's head
+        self.floor_back: ElementPlan | None = None
 
     @property
     def images_per_chunk(self) -> int:
         """Each chunk runs its images once untransformed and once per moved element, in up to four forwards:
         as many as fill them best (forward batch 83, 36 rows per image: 9 images in 4 forwards of 81, not 2
         in one of 72)."""
-        if self.forward_batch is None:
-            return _FIRST_CHUNK
         rows, fb = len(self.moved) + 1, self.forward_batch
         best_fill, best = 0.0, 1
         for forwards in range(1, 5):
@@ -388,11 +410,14 @@ class _Scan:
                 best_fill, best = fill, images
         return max(1, best)
 
-    def _setup(self, x: torch.Tensor) -> None:
+    def prepare(self, x: torch.Tensor) -> None:
+        """Probe the model on the first images ``x`` and set everything up."""
+        x = x.to(device=self.device, dtype=self.dtype)
         elems, opts = self.elements, self.options
-        self.task, self.out_shape, activation = probe(self.module, self.data, x, self.requested_task)
+        found = probe(self.module, self.data, x, self.requested_task)
+        self.task, self.out_shape = found.task, found.out_shape
         if self.forward_batch is None:
-            self.forward_batch = auto_batch_size(activation, self.device)
+            self.forward_batch = auto_batch_size(found.activation_bytes, self.device)
         self.in_size = (x.shape[-2], x.shape[-1])
         in_mask = valid_mask(elems, self.in_size, opts.mask, self.device)
         self.mask_fraction = float(in_mask.float().mean())
@@ -417,6 +442,7 @@ class _Scan:
             self.metrics["dense"] = DenseMetrics(len(elems), segment=self.task == "segment", num_classes=num_classes)
             out_size = (self.out_shape[-2], self.out_shape[-1])
             self.out_mask = valid_mask(elems, out_size, opts.mask, self.device)
+            kw["dtype"] = sampling_dtype(found.out_dtype)  # outputs are undone in their own precision
             self.undo = ElementPlan(elems, out_size, inverse=True, **kw)
             # A dense model's floor is the round trip of its own output, at the output's resolution: what undoing
             # an element costs an exactly equivariant model (for f = identity it is the input's round trip).
@@ -425,7 +451,8 @@ class _Scan:
         # Exact elements are permutations: their round trip is the identity, floor 0.
         self.floor_index = [i for i, g in enumerate(elems) if not uses_exact_path(g, floor_size)]
         self.floor_rows = torch.tensor(self.floor_index, dtype=torch.long)
-        self.floor_mask = self.floor_mask.to(self.dtype)  # the metrics weight by it; converted once, not per batch
+        # the metrics weight by it: converted once to the dtype it meets, not per batch
+        self.floor_mask = self.floor_mask.to(self.dtype if self.task == "classify" else found.out_dtype)
         picked = [elems[i] for i in self.floor_index]
         self.floor_back = ElementPlan(picked, floor_size, inverse=True, **kw)
         if self.task != "classify":  # a classifier's forward half of the round trip is the input buffer's head
@@ -433,8 +460,6 @@ class _Scan:
 
     def step(self, batch: Batch) -> None:
         x = batch.x.to(device=self.device, dtype=self.dtype)
-        if self.task is None:
-            self._setup(x)
         b, c, h, w = x.shape
         m, n_el = len(self.moved), len(self.elements)
         if self._inputs is None or self._inputs.shape[1:] != x.shape:

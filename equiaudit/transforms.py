@@ -141,6 +141,8 @@ class ElementPlan:
         size = (x.shape[-2], x.shape[-1])
         if size != self.size:
             raise EquiauditError(f"images of size {size} given to transforms prepared for {self.size}")
+        if self.grid is not None and not x.is_floating_point():
+            raise EquiauditError(f"sampling needs floating-point images, got {x.dtype} (convert with .float())")
         if self.grid is not None and x.dtype != self.grid.dtype:  # half precision: sampled in float32
             res = self(x.to(self.grid.dtype))
             return res.to(x.dtype) if out is None else out.copy_(res)

@@ -327,3 +327,36 @@ def test_torchscript_models_get_a_guessed_batch_size(digits: torch.Tensor) -> No
     torch.testing.assert_close(
         res.summary["invariance_error_max"], audit(eager, digits, "c4", samples=0).summary["invariance_error_max"]
     )
+
+
+def test_chunks_are_sized_before_the_first_one(digits: torch.Tensor) -> None:
+    # the first chunk is no larger than the rest: a model with a forward batch of 5 and 36 rows per image
+    seen: list[int] = []
+    audit(_RecordsBatches(256), digits[:4], "so2:36", task="dense", samples=0, progress=lambda n, _: seen.append(n))
+    assert seen == [1, 2, 3, 4]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_activation_guess_covers_models_whose_submodules_are_not_hooked(digits: torch.Tensor) -> None:
+    wide = _seeded(_RecordsBatches(256))
+    # measured: 256 channels of 28x28 float32 = 802,816 bytes per image -> 5; guessed: 16 x the input -> 83
+    assert audit(wide, digits, "c4", task="dense", samples=0).meta["options"]["batch_size"] == 5
+    traced = torch.jit.trace(wide, digits[:2])  # only the root's hook would fire
+    assert audit(traced, digits, "c4", task="dense", samples=0).meta["options"]["batch_size"] == 83
+    mixed = _seeded(_RecordsBatches(256))
+    mixed.wide = torch.jit.script(mixed.wide)  # refuses a hook; the head alone would say 3,136 bytes
+    assert audit(mixed, digits, "c4", task="dense", samples=0).meta["options"]["batch_size"] == 83
+
+
+class _DoubleOutput(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.double()
+
+
+def test_dense_outputs_are_undone_in_their_own_precision(digits: torch.Tensor) -> None:
+    # the floor depends on f(x) alone: float64 outputs of a float32 audit give the float64 audit's floor
+    mixed = audit(_DoubleOutput(), digits, "so2:8", task="dense", samples=0)
+    pure = audit(Identity(), digits.double(), "so2:8", task="dense", dtype="float64", samples=0)
+    torch.testing.assert_close(
+        torch.tensor(mixed.elements["floor"].values), torch.tensor(pure.elements["floor"].values), rtol=0, atol=1e-15
+    )

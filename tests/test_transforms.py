@@ -142,3 +142,10 @@ def test_sampling_matches_independent_reference_rotation() -> None:
             + img[y0 + 1, x0 + 1] * fx * fy
         )
         assert out[y, x] == pytest.approx(ref, abs=1e-10)
+
+
+def test_integer_images_are_permuted_exactly_but_not_sampled() -> None:
+    x = torch.arange(16, dtype=torch.uint8).reshape(1, 1, 4, 4)
+    assert torch.equal(transform(x, GroupElement(90)), torch.rot90(x, 1, dims=(-2, -1)))
+    with pytest.raises(EquiauditError, match="floating-point"):
+        transform(x, GroupElement(30))
