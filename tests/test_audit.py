@@ -336,7 +336,7 @@ def test_chunks_are_sized_before_the_first_one(digits: torch.Tensor) -> None:
     assert seen == [1, 2, 3, 4]
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated", "ignore:`torch.jit.trace` is deprecated")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated", "ignore:`torch.jit.trace.*` is deprecated")
 def test_activation_guess_covers_models_whose_submodules_are_not_hooked(digits: torch.Tensor) -> None:
     wide = _seeded(_RecordsBatches(256))
     # measured: 256 channels of 28x28 float32 = 802,816 bytes per image -> 5; guessed: 16 x the input -> 83
