@@ -339,11 +339,24 @@ def _add_subcommands() -> None:
 _add_subcommands()
 
 
+# click's base exception as typer raises it (typer may vendor click), found through a public typer name
+_CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException") or (typer.BadParameter,)
+
+
 def main() -> None:
     """Console entry point: one-line errors, never a traceback (set EQUIAUDIT_DEBUG=1 to see one)."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)  # usage errors come back here instead of as a framed message
+    except _CLICK_ERRORS as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # a bare command group: its help
+            out.print(ctx.get_help(), markup=False, highlight=False)
+            sys.exit(EXIT_USAGE)
+        where = ctx.command_path if ctx is not None else "equiaudit"
+        message = " ".join(exc.format_message().split())  # click wraps long messages
+        err.print(f"error: {message} (see '{where} --help')", markup=False)
+        sys.exit(EXIT_USAGE)
+    except (typer.Abort, KeyboardInterrupt):
         err.print("error: interrupted")
         sys.exit(EXIT_USAGE)
     except Exception as exc:  # a bug: still one line for the user
@@ -354,3 +367,4 @@ def main() -> None:
             "(rerun with EQUIAUDIT_DEBUG=1 for the traceback)"
         )
         sys.exit(EXIT_USAGE)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,37 @@ def test_scan_that_breaks_part_way_writes_its_partial_result(tmp_path: Path) -> 
     assert "scan stopped after" in res.stderr and str(out) in res.stderr
     doc = json.loads(out.read_text())
     assert doc["meta"]["partial"] is True and 0 < doc["summary"]["images"] < 20
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["scan", "zoo:unet", "--steps", "abc"], "Invalid value for '--steps'"),
+        (["scan", "zoo:unet", "--batch-size", "0"], "--batch-size"),
+        (["scan"], "Missing argument"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_console_entry_point_reports_parse_errors_in_one_line(
+    argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from equiaudit import cli
+
+    monkeypatch.setattr(sys, "argv", ["equiaudit", *argv])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("error: ") and message in stderr
+    assert "--help" in stderr and "╭" not in stderr
+
+
+def test_console_entry_point_exit_codes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from equiaudit import cli
+
+    for argv, code in ((["groups", "c4"], 0), (["scan", "--help"], 0), ([], 2)):
+        monkeypatch.setattr(sys, "argv", ["equiaudit", *argv])
+        with pytest.raises(SystemExit) as info:
+            cli.main()
+        assert info.value.code == code, argv
+    assert "Usage" in capsys.readouterr().out  # a bare command prints its help
