@@ -22,7 +22,7 @@ from .groups import Group, GroupElement, parse_group
 from .loading import LoadedModel, load_model, resolve_device
 from .metrics import ClassificationMetrics, DenseMetrics, FloorMetric, Metric, binarize
 from .result import AuditResult
-from .transforms import ElementPlan, apply_elements, sampling_dtype, uses_exact_path, valid_mask
+from .transforms import ElementPlan, check_options, sampling_dtype, uses_exact_path, valid_mask
 
 TASKS = ("auto", "classify", "segment", "dense")
 Progress = Callable[[int, int], None]
@@ -306,8 +306,8 @@ def audit(
         raise EquiauditError(f"batch size must be >= 1, got {batch_size}")
     grp = parse_group(group, steps)
     options = AuditOptions(interpolation, padding, mask, batch_size, samples)
-    valid_mask(grp.elements, (3, 3), mask)  # validates the option before any work
-    apply_elements(torch.zeros(1, 1, 2, 2), grp.elements[:1], interpolation=interpolation, padding=padding)
+    valid_mask(grp.elements, (3, 3), mask)  # validates the options before any work
+    check_options(interpolation, padding)
 
     if device is None and isinstance(model, nn.Module):  # in-memory modules stay where they are
         first = next(iter(model.parameters()), None)

@@ -122,23 +122,8 @@ class _Pipeline(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int) -> Item:
-        x, y, mask = self.base[i]
-        if self.size is not None:
-            x = resize_image(x, self.size)
-            if mask.numel():
-                mask = (resize_image(mask, self.size) >= 0.5).to(torch.float32)
-        if self.channels is not None:
-            x = convert_channels(x, self.channels)
-        if self.stats is not None:
-            x = normalise(x, *self.stats)
-        return x, y, mask
-
-    def read_range(self, start: int, stop: int) -> RangeItems | None:
-        items = read_range(self.base, start, stop)
-        if items is None:
-            return None
-        x, y, mask = items
+    def _process(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Resize, convert and normalise one image ``(C, H, W)`` or a stack of them (masks only resized)."""
         if self.size is not None:
             x = resize_image(x, self.size)
             if mask is not None:
@@ -147,6 +132,19 @@ class _Pipeline(Dataset):
             x = convert_channels(x, self.channels)
         if self.stats is not None:
             x = normalise(x, *self.stats)
+        return x, mask
+
+    def __getitem__(self, i: int) -> Item:
+        x, y, mask = self.base[i]
+        x, resized = self._process(x, mask if mask.numel() else None)
+        return x, y, mask if resized is None else resized
+
+    def read_range(self, start: int, stop: int) -> RangeItems | None:
+        items = read_range(self.base, start, stop)
+        if items is None:
+            return None
+        x, y, mask = items
+        x, mask = self._process(x, mask)
         return x, y, mask
 
 

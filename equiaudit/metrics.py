@@ -130,14 +130,9 @@ class FloorMetric(Metric):
         if roundtrip.shape[0] == 0:
             return
         err = relative_error(roundtrip, x, mask).double()
-        sums, maxima = err.sum(-1).cpu(), err.amax(-1).cpu()
-        if index is None:
-            self.floor_sum += sums
-            self.floor_max = torch.maximum(self.floor_max, maxima)
-            return
-        idx = torch.as_tensor(index, dtype=torch.long)
-        self.floor_sum.index_add_(0, idx, sums)
-        self.floor_max[idx] = torch.maximum(self.floor_max[idx], maxima)
+        idx = slice(None) if index is None else torch.as_tensor(index, dtype=torch.long)
+        self.floor_sum[idx] += err.sum(-1).cpu()
+        self.floor_max[idx] = torch.maximum(self.floor_max[idx], err.amax(-1).cpu())
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {"floor": self.floor_sum / self.count.clamp_min(1), "floor_max": self.floor_max}

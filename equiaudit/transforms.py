@@ -28,11 +28,17 @@ PADDINGS = ("zeros", "border", "reflection")
 MASKS = ("auto", "disk", "none")
 
 
-def _check_options(interpolation: str, padding: str) -> None:
+def check_options(interpolation: str, padding: str) -> None:
+    """Raise a one-line error for an unknown ``interpolation`` or ``padding``."""
     if interpolation not in INTERPOLATIONS:
         raise EquiauditError(f"unknown interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
     if padding not in PADDINGS:
         raise EquiauditError(f"unknown padding {padding!r}; valid: {', '.join(PADDINGS)}")
+
+
+def _check_rank(x: torch.Tensor) -> None:
+    if x.dim() not in (4, 5):
+        raise EquiauditError(f"expected a (B, C, H, W) or (G, B, C, H, W) tensor, got shape {tuple(x.shape)}")
 
 
 def uses_exact_path(g: GroupElement, size: tuple[int, int]) -> bool:
@@ -101,7 +107,7 @@ class ElementPlan:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        _check_options(interpolation, padding)
+        check_options(interpolation, padding)
         self.elements = tuple(elements)
         self.size = (int(size[0]), int(size[1]))
         self.inverse = inverse
@@ -114,17 +120,10 @@ class ElementPlan:
                 h = g.inverse() if inverse else g
                 self.exact.append((i, h.quarter_turns or 0, h.reflect))
         # a contiguous run of sampled elements is read and written through views instead of gathered copies
-        first = self.sampled[0] if self.sampled else 0
-        self._run = (
-            slice(first, first + len(self.sampled))
-            if self.sampled == list(range(first, first + len(self.sampled)))
-            else None
-        )
+        s = self.sampled
+        self._run = slice(s[0], s[-1] + 1) if s and s[-1] - s[0] + 1 == len(s) else None
         picked = [self.elements[i] for i in self.sampled]
         self.grid = sampling_grid(picked, self.size, inverse=inverse, device=device, dtype=dtype) if picked else None
-
-    def __len__(self) -> int:
-        return len(self.elements)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Apply every element to ``x``, returning ``(G, B, C, H, W)`` (written into ``out`` when given).
@@ -133,8 +132,7 @@ class ElementPlan:
         ``i`` applied to ``x[i]``, as when undoing each element on the model's outputs).
         """
         n = len(self.elements)
-        if x.dim() not in (4, 5):
-            raise EquiauditError(f"expected a (B, C, H, W) or (G, B, C, H, W) tensor, got shape {tuple(x.shape)}")
+        _check_rank(x)
         stacked = x.dim() == 5
         if stacked and x.shape[0] != n:
             raise EquiauditError(f"stacked input has {x.shape[0]} slices for {n} elements")
@@ -176,29 +174,6 @@ class ElementPlan:
 PlanCache = dict[tuple, ElementPlan]
 
 
-def element_plan(
-    elements: Sequence[GroupElement],
-    size: tuple[int, int],
-    *,
-    inverse: bool = False,
-    interpolation: str = "bilinear",
-    padding: str = "zeros",
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    cache: PlanCache | None = None,
-) -> ElementPlan:
-    """An :class:`ElementPlan`, taken from ``cache`` when one was built for the same key."""
-    key = (tuple(elements), tuple(size), inverse, interpolation, padding, str(device), dtype)
-    plan = None if cache is None else cache.get(key)
-    if plan is None:
-        plan = ElementPlan(
-            elements, size, inverse=inverse, interpolation=interpolation, padding=padding, device=device, dtype=dtype
-        )
-        if cache is not None:
-            cache[key] = plan
-    return plan
-
-
 def apply_elements(
     x: torch.Tensor,
     elements: Group | Sequence[GroupElement],
@@ -224,19 +199,16 @@ def apply_elements(
 
     All non-exact elements go through one ``grid_sample`` call; exact ones are permutations.
     """
-    _check_options(interpolation, padding)
-    if x.dim() not in (4, 5):
-        raise EquiauditError(f"expected a (B, C, H, W) or (G, B, C, H, W) tensor, got shape {tuple(x.shape)}")
-    plan = element_plan(
-        tuple(elements),
-        (x.shape[-2], x.shape[-1]),
-        inverse=inverse,
-        interpolation=interpolation,
-        padding=padding,
-        device=x.device,
-        dtype=sampling_dtype(x.dtype),
-        cache=cache,
-    )
+    _check_rank(x)
+    elements, size, dtype = tuple(elements), (x.shape[-2], x.shape[-1]), sampling_dtype(x.dtype)
+    key = (elements, size, inverse, interpolation, padding, str(x.device), dtype)
+    plan = None if cache is None else cache.get(key)
+    if plan is None:
+        plan = ElementPlan(
+            elements, size, inverse=inverse, interpolation=interpolation, padding=padding, device=x.device, dtype=dtype
+        )
+        if cache is not None:
+            cache[key] = plan
     return plan(x, out)
 
 
@@ -280,7 +252,7 @@ class GroupTransform(nn.Module):
         self, group: str | Group, steps: int | None = None, *, interpolation: str = "bilinear", padding: str = "zeros"
     ) -> None:
         super().__init__()
-        _check_options(interpolation, padding)
+        check_options(interpolation, padding)
         self.group = parse_group(group, steps)
         self.interpolation = interpolation
         self.padding = padding

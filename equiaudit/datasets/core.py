@@ -90,25 +90,24 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def __getitem__(self, i: int) -> Item:
-        x = self.x[i].to(torch.float32, copy=True)  # callers may modify an item in place
+    def _convert(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stored images (and masks) of one item or a range as float32, scaled and oriented."""
+        x = x.to(torch.float32, copy=True)  # callers may modify what they get in place
         if self.scale != 1.0:
             x = x * self.scale
-        mask = no_mask() if self.mask is None else self.mask[i].to(torch.float32)
-        if self.transpose:
-            x = x.transpose(-1, -2).contiguous()
-            mask = mask if self.mask is None else mask.transpose(-1, -2).contiguous()
-        return x, (-1 if self.y is None else int(self.y[i])), mask
-
-    def read_range(self, start: int, stop: int) -> RangeItems:
-        """Items ``start..stop-1`` stacked, the same values as ``__getitem__`` gives one by one."""
-        x = self.x[start:stop].to(torch.float32, copy=True)
-        if self.scale != 1.0:
-            x = x * self.scale
-        mask = None if self.mask is None else self.mask[start:stop].to(torch.float32)
+        mask = None if mask is None else mask.to(torch.float32)
         if self.transpose:
             x = x.transpose(-1, -2).contiguous()
             mask = None if mask is None else mask.transpose(-1, -2).contiguous()
+        return x, mask
+
+    def __getitem__(self, i: int) -> Item:
+        x, mask = self._convert(self.x[i], None if self.mask is None else self.mask[i])
+        return x, (-1 if self.y is None else int(self.y[i])), no_mask() if mask is None else mask
+
+    def read_range(self, start: int, stop: int) -> RangeItems:
+        """Items ``start..stop-1`` stacked, the same values as ``__getitem__`` gives one by one."""
+        x, mask = self._convert(self.x[start:stop], None if self.mask is None else self.mask[start:stop])
         return x, (None if self.y is None else self.y[start:stop].to(torch.int64)), mask
 
 
