@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import InterpolationMode, rotate
 
-from equiaudit.audit import audit
 from equiaudit.data import load_data
+from equiaudit.engine import audit
 from equiaudit.groups import parse_group
 from equiaudit.transforms import apply_elements
 
@@ -69,7 +69,7 @@ def bench_throughput(
 ) -> dict[str, float]:
     group = parse_group("so2", steps)
     n = x.shape[0]
-    used = audit(model, x, group, batch_size=batch_size, samples=0).meta["options"]["batch_size"]
+    used = audit(model, x, group, batch_size=batch_size, samples=0).run.batch_size
 
     def run_audit() -> None:
         audit(model, x, group, batch_size=batch_size, samples=0)
@@ -168,9 +168,7 @@ def bench_naive_segmentation(steps: int, images: int, batch_size: int | None, re
     def run_audit() -> None:  # from the same in-memory tensors as the naive loop
         audit(model, (x, None, batch.mask), group, task="segment", batch_size=batch_size, samples=0)
 
-    used = audit(model, (x, None, batch.mask), group, task="segment", batch_size=batch_size, samples=0).meta["options"][
-        "batch_size"
-    ]
+    used = audit(model, (x, None, batch.mask), group, task="segment", batch_size=batch_size, samples=0).run.batch_size
     # The bound: the naive loop runs two forwards per image and angle in batches of 4, the audit one at its own
     # batch; with nothing else costing time the speed-up would be 2 x (time per image at 4 / at the audit's).
     rows = apply_elements(x[:8], group).reshape(-1, *x.shape[1:]).contiguous()
@@ -219,7 +217,7 @@ def _peak_rss_child(count: int) -> tuple[float, float]:
     """(peak RSS after imports and a warm-up scan, peak RSS after scanning ``count`` images), in MiB."""
     code = (
         "import resource, torch, sys; sys.path.insert(0, 'benchmarks');"
-        "from bench_scan import SmallCNN; from equiaudit.audit import audit;"
+        "from bench_scan import SmallCNN; from equiaudit.engine import audit;"
         "torch.manual_seed(0); m = SmallCNN();"
         "audit(m, 'noise', 'so2:8', limit=64, samples=8, batch_size=256);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss);"

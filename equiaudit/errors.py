@@ -37,3 +37,7 @@ class ScanInterrupted(EquiauditError):
     def __init__(self, message: str, partial: object | None = None) -> None:
         super().__init__(message)
         self.partial = partial
+
+
+class OptionError(EquiauditError, TypeError):
+    """An option that the audit spec (or the function given it) does not know."""

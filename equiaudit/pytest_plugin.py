@@ -57,7 +57,8 @@ if TYPE_CHECKING:
     from .result import AuditResult
     from .testing import EquivarianceReport
 
-MARKER_KEYS = ("group", "max_error", "steps", "input_shape", "mode", "interpolation", "mask")
+# Marker and check() keywords besides the AuditSpec fields (see marker_keys()).
+CHECK_KEYS = ("max_error", "input_shape")
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 DTYPES = ("auto", "float32", "float64")
 DEFAULT_BASELINE = "equivariance-baseline.json"
@@ -70,47 +71,35 @@ LOCK_STALE_S = 60.0  # a lock file older than this is left over from a killed ru
 # ---- marker arguments --------------------------------------------------------------------------------------
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise EquiauditError(f"{name} must be a positive integer, got {value!r}")
-    return value
+def marker_keys() -> tuple[str, ...]:
+    """The keywords of the marker and of ``check()``: every AuditSpec field, ``max_error`` and ``input_shape``.
+    (A function, so that importing the plugin imports no torch.)"""
+    from .spec import SPEC_FIELDS
+
+    return (*SPEC_FIELDS, *CHECK_KEYS)
 
 
 def validate_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Check the keywords of the marker or of ``check()``; ``None`` values are dropped."""
-    unknown = sorted(set(options) - set(MARKER_KEYS))
-    if unknown:
-        raise EquiauditError(f"unknown keyword(s) {', '.join(map(repr, unknown))}; valid: {', '.join(MARKER_KEYS)}")
-    out = {k: v for k, v in options.items() if v is not None}
-    if "steps" in out:
-        _positive_int(out["steps"], "steps")
-    if "group" in out:
-        from .groups import Group, parse_group
+    """Check the keywords of the marker or of ``check()`` (the spec validates its own); ``None`` values are
+    dropped."""
+    from .spec import SPEC_FIELDS, AuditSpec
 
-        if not isinstance(out["group"], (str, Group)):
-            raise EquiauditError(f"group must be a spec string such as 'c4', got {type(out['group']).__name__}")
-        parse_group(out["group"], out.get("steps"))
+    keys = marker_keys()
+    unknown = sorted(set(options) - set(keys))
+    if unknown:
+        raise EquiauditError(f"unknown keyword(s) {', '.join(map(repr, unknown))}; valid: {', '.join(keys)}")
+    out = {k: v for k, v in options.items() if v is not None}
+    AuditSpec(**{k: v for k, v in out.items() if k in SPEC_FIELDS})
     if "max_error" in out:
         from .testing import parse_max_error
 
         parse_max_error(out["max_error"])
-    if "mode" in out:
-        from .testing import MODES
-
-        if out["mode"] not in MODES:
-            raise EquiauditError(f"unknown mode {out['mode']!r}; valid: {', '.join(MODES)}")
     if "input_shape" in out:
         shape = out["input_shape"]
-        if isinstance(shape, str) or not isinstance(shape, Sequence) or len(shape) != 3:
-            raise EquiauditError(f"input_shape must be (C, H, W), got {shape!r}")
-        out["input_shape"] = tuple(_positive_int(v, "input_shape entries") for v in shape)
-    for key, valid in (("interpolation", "INTERPOLATIONS"), ("mask", "MASKS")):
-        if key in out:
-            from . import transforms
-
-            choices = getattr(transforms, valid)
-            if out[key] not in choices:
-                raise EquiauditError(f"unknown {key} {out[key]!r}; valid: {', '.join(choices)}")
+        ok = not isinstance(shape, str) and isinstance(shape, Sequence) and len(shape) == 3
+        if not ok or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):
+            raise EquiauditError(f"input_shape must be (C, H, W) of positive integers, got {shape!r}")
+        out["input_shape"] = tuple(shape)
     return out
 
 
@@ -320,38 +309,26 @@ class EquivarianceChecker:
         inputs: Any = None,
         *,
         max_error: str | float | None = None,
-        steps: int | None = None,
         input_shape: Sequence[int] | None = None,
-        mode: str | None = None,
-        interpolation: str | None = None,
-        mask: str | None = None,
-        device: Any = None,
-        dtype: Any = None,
+        **options: Any,
     ) -> EquivarianceReport:
         """Check ``model`` (an ``nn.Module`` or a source such as ``"zoo:NAME"``) under ``group`` (default: the
-        marker's, else ``"c4"``) on ``inputs`` (default: 16 shipped digits); returns the measured report."""
+        marker's, else ``"c4"``) on ``inputs`` (default: 16 shipped digits); returns the measured report.
+        ``options`` are :class:`~equiaudit.spec.AuditSpec` fields (``steps``, ``task``, ``interpolation``...)."""
         __tracebackhide__ = True
         from .groups import parse_group
         from .testing import DEFAULT_MAX_ERROR, check_equivariance, format_failure
 
         state = self._state
-        given = {
-            "group": group,
-            "max_error": max_error,
-            "steps": steps,
-            "input_shape": input_shape,
-            "mode": mode,
-            "interpolation": interpolation,
-            "mask": mask,
-        }
+        given = {"group": group, "max_error": max_error, "input_shape": input_shape, **options}
         try:
             opts = {**self.defaults, **validate_options(given)}
         except EquiauditError as exc:
             raise exc.with_traceback(None) from None
         group_spec = opts.pop("group", "c4")
         key = self._key()
-        device = device if device is not None else _device(state.device)
-        dtype = dtype if dtype is not None else state.dtype
+        device = opts.pop("device", None) or _device(state.device)
+        dtype = opts.pop("dtype", None) or state.dtype
         entry = state.entries.get(key) if state.comparing else None
         budgets = None
         if entry is not None and entry.get("group") == parse_group(group_spec, opts.get("steps")).spec:
@@ -455,7 +432,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "equivariance(group=None, *, max_error=None, steps=None, input_shape=None, mode=None, "
+        "equivariance(group=None, *, max_error=None, input_shape=None, steps=None, task=None, "
         "interpolation=None, mask=None): defaults for the checks of the equivariance fixture (equiaudit)",
     )
     config.stash[_STATE] = _state_from_config(config)

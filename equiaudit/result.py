@@ -1,13 +1,21 @@
-"""Audit results: a per-element table, a summary and metadata, with one versioned JSON schema.
+"""Audit results: a per-element table, a summary, and typed model, data, group and run information, with one
+versioned JSON schema (``schema/result-v2.json``, JSON Schema draft 2020-12).
 
-JSON document (``schema_version`` 1)::
+JSON document (``schema_version`` 2)::
 
-    {"schema_version": 1, "tool": "equiaudit",
+    {"schema_version": 2, "tool": "equiaudit",
+     "model": {"source", "kind", "sha256", "parameters", "arch", "info"},
+     "data": {"spec", "source", "count", "input_shape", "has_labels", "has_masks", "num_classes", ...},
+     "group": {"spec", "size", "exact", "kind", "elements"},
+     "run": {"spec": {<AuditSpec>}, "task", "task_auto", "action", "output_shape", "batch_size",
+             "batch_size_auto", "floor_images", "mask_fraction", "device", "dtype", "versions",
+             "wall_time_s", "images_per_s", "transformed_images_per_s", "partial", "checks", "samples"},
      "summary": {...scalars...},
      "elements": [{"id", "label", "angle", "scale", "reflect", "exact", <metrics that apply>}, ...],
-     "per_class": {"classes": [...], "<metric>": [[...per class...] per element]} | null,
-     "meta": {"group", "model", "data", "task", "options", "versions", "device", "dtype",
-              "wall_time_s", "images_per_s", "partial"}}
+     "locations": [{"image", "index", "output", "reference", "error"} | null per element],
+     "per_class": {"classes": [...], "<metric>": [[...per class...] per element]} | null}
+
+Version-1 documents (one ``meta`` object instead of model / data / group / run) still load.
 
 Element metrics: ``agreement``, ``flip_rate``, ``kl``, ``invariance_error`` (classification), ``accuracy``,
 ``accuracy_drop`` (with labels), ``equivariance_error``, ``max_abs_error``, ``iou_consistency``, ``iou_truth``
@@ -19,16 +27,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
+import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from . import __version__
 from .errors import EquiauditError, ResultFormatError
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .loading import LoadedModel
+
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+SCHEMA_FILE = Path(__file__).with_name("schema") / "result-v2.json"
 ELEMENT_KEYS = ("id", "label", "angle", "scale", "reflect", "exact")
 ELEMENT_METRICS = (
     "agreement",
@@ -131,19 +148,119 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _from(cls: type, doc: Any, where: str) -> Any:
+    """A typed record from a JSON object: known keys only; a missing required key is a ResultFormatError."""
+    if not isinstance(doc, dict):
+        raise ResultFormatError(f"{where} is not an object")
+    known = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in doc.items() if k in known})
+    except TypeError as exc:
+        raise ResultFormatError(f"{where}: {exc}") from None
+
+
+@dataclass
+class ModelInfo:
+    """The audited model: where it came from and what it is."""
+
+    source: str
+    kind: str = "module"
+    sha256: str | None = None
+    parameters: int | None = None
+    arch: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataInfo:
+    """The images audited."""
+
+    spec: str
+    count: int
+    input_shape: list[int] = field(default_factory=list)
+    source: str | None = None
+    has_labels: bool = False
+    has_masks: bool = False
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    split: str | None = None
+    normalisation: dict[str, list[float]] | None = None
+    seed: int | None = None
+
+
+@dataclass
+class GroupInfo:
+    """The group: its spec and elements (the element table holds each element's parameters)."""
+
+    spec: str
+    size: int
+    exact: bool
+    kind: str = ""
+    elements: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunInfo:
+    """How the audit ran: the spec as asked, what was chosen (task, forward batch), where, how fast."""
+
+    spec: dict[str, Any] = field(default_factory=dict)  # AuditSpec.to_dict()
+    task: str | None = None
+    task_auto: bool | None = None
+    output_shape: list[int] = field(default_factory=list)
+    batch_size: int | None = None
+    batch_size_auto: bool = True
+    floor_images: int = 0
+    mask_fraction: float | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    versions: dict[str, str] = field(default_factory=dict)
+    wall_time_s: float | None = None
+    images_per_s: float | None = None
+    transformed_images_per_s: float | None = None
+    partial: bool = False
+    checks: dict[str, Any] | None = None  # --fail-above / --fail-below and their outcome
+    samples: dict[str, str] | None = None  # the gallery sidecar's SHA-256
+
+    @property
+    def action(self) -> str | None:
+        """How the group acts on the output: ``trivial`` (classify) or ``spatial`` (maps)."""
+        return None if self.task is None else ("trivial" if self.task == "classify" else "spatial")
+
+    @property
+    def interpolation(self) -> str:
+        return str(self.spec.get("interpolation", "bilinear"))
+
+    @property
+    def padding(self) -> str:
+        return str(self.spec.get("padding", "zeros"))
+
+    @property
+    def mask(self) -> str:
+        return str(self.spec.get("mask", "auto"))
+
+
 @dataclass
 class AuditResult:
     """What an audit measured. ``elements`` has one row per group element, in group order."""
 
     elements: pd.DataFrame
     summary: dict[str, Any]
-    meta: dict[str, Any]
+    model: ModelInfo
+    data: DataInfo
+    group: GroupInfo
+    run: RunInfo
     per_class: dict[str, Any] | None = None
-    samples: dict[str, Any] | None = field(default=None, repr=False)  # in-memory gallery material (not in JSON)
+    locations: list[dict[str, Any] | None] | None = None  # per element: where its largest error is
+    samples: dict[str, Any] | None = field(default=None, repr=False)  # gallery and per-image records (sidecar)
 
     @property
     def task(self) -> str:
-        return self.meta.get("task", "")
+        return self.run.task or ""
+
+    @property
+    def records(self) -> dict[str, Any] | None:
+        """Per-image records (``index``, ``error`` ``(N, G)``, ``pred``, ``correct``) when kept."""
+        return (self.samples or {}).get("records")
 
     def to_frame(self) -> pd.DataFrame:
         return self.elements.copy()
@@ -153,10 +270,14 @@ class AuditResult:
         return {
             "schema_version": SCHEMA_VERSION,
             "tool": "equiaudit",
+            "model": _clean(asdict(self.model)),
+            "data": _clean(asdict(self.data)),
+            "group": _clean(asdict(self.group)),
+            "run": _clean(asdict(self.run)),
             "summary": _clean(self.summary),
             "elements": records,
+            "locations": _clean(self.locations),
             "per_class": _clean(self.per_class),
-            "meta": _clean(self.meta),
         }
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
@@ -169,23 +290,26 @@ class AuditResult:
     def from_dict(cls, doc: Any, source: str = "document") -> AuditResult:
         if not isinstance(doc, dict) or doc.get("tool") != "equiaudit" or "schema_version" not in doc:
             raise ResultFormatError(f"{source} is not an equiaudit result (no 'tool': 'equiaudit' / schema_version)")
-        if doc["schema_version"] != SCHEMA_VERSION:
+        if doc["schema_version"] not in READABLE_VERSIONS:
             raise ResultFormatError(
-                f"{source} has schema_version {doc['schema_version']!r}; this equiaudit reads version {SCHEMA_VERSION}"
+                f"{source} has schema_version {doc['schema_version']!r}; this equiaudit reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
-        elements, summary, meta = doc.get("elements"), doc.get("summary"), doc.get("meta")
-        if (
-            not isinstance(elements, list)
-            or not elements
-            or not isinstance(summary, dict)
-            or not isinstance(meta, dict)
-        ):
-            raise ResultFormatError(f"{source} is missing 'elements', 'summary' or 'meta'")
+        if doc["schema_version"] == 1:
+            doc = upgrade_v1(doc, source)
+        elements, summary = doc.get("elements"), doc.get("summary")
+        if not isinstance(elements, list) or not elements or not isinstance(summary, dict):
+            raise ResultFormatError(f"{source} is missing 'elements' or 'summary'")
         for i, rec in enumerate(elements):
             if not isinstance(rec, dict) or any(k not in rec for k in ELEMENT_KEYS):
                 raise ResultFormatError(f"{source}: element {i} lacks one of {', '.join(ELEMENT_KEYS)}")
+        parts = {}
+        for key, kind in (("model", ModelInfo), ("data", DataInfo), ("group", GroupInfo), ("run", RunInfo)):
+            if key not in doc:
+                raise ResultFormatError(f"{source} is missing {key!r}")
+            parts[key] = _from(kind, doc[key], f"{source}: {key!r}")
         frame = pd.DataFrame.from_records(elements)
-        return cls(frame, summary, meta, doc.get("per_class"))
+        return cls(frame, summary, per_class=doc.get("per_class"), locations=doc.get("locations"), **parts)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> AuditResult:
@@ -214,8 +338,7 @@ class AuditResult:
             return float(col.min() if name in HIGHER_IS_BETTER else col.max())
         if name in known_metrics():
             raise EquiauditError(
-                f"metric {name!r} is not defined for this audit (task {self.task or '?'}, "
-                f"group {self.meta.get('group', {}).get('spec', '?')})"
+                f"metric {name!r} is not defined for this audit (task {self.task or '?'}, group {self.group.spec})"
             )
         defined = sorted(
             {k for k, v in self.summary.items() if isinstance(v, (int, float)) and k in known_metrics()}
@@ -245,7 +368,7 @@ def samples_path(json_path: str | os.PathLike) -> Path:
 
 def save(result: AuditResult, path: str | os.PathLike) -> Path:
     """Write the JSON document and, when the result holds gallery samples, the ``.samples.npz`` sidecar next to
-    it. The JSON (and ``result.meta["samples"]``) records the sidecar's SHA-256, so :func:`load` never pairs a
+    it. The JSON (and ``result.run.samples``) records the sidecar's SHA-256, so :func:`load` never pairs a
     result with another run's samples; a stale sidecar from an earlier run is removed."""
     import hashlib
     import io
@@ -253,14 +376,14 @@ def save(result: AuditResult, path: str | os.PathLike) -> Path:
     import numpy as np
 
     side = samples_path(path)
-    result.meta.pop("samples", None)
+    result.run.samples = None
     if result.samples:
         flat = {f"{part}/{key}": value for part, arrays in result.samples.items() for key, value in arrays.items()}
         buf = io.BytesIO()
         np.savez_compressed(buf, **flat)
         data = buf.getvalue()
         atomic_write_bytes(side, data)
-        result.meta["samples"] = {"sha256": hashlib.sha256(data).hexdigest()}  # the name follows the JSON
+        result.run.samples = {"sha256": hashlib.sha256(data).hexdigest()}  # the name follows the JSON
     elif side.is_file():
         side.unlink()
     return atomic_write_text(path, result.to_json() + "\n")
@@ -274,7 +397,7 @@ def load(path: str | os.PathLike) -> AuditResult:
     import numpy as np
 
     result = AuditResult.from_json(path)
-    record = result.meta.get("samples")
+    record = result.run.samples
     side = samples_path(path)
     if not isinstance(record, dict) or not side.is_file():
         return result
@@ -291,3 +414,162 @@ def load(path: str | os.PathLike) -> AuditResult:
     except (OSError, ValueError) as exc:
         raise ResultFormatError(f"cannot read the samples file {side}: {exc}") from None
     return result
+
+
+def upgrade_v1(doc: dict[str, Any], source: str = "document") -> dict[str, Any]:
+    """A version-1 document (one ``meta`` object) in the version-2 layout, so old results still load and render."""
+    meta = doc.get("meta")
+    if not isinstance(meta, dict):
+        raise ResultFormatError(f"{source} is missing 'meta'")
+    options = dict(meta.get("options") or {})
+    group = meta.get("group") or {}
+    auto = bool(options.get("batch_size_auto", False))
+    spec = {
+        "group": group.get("spec", ""),
+        "steps": None,
+        "task": "auto" if meta.get("task_auto") else meta.get("task") or "auto",
+        "interpolation": options.get("interpolation", "bilinear"),
+        "padding": options.get("padding", "zeros"),
+        "mask": options.get("mask", "auto"),
+        "batch_size": None if auto else options.get("batch_size"),
+        "floor_images": 256,
+        "samples": 8,
+        "device": meta.get("device"),
+        "dtype": meta.get("dtype"),
+    }
+    run = {
+        "spec": spec,
+        "task": meta.get("task"),
+        "task_auto": meta.get("task_auto"),
+        "output_shape": meta.get("output_shape") or [],
+        "batch_size": options.get("batch_size"),
+        "batch_size_auto": auto,
+        "floor_images": options.get("floor_images", 0),
+        "mask_fraction": options.get("mask_fraction"),
+        "device": meta.get("device", "cpu"),
+        "dtype": meta.get("dtype", "float32"),
+        **{k: meta.get(k) for k in ("versions", "wall_time_s", "images_per_s", "transformed_images_per_s")},
+        "partial": bool(meta.get("partial", False)),
+        "checks": meta.get("checks"),
+        "samples": meta.get("samples"),
+    }
+    run["versions"] = run["versions"] or {}
+    upgraded = {k: v for k, v in doc.items() if k != "meta"}
+    upgraded.update(
+        schema_version=SCHEMA_VERSION, model=meta.get("model") or {"source": "?"}, data=meta.get("data"), group=group
+    )
+    upgraded["run"] = run
+    return upgraded
+
+
+def summarize(frame: pd.DataFrame, extra: dict[str, float]) -> dict[str, Any]:
+    """The summary scalars over the non-identity elements (all of them when the identity is alone)."""
+    rest = frame[frame["label"] != "identity"]
+    rest = rest if len(rest) else frame
+    out: dict[str, Any] = {}
+
+    def stat(col: str, how: str, name: str | None = None) -> None:
+        if col in rest and rest[col].notna().any():
+            out[name or f"{col}_{how}"] = float(getattr(rest[col], how)())
+
+    stat("agreement", "mean"), stat("agreement", "min")
+    stat("flip_rate", "max")
+    for col in ("kl", "max_abs_error"):
+        stat(col, "mean"), stat(col, "max")
+    # X_mean: mean over elements of the per-element mean; X_worst: the worst element's mean;
+    # X_max: the worst single image under the worst element (the max of the element column X_max).
+    for col in ("invariance_error", "equivariance_error", "floor"):
+        stat(col, "mean"), stat(col, "max", f"{col}_worst"), stat(f"{col}_max", "max", f"{col}_max")
+    for col in ("iou_consistency", "iou_truth"):
+        stat(col, "mean"), stat(col, "min")
+    stat("accuracy_drop", "max")
+    key = next((c for c in ("invariance_error", "equivariance_error") if c in rest), None)
+    if key is not None and len(rest):
+        out["worst_element"] = str(rest.loc[rest[key].idxmax(), "label"])
+    if "equivariance_error" in rest and (rest["floor"] > 0).any():
+        # Only dense errors and their floor are the same kind of quantity (relative output error).
+        ratio = rest["equivariance_error"] / rest["floor"].where(rest["floor"] > 0)
+        out["error_to_floor_max"] = float(ratio.max())
+    out.update(extra)
+    out["exact_group"] = bool(frame["exact"].all())
+    return out
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    return {
+        "equiaudit": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def build_result(engine: Engine, loaded: LoadedModel, wall: float, partial: bool) -> AuditResult:
+    """The result of an engine's pass so far: every observer's ``compute`` in one typed result."""
+    from .observers import ClassificationSums, DenseSums, FloorObserver, Gallery, ImageRecord, WorstLocator
+    from .transforms import uses_exact_path
+
+    spec, setup, data = engine.spec, engine.setup, engine.data
+    grp = spec.parsed_group
+    size = setup.in_size if setup is not None else None
+    rows = [
+        {"id": i, "label": g.label, **g.params(), "exact": uses_exact_path(g, size) if size else g.exact}
+        for i, g in enumerate(grp.elements)
+    ]
+    frame = pd.DataFrame(rows)
+    extra: dict[str, float] = {}
+    per_class = locations = None
+    samples: dict[str, Any] = {}
+    floor_count = 0
+    for obs in engine.observers:
+        if isinstance(obs, (ClassificationSums, DenseSums, FloorObserver)):
+            for name, values in obs.compute().items():
+                frame[name] = values.numpy()
+        if isinstance(obs, (ClassificationSums, DenseSums)):
+            extra.update(obs.summary())
+        if isinstance(obs, FloorObserver):
+            floor_count = int(obs.count)
+        if isinstance(obs, ClassificationSums):
+            pc = obs.per_class()
+            names = data.class_names if data.class_names and len(data.class_names) == obs.num_classes else None
+            per_class = {"classes": names or [str(k) for k in range(obs.num_classes)]}
+            per_class.update({k: v.numpy().tolist() for k, v in pc.items()})
+        if isinstance(obs, WorstLocator):
+            locations = [None if loc is None else loc.to_dict() for loc in obs.compute()]
+        if isinstance(obs, Gallery) and engine.images:
+            samples.update(obs.compute() or {})
+        if isinstance(obs, ImageRecord) and engine.images:
+            samples["records"] = obs.compute()
+    summary = summarize(frame, extra) if engine.observers else {}
+    n_img = summary["images"] = engine.images
+    d = data.describe()
+    run = RunInfo(
+        spec=spec.to_dict(),
+        task=engine.task,
+        task_auto=spec.task == "auto" if engine.task else None,
+        output_shape=list(setup.out_shape) if setup else [],
+        batch_size=engine.forward_batch,
+        batch_size_auto=spec.batch_size is None,
+        floor_images=floor_count,
+        mask_fraction=float(setup.in_mask.float().mean()) if setup else None,
+        device=str(engine.device),
+        dtype=str(engine.dtype).replace("torch.", ""),
+        versions=_versions(),
+        wall_time_s=wall,
+        images_per_s=n_img / wall if wall > 0 else None,
+        transformed_images_per_s=n_img * len(grp) / wall if wall > 0 else None,
+        partial=partial,
+    )
+    return AuditResult(
+        frame,
+        summary,
+        _from(ModelInfo, loaded.describe(), "model"),
+        _from(DataInfo, d, "data"),
+        _from(GroupInfo, grp.describe(), "group"),
+        run,
+        per_class=per_class,
+        locations=locations,
+        samples=samples or None,
+    )

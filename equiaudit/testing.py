@@ -36,19 +36,18 @@ from typing import TYPE_CHECKING, Any
 from .errors import EquiauditError, InputMismatchError
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from .data import AuditData
     from .groups import Group
     from .loading import LoadedModel
+    from .observers import Location
     from .result import AuditResult
 
 __all__ = [
     "BASELINE_RTOL",
     "DEFAULT_MAX_ERROR",
     "FLOAT_TOLERANCE",
-    "MODES",
     "ElementError",
     "EquivarianceReport",
     "Failure",
@@ -72,10 +71,8 @@ DEFAULT_MAX_ERROR = "2x floor"
 # A baseline budget b allows b * (1 + BASELINE_RTOL) + FLOAT_TOLERANCE[dtype]: errors move by round-off
 # between machines and library versions (a few 1e-7 in float32), far below 5 %; a real regression more.
 BASELINE_RTOL = 0.05
-MODES = ("auto", "invariant", "equivariant")
 DEFAULT_COUNT = 16  # shipped digits used when no inputs are given
 NOISE_COUNT = 8  # band-limited noise images when the digits cannot take the input shape
-_TASKS = {"auto": "auto", "invariant": "classify", "equivariant": "dense"}
 _FLOOR_RE = re.compile(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*[x×*]\s*floor", re.IGNORECASE)
 
 
@@ -132,29 +129,6 @@ def parse_max_error(value: str | float | Tolerance | None) -> Tolerance:
 
 
 # ---- what a measurement returns ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where an element's largest error is: the input image and the output entry with the largest difference.
-
-    ``index`` is ``(class,)`` for logits and ``(channel, y, x)`` for dense outputs (output pixel grid);
-    ``output`` is the model's output on the transformed image there (dense outputs: with the element undone),
-    ``reference`` its output on the image itself.
-    """
-
-    image: int
-    index: tuple[int, ...]
-    output: float
-    reference: float
-
-    def __str__(self) -> str:
-        if len(self.index) == 1:
-            where = f"logit {self.index[0]}"
-        else:
-            c, y, x = self.index
-            where = f"channel {c}, pixel (y={y}, x={x})"
-        return f"image {self.image}, {where}: {self.output:.6g} vs {self.reference:.6g} untransformed"
 
 
 @dataclass(frozen=True)
@@ -231,22 +205,6 @@ class Failure:
 
 
 # ---- measuring ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Context:
-    """What locating errors needs after the audit: the prepared module, the inputs and the options."""
-
-    loaded: LoadedModel
-    data: AuditData
-    device: str
-    dtype: str
-    group: Group
-    task: str
-    interpolation: str
-    padding: str
-    mask: str
-    batch_size: int
 
 
 def _input_channels(module: nn.Module) -> int | None:
@@ -332,47 +290,18 @@ def _module_device(module: nn.Module) -> Any:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _measure(
-    loaded: LoadedModel,
-    group: str | Group,
-    inputs: Any,
-    *,
-    steps: int | None,
-    input_shape: Any,
-    mode: str,
-    device: Any,
-    dtype: Any,
-    interpolation: str,
-    padding: str,
-    mask: str,
-    batch_size: int | None,
-) -> tuple[EquivarianceReport, _Context]:
-    from .audit import audit
-    from .groups import parse_group
+def _measure(loaded: LoadedModel, inputs: Any, input_shape: Any, spec_options: dict[str, Any]) -> EquivarianceReport:
+    from .engine import audit
+    from .spec import AuditSpec
 
-    if mode not in MODES:
-        raise EquiauditError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    grp = parse_group(group, steps)
+    spec = AuditSpec.from_options("equivariance_error()", **{"samples": 0, **spec_options})
     data, described, default = _as_data(inputs, loaded.module, input_shape)
     try:
-        result = audit(
-            loaded,
-            data,
-            grp,
-            task=_TASKS[mode],
-            interpolation=interpolation,
-            padding=padding,
-            mask=mask,
-            batch_size=batch_size,
-            samples=4,
-            device=device,
-            dtype=dtype,
-        )
+        result = audit(loaded, data, spec=spec)
     except InputMismatchError as exc:
         if not default:
             raise
         raise InputMismatchError(f"{exc}; pass inputs= or input_shape=(C, H, W)") from None
-    frame = result.elements
     task = result.task
     metric = "invariance_error" if task == "classify" else "equivariance_error"
     elements = tuple(
@@ -384,63 +313,25 @@ def _measure(
             float(row["floor_max"]),
             float(row["floor"]),
         )
-        for row in frame.to_dict(orient="records")
+        for row in result.elements.to_dict(orient="records")
     )
-    report = EquivarianceReport(
-        grp.spec,
-        "invariant" if task == "classify" else "equivariant",
-        str(result.meta["dtype"]),
-        str(result.meta["device"]),
-        described,
-        elements,
-        result,
-    )
-    meta = result.meta
-    used_batch = int(meta["options"]["batch_size"])
-    context = _Context(loaded, data, meta["device"], meta["dtype"], grp, task, interpolation, padding, mask, used_batch)
-    return report, context
+    mode = "invariant" if task == "classify" else "equivariant"
+    return EquivarianceReport(spec.group, mode, result.run.dtype, result.run.device, described, elements, result)
 
 
-def _locate(ctx: _Context, labels: Sequence[str]) -> dict[str, Location]:
-    """Recompute the chosen elements on the inputs and find the image and output entry of the largest error.
+def _with_locations(report: EquivarianceReport, labels: Sequence[str] | None = None) -> EquivarianceReport:
+    """The report with each element's (or each of ``labels``') worst image and output entry, as the engine's
+    locator observed them in the same pass."""
+    from .observers import Location
 
-    Uses the same transforms, masks and per-image formula as the audit (``relative_error``), one element at a
-    time so memory stays at one batch of outputs.
-    """
-    import torch
-
-    from .metrics import relative_error
-    from .transforms import apply_elements, valid_mask
-
-    module = ctx.loaded.module
-    dev = torch.device(ctx.device)
-    x = torch.cat([b.x for b in ctx.data.batches(ctx.batch_size)]).to(dev, getattr(torch, ctx.dtype))
-    kw = {"interpolation": ctx.interpolation, "padding": ctx.padding}
-
-    def forward(inp: torch.Tensor) -> torch.Tensor:
-        return torch.cat([module(inp[i : i + ctx.batch_size]) for i in range(0, inp.shape[0], ctx.batch_size)])
-
-    found: dict[str, Location] = {}
-    with torch.inference_mode():
-        ref = forward(x)
-        out_mask = None if ctx.task == "classify" else valid_mask(ctx.group.elements, ref.shape[-2:], ctx.mask, dev)
-        for g in ctx.group.elements:
-            if g.label not in labels:
-                continue
-            out = forward(apply_elements(x, (g,), **kw)[0])
-            if out_mask is not None:
-                out = apply_elements(out[None], (g,), inverse=True, **kw)[0]
-            m = None if out_mask is None else out_mask.to(ref.dtype)
-            b = int(relative_error(out, ref, m).argmax())
-            diff = (out[b] - ref[b]).abs() * (1 if m is None else m)
-            index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
-            found[g.label] = Location(b, index, float(out[b][index]), float(ref[b][index]))
-    return found
-
-
-def _with_locations(report: EquivarianceReport, found: Mapping[str, Location]) -> EquivarianceReport:
-    elements = tuple(replace(e, where=found.get(e.label, e.where)) for e in report.elements)
-    return replace(report, elements=elements)
+    found = report.result.locations or []
+    elements = []
+    for e, loc in zip(report.elements, found, strict=False):
+        if loc is not None and (labels is None or e.label in labels):
+            where = Location(loc["image"], tuple(loc["index"]), loc["output"], loc["reference"], loc["error"])
+            e = replace(e, where=where)
+        elements.append(e)
+    return replace(report, elements=tuple(elements))
 
 
 def equivariance_error(
@@ -449,52 +340,31 @@ def equivariance_error(
     inputs: Any = None,
     *,
     input_shape: Sequence[int] | None = None,
-    mode: str = "auto",
-    dtype: Any = None,
-    device: Any = None,
-    interpolation: str = "bilinear",
-    mask: str = "auto",
-    steps: int | None = None,
-    padding: str = "zeros",
-    batch_size: int | None = None,
     locate: bool = True,
+    **options: Any,
 ) -> EquivarianceReport:
     """Measure how far ``model`` is from invariant / equivariant under every element of ``group``.
 
     Args:
         model: an ``nn.Module`` (left on its device, dtype and modes afterwards), a source such as
             ``"zoo:NAME"`` or a path (see :func:`equiaudit.loading.load_model`).
-        group, steps: a group spec (see :mod:`equiaudit.groups`).
+        group: a group spec (see :mod:`equiaudit.groups`).
         inputs: ``None`` (16 shipped digits at ``input_shape``, or band-limited noise when digits cannot take
             the shape), a tensor ``(N, C, H, W)`` / ``(N, H, W)``, a data spec string or an ``AuditData``.
         input_shape: ``(C, H, W)`` of the default inputs (default: the first convolution's channels, 28x28).
-        mode: ``invariant`` (outputs ``(B, K)``), ``equivariant`` (outputs ``(B, C, H, W)``) or ``auto``.
-        dtype, device: what to measure in (``None``: the model's own).
-        interpolation, padding, mask: sampling options of :mod:`equiaudit.transforms`.
-        locate: find where in the output each element's largest error is (one more forward pass).
+        locate: attach where in the output each element's largest error is (measured in the same pass).
+        options: :class:`~equiaudit.spec.AuditSpec` options (``steps``, ``task``: ``classify`` for invariant
+            logits, ``dense`` for equivariant maps or ``auto``; ``interpolation``, ``padding``, ``mask``,
+            ``batch_size``, ``device``, ``dtype``...; ``None`` device / dtype: the model's own).
 
     Returns:
         Per element the error (max and mean over the inputs), the interpolation floor and, with ``locate``,
         the image and output entry of the largest error.
     """
-    with _prepared(model, device, dtype) as (loaded, dev, dt):
-        report, ctx = _measure(
-            loaded,
-            group,
-            inputs,
-            steps=steps,
-            input_shape=input_shape,
-            mode=mode,
-            device=dev,
-            dtype=dt,
-            interpolation=interpolation,
-            padding=padding,
-            mask=mask,
-            batch_size=batch_size,
-        )
-        if locate:
-            report = _with_locations(report, _locate(ctx, [e.label for e in report.elements]))
-    return report
+    options = {"group": group, **options}
+    with _prepared(model, options.get("device"), options.get("dtype")) as (loaded, dev, dt):
+        report = _measure(loaded, inputs, input_shape, {**options, "device": dev, "dtype": dt})
+    return _with_locations(report) if locate else report
 
 
 # ---- asserting ---------------------------------------------------------------------------------------------
@@ -528,32 +398,15 @@ def check_equivariance(
     **options: Any,
 ) -> tuple[EquivarianceReport, list[Failure]]:
     """Measure (as :func:`equivariance_error`, ``options`` are its keywords) and judge each element against
-    ``max_error`` and, when given, per-element ``budgets`` (a recorded baseline). Only failing elements are
-    located. Returns the report and the failures (empty when every element holds)."""
+    ``max_error`` and, when given, per-element ``budgets`` (a recorded baseline). Failing elements carry where
+    their largest error is. Returns the report and the failures (empty when every element holds)."""
     tolerance = parse_max_error(max_error)
     locate = options.pop("locate", True)
-    params = {
-        "steps": None,
-        "input_shape": None,
-        "mode": "auto",
-        "device": None,
-        "dtype": None,
-        "interpolation": "bilinear",
-        "padding": "zeros",
-        "mask": "auto",
-        "batch_size": None,
-    }
-    unknown = set(options) - set(params)
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    params.update(options)
-    device, dtype = params.pop("device"), params.pop("dtype")
-    with _prepared(model, device, dtype) as (loaded, dev, dt):
-        report, ctx = _measure(loaded, group, inputs, device=dev, dtype=dt, **params)
-        failures = _failures(report, tolerance, budgets)
-        if failures and locate:
-            report = _with_locations(report, _locate(ctx, [f.element.label for f in failures]))
-            failures = [replace(f, element=report[f.element.label]) for f in failures]
+    report = equivariance_error(model, group, inputs, locate=False, **options)
+    failures = _failures(report, tolerance, budgets)
+    if failures and locate:
+        report = _with_locations(report, [f.element.label for f in failures])
+        failures = [replace(f, element=report[f.element.label]) for f in failures]
     return report, failures
 
 
@@ -578,10 +431,10 @@ def _subject(model: Any) -> str:
 
 
 def _assert(
-    model: Any, group: str | Group, inputs: Any, mode: str, max_error: Any, options: dict[str, Any]
+    model: Any, group: str | Group, inputs: Any, task: str, max_error: Any, options: dict[str, Any]
 ) -> EquivarianceReport:
     __tracebackhide__ = True
-    report, failures = check_equivariance(model, group, inputs, max_error=max_error, mode=mode, **options)
+    report, failures = check_equivariance(model, group, inputs, max_error=max_error, task=task, **options)
     if failures:
         raise AssertionError(format_failure(report, failures, _subject(model)))
     return report
@@ -599,7 +452,7 @@ def assert_invariant(
     under ``group`` within ``max_error`` (default ``"2x floor"``); ``options`` as
     :func:`equivariance_error`."""
     __tracebackhide__ = True
-    return _assert(model, group, inputs, "invariant", max_error, options)
+    return _assert(model, group, inputs, "classify", max_error, options)
 
 
 def assert_equivariant(
@@ -613,4 +466,12 @@ def assert_equivariant(
     """Fail unless the dense outputs of ``model`` are equivariant under ``group`` within ``max_error``
     (default ``"2x floor"``); ``options`` as :func:`equivariance_error`."""
     __tracebackhide__ = True
-    return _assert(model, group, inputs, "equivariant", max_error, options)
+    return _assert(model, group, inputs, "dense", max_error, options)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Location":  # lazily: importing this module imports no torch (the pytest plugin imports it)
+        from .observers import Location
+
+        return Location
+    raise AttributeError(f"module 'equiaudit.testing' has no attribute {name!r}")

@@ -1,13 +1,15 @@
 """HTML audit reports: one self-contained page per audit or comparison, with the results JSON beside it.
 
 >>> from equiaudit.reports import write_report
->>> write_report(result, "reports/model-so2.html")      # also writes reports/model-so2.json
+>>> write_report(result, "runs/model-so2.html")      # also writes runs/model-so2.json
 
-Importing this package is cheap; plotly and jinja2 load when a report is written.
+This package needs the ``reports`` extra (plotly, jinja2): importing it without them raises ImportError
+naming what to install. plotly and jinja2 themselves load when a report is written.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,21 +17,24 @@ from typing import TYPE_CHECKING, Any
 
 from equiaudit.errors import EquiauditError
 
+_MISSING = [name for name in ("plotly", "jinja2") if importlib.util.find_spec(name) is None]
+if _MISSING:
+    raise ImportError(
+        f"HTML reports need the 'reports' extra ({', '.join(_MISSING)} not installed): pip install 'equiaudit[reports]'"
+    )
+
 if TYPE_CHECKING:
     from equiaudit.result import AuditResult
 
     from .correctness import CorrectnessMatrix
 
 __all__ = [
-    "DEFAULT_DIR",
     "CorrectnessMatrix",
     "correctness_matrix",
     "default_names",
     "write_comparison",
     "write_report",
 ]
-
-DEFAULT_DIR = Path("reports")
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -59,7 +64,7 @@ def default_names(results: Sequence[AuditResult]) -> list[str]:
     """Short distinct names of the models of ``results`` (file names, ``zoo:NAME``, module classes)."""
     from .render import model_name
 
-    names = [model_name(r.meta) for r in results]
+    names = [model_name(r) for r in results]
     return [f"{n} ({i + 1})" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 

@@ -1,9 +1,9 @@
 """The correctness matrix of two classifiers: on which images both are right, only one, or neither.
 
-Audit results keep aggregates, not per-image predictions, so the matrix is measured here: both models see the
-same labelled images under each chosen element (transformed with :func:`equiaudit.transforms.apply_elements`,
-as the audit does) and each image falls into one of four cells. Per-image correctness computed elsewhere can
-be given directly to :meth:`CorrectnessMatrix.from_predictions`.
+Each audit keeps a per-image record (whether each image is classified right under each element), so the matrix
+comes from two results (:func:`matrices_from_results`), or from two audits run here
+(:func:`correctness_matrix`); no model runs outside the audit's one pass. Per-image correctness computed
+elsewhere can be given directly to :meth:`CorrectnessMatrix.from_predictions`.
 """
 
 from __future__ import annotations
@@ -68,17 +68,70 @@ class CorrectnessMatrix:
         }
 
 
-def _logits(module: Any, x: Any, batch_size: int) -> Any:
-    import torch
+def _views(result: Any) -> dict[int, dict[str, Any]]:
+    """Image index -> its gallery entry (``views`` ``(G, C, h, w)`` as the model saw them, ``label``)."""
+    found: dict[int, dict[str, Any]] = {}
+    for part in ("first", "worst"):
+        s = (result.samples or {}).get(part) or {}
+        for n, index in enumerate(s.get("index", ())):
+            found.setdefault(int(index), {"views": s["views"][n], "label": s["label"][n, 0] if "label" in s else None})
+    return found
 
-    with torch.inference_mode():
-        y = torch.cat([module(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-    if y.dim() != 2:
+
+def matrices_from_results(
+    result_a: Any,
+    result_b: Any,
+    elements: str | None = None,
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    examples: int = 4,
+) -> list[CorrectnessMatrix]:
+    """One matrix per element from two audits' per-image records (no model runs again).
+
+    Both audits must have scanned the same labelled images; ``elements`` (a group spec) picks elements by label
+    from the first audit's group (default: all of them), and each must be in both. Example images are the
+    cell's first images among those the two galleries kept (first and worst N), as the model saw them.
+    """
+    from equiaudit.groups import parse_group
+
+    recs = [r.records for r in (result_a, result_b)]
+    if any(rec is None or "correct" not in rec for rec in recs):
         raise InputMismatchError(
-            f"the correctness matrix compares classifiers; a model returned shape "
-            f"{tuple(y.shape)}, not (batch, classes)"
+            "the correctness matrix needs per-image records of labelled data in both results (a results JSON "
+            "with its .samples.npz, from an audit of labelled data)"
         )
-    return y
+    if result_a.data.spec != result_b.data.spec or not np.array_equal(recs[0]["index"], recs[1]["index"]):
+        raise InputMismatchError(
+            f"the audits used different images ({result_a.data.spec!r}, {len(recs[0]['index'])} images vs "
+            f"{result_b.data.spec!r}, {len(recs[1]['index'])}); the correctness matrix needs the same images"
+        )
+    labels_a, labels_b = list(result_a.elements["label"]), list(result_b.elements["label"])
+    wanted = labels_a if elements is None else [g.label for g in parse_group(elements).elements]
+    missing = [w for w in wanted if w not in labels_a or w not in labels_b]
+    if missing:
+        raise InputMismatchError(
+            f"element(s) {', '.join(missing)} are not in both audits' groups "
+            f"({result_a.group.spec}, {result_b.group.spec}); audit both under a group that has them"
+        )
+    index = recs[0]["index"]
+    views = [_views(result_a), _views(result_b)]
+    matrices = []
+    for label in wanted:
+        ja, jb = labels_a.index(label), labels_b.index(label)
+        mat = CorrectnessMatrix.from_predictions(
+            recs[0]["correct"][:, ja], recs[1]["correct"][:, jb], names=names, element=label, examples=len(index)
+        )
+        mat.class_names = result_a.data.class_names
+        mat.normalisation = result_a.data.normalisation
+        for cell, rows in mat.examples.items():
+            shown = [int(index[r]) for r in rows if int(index[r]) in views[0] or int(index[r]) in views[1]][:examples]
+            mat.examples[cell] = shown
+            if shown:
+                picked = [(views[0][i], ja) if i in views[0] else (views[1][i], jb) for i in shown]
+                mat.example_images[cell] = np.stack([p["views"][j] for p, j in picked]).astype(np.float32)
+                mat.example_labels[cell] = [-1 if p["label"] is None else int(p["label"]) for p, _ in picked]
+        matrices.append(mat)
+    return matrices
 
 
 def correctness_matrix(
@@ -89,65 +142,18 @@ def correctness_matrix(
     *,
     names: tuple[str, str] = ("A", "B"),
     examples: int = 4,
-    batch_size: int = 256,
-    device: Any = None,
-    interpolation: str = "bilinear",
-    padding: str = "zeros",
-    trust: bool = False,
-    arch: str | None = None,
-    **data_options: Any,
+    samples: int = 16,
+    **options: Any,
 ) -> list[CorrectnessMatrix]:
     """One matrix per element of ``elements`` (a group spec, e.g. ``"rot:0,45"`` for upright and 45 degrees).
 
-    ``model_a`` / ``model_b`` and ``data`` take what :func:`equiaudit.audit.audit` takes (modules, paths,
-    ``zoo:NAME``; a data spec, :class:`~equiaudit.data.AuditData`, or ``(x, y)`` tensors). The data must have
-    labels. Both models run in float32 on ``device`` (default: the first model's device, CUDA for files).
+    Audits both models (:func:`equiaudit.audit`, one pass each; ``options`` are its keywords) and builds the
+    matrices from their per-image records with :func:`matrices_from_results`; ``samples`` gallery images per
+    audit (first and worst) are the pool of example images. The data must have labels.
     """
-    import torch
+    from equiaudit.engine import audit
 
-    from equiaudit.audit import as_audit_data
-    from equiaudit.groups import parse_group
-    from equiaudit.loading import LoadedModel, load_model, resolve_device
-    from equiaudit.transforms import apply_elements
-
-    group = parse_group(elements)
-    dev = None if device is None else resolve_device(device)
-    loaded = [
-        m if isinstance(m, LoadedModel) else load_model(m, arch=arch, trust=trust, device=dev)
-        for m in (model_a, model_b)
-    ]
-    modules = [m.module.eval() for m in loaded]
-    if dev is None:
-        param = next(iter(modules[0].parameters()), None)
-        dev = param.device if param is not None else torch.device("cpu")
-    for m in modules:
-        m.to(device=dev, dtype=torch.float32)
-    dataset = as_audit_data(data, data_options)
-    if not dataset.has_labels:
-        raise DataError(f"the correctness matrix needs labelled data; {dataset.spec!r} has no labels")
-    kw = {"interpolation": interpolation, "padding": padding, "cache": {}}
-    per_chunk = max(1, batch_size // len(group))
-    correct: list[list[Any]] = [[], []]
-    for batch in dataset.batches(per_chunk):
-        x = batch.x.to(dev, torch.float32)
-        xg = apply_elements(x, group.elements, **kw)
-        flat = xg.reshape(-1, *x.shape[1:])
-        y = batch.y.to(dev)
-        for k, module in enumerate(modules):
-            pred = _logits(module, flat, batch_size).argmax(-1).reshape(len(group), -1)
-            correct[k].append((pred == y).cpu())
-    ca, cb = torch.cat(correct[0], dim=1).numpy(), torch.cat(correct[1], dim=1).numpy()
-    described = dataset.describe()
-    matrices = []
-    for j, g in enumerate(group.elements):
-        mat = CorrectnessMatrix.from_predictions(ca[j], cb[j], names=names, element=g.label, examples=examples)
-        mat.class_names = described.get("class_names")
-        mat.normalisation = described.get("normalisation")
-        for cell, idx in mat.examples.items():
-            if idx:
-                items = [dataset.dataset[i] for i in idx]
-                xs = torch.stack([it[0] for it in items]).to(torch.float32)
-                mat.example_images[cell] = apply_elements(xs, (g,), **kw)[0].numpy()
-                mat.example_labels[cell] = [int(it[1]) for it in items]
-        matrices.append(mat)
-    return matrices
+    results = [audit(m, data, elements, samples=samples, **options) for m in (model_a, model_b)]
+    if not results[0].data.has_labels:
+        raise DataError(f"the correctness matrix needs labelled data; {results[0].data.spec!r} has no labels")
+    return matrices_from_results(*results, names=names, examples=examples)

@@ -11,13 +11,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .verdict import angle_wraps, display_angle, group_name, roundoff
+
+if TYPE_CHECKING:
+    from equiaudit.result import AuditResult
+
+    from .correctness import CorrectnessMatrix
 
 COLORS = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 FLOOR_COLOR = "#6b7280"
@@ -78,17 +83,17 @@ class Axis:
         return str(row["label"])
 
 
-def _as_list(results: Any) -> list[Any]:
+def _as_list(results: AuditResult | Sequence[AuditResult]) -> list[AuditResult]:
     return list(results) if isinstance(results, (list, tuple)) else [results]
 
 
-def _names(results: Sequence[Any], names: Sequence[str] | None) -> list[str]:
+def _names(results: Sequence[AuditResult], names: Sequence[str] | None) -> list[str]:
     if names is not None:
         return [str(n) for n in names]
-    return [str(r.meta.get("model", {}).get("source", f"model {i + 1}")) for i, r in enumerate(results)]
+    return [str(r.model.source or f"model {i + 1}") for i, r in enumerate(results)]
 
 
-def element_axis(results: Any) -> Axis:
+def element_axis(results: AuditResult | Sequence[AuditResult]) -> Axis:
     """The x axis shared by ``results``: the element parameter that varies, when it is the same for all."""
     kinds = set()
     wraps = True
@@ -101,12 +106,12 @@ def element_axis(results: Any) -> Axis:
             kinds.add("scale")
         else:
             kinds.add("category")
-        wraps = wraps and angle_wraps(r.meta.get("group", {}).get("spec", ""))
+        wraps = wraps and angle_wraps(r.group.spec or "")
     kind = kinds.pop() if len(kinds) == 1 else "category"
     return Axis(kind, wraps)
 
 
-def series(result: Any, axis: Axis) -> list[tuple[str, pd.DataFrame]]:
+def series(result: AuditResult, axis: Axis) -> list[tuple[str, pd.DataFrame]]:
     """The element rows in plotting order, split into rotations and mirrored rotations on an angle axis."""
     frame = result.elements.copy()
     frame["_x"] = [axis.x(row) for row in frame.to_dict(orient="records")]
@@ -125,7 +130,7 @@ def _values(frame: pd.DataFrame, col: str) -> list[float | None]:
     return [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in frame[col]]
 
 
-def _has(results: Sequence[Any], col: str) -> bool:
+def _has(results: Sequence[AuditResult], col: str) -> bool:
     return any(col in r.elements and pd.to_numeric(r.elements[col], errors="coerce").notna().any() for r in results)
 
 
@@ -180,7 +185,7 @@ class Line:
 
 
 def _line_figure(
-    results: Sequence[Any],
+    results: Sequence[AuditResult],
     names: Sequence[str],
     lines: Sequence[Line],
     y_title: str,
@@ -263,20 +268,20 @@ def _line_figure(
     return _style(fig, axis, y_title, percent=percent)
 
 
-def error_key(result: Any) -> str:
+def error_key(result: AuditResult) -> str:
     """The main error metric of a result: invariance for classifiers, equivariance for dense outputs."""
     return "invariance_error" if result.task == "classify" else "equivariance_error"
 
 
-def _roundoff_scale(results: Sequence[Any]) -> float | None:
+def _roundoff_scale(results: Sequence[AuditResult]) -> float | None:
     """The round-off level when every error is near it (else None): such errors would otherwise be blown up
     to fill the axis, so they are drawn against that level instead."""
-    tol = max(roundoff(r.meta) for r in results)
+    tol = max(roundoff(r.run.dtype, r.run.device) for r in results)
     top = max((v for r in results for v in _values(r.elements, error_key(r)) if v is not None), default=0.0)
     return tol if top < 10 * tol else None
 
 
-def error_figure(results: Any, names: Sequence[str] | None = None) -> go.Figure:
+def error_figure(results: AuditResult | Sequence[AuditResult], names: Sequence[str] | None = None) -> go.Figure:
     """The invariance / equivariance error per element, with the interpolation floor dashed."""
     results = _as_list(results)
     key = error_key(results[0])
@@ -284,7 +289,7 @@ def error_figure(results: Any, names: Sequence[str] | None = None) -> go.Figure:
     fig = _line_figure(results, _names(results, names), lines, "relative error", floor=True)
     tol = _roundoff_scale(results)
     if tol is not None:
-        dtype = "/".join(sorted({str(r.meta.get("dtype") or "float32") for r in results}))
+        dtype = "/".join(sorted({str(r.run.dtype or "float32") for r in results}))
         fig.add_hrect(
             y0=0,
             y1=tol,
@@ -298,7 +303,7 @@ def error_figure(results: Any, names: Sequence[str] | None = None) -> go.Figure:
     return fig
 
 
-def polar_figure(results: Any, names: Sequence[str] | None = None) -> go.Figure:
+def polar_figure(results: AuditResult | Sequence[AuditResult], names: Sequence[str] | None = None) -> go.Figure:
     """The error around the circle, floor dashed; the loop is closed for full-turn groups."""
     results = _as_list(results)
     names = _names(results, names)
@@ -361,7 +366,7 @@ def polar_figure(results: Any, names: Sequence[str] | None = None) -> go.Figure:
     return fig
 
 
-def agreement_figure(results: Any, names: Sequence[str] | None = None) -> go.Figure:
+def agreement_figure(results: AuditResult | Sequence[AuditResult], names: Sequence[str] | None = None) -> go.Figure:
     """Classifiers: agreement with the untransformed prediction and accuracy per element (reference dashed)."""
     results = _as_list(results)
     lines = [Line("agreement", "agreement with untransformed prediction")]
@@ -377,13 +382,13 @@ def agreement_figure(results: Any, names: Sequence[str] | None = None) -> go.Fig
     )
 
 
-def kl_figure(results: Any, names: Sequence[str] | None = None) -> go.Figure:
+def kl_figure(results: AuditResult | Sequence[AuditResult], names: Sequence[str] | None = None) -> go.Figure:
     """Classifiers: KL(p(x) ‖ p(gx)) per element, in nats."""
     results = _as_list(results)
     return _line_figure(results, _names(results, names), [Line("kl", "KL divergence")], "KL divergence (nats)")
 
 
-def iou_figure(results: Any, names: Sequence[str] | None = None) -> go.Figure:
+def iou_figure(results: AuditResult | Sequence[AuditResult], names: Sequence[str] | None = None) -> go.Figure:
     """Segmentation: mask consistency and IoU with the true masks per element (untransformed IoU dashed)."""
     results = _as_list(results)
     lines = [Line("iou_consistency", "IoU with untransformed prediction")]
@@ -398,7 +403,7 @@ def iou_figure(results: Any, names: Sequence[str] | None = None) -> go.Figure:
     )
 
 
-def max_abs_figure(results: Any, names: Sequence[str] | None = None) -> go.Figure:
+def max_abs_figure(results: AuditResult | Sequence[AuditResult], names: Sequence[str] | None = None) -> go.Figure:
     """Dense outputs: the largest absolute difference per element (inside the compared region)."""
     results = _as_list(results)
     return _line_figure(
@@ -406,7 +411,7 @@ def max_abs_figure(results: Any, names: Sequence[str] | None = None) -> go.Figur
     )
 
 
-def per_class_figure(result: Any, max_classes: int = 30) -> go.Figure | None:
+def per_class_figure(result: AuditResult, max_classes: int = 30) -> go.Figure | None:
     """Accuracy (or agreement, without labels) per class and element; the classes that break first on top."""
     pc = result.per_class
     if not pc or not pc.get("classes"):
@@ -447,7 +452,7 @@ def per_class_figure(result: Any, max_classes: int = 30) -> go.Figure | None:
 # ---- comparisons --------------------------------------------------------------------------------------------
 
 
-def _quality(result: Any) -> tuple[str, float | None, float | None]:
+def _quality(result: AuditResult) -> tuple[str, float | None, float | None]:
     """(name, untransformed, mean over the group) of the task's quality score."""
     s = result.summary
     for name, ref, mean in (
@@ -462,11 +467,11 @@ def _quality(result: Any) -> tuple[str, float | None, float | None]:
     return "quality", None, None
 
 
-def tradeoff_figure(results: Sequence[Any], names: Sequence[str] | None = None) -> go.Figure:
+def tradeoff_figure(results: Sequence[AuditResult], names: Sequence[str] | None = None) -> go.Figure:
     """Parameters vs quality vs equivariance error, absolute (top) and relative to the first model (bottom)."""
     results = list(results)
     names = _names(results, names)
-    params = [r.meta.get("model", {}).get("parameters") for r in results]
+    params = [r.model.parameters for r in results]
     quality = [_quality(r) for r in results]
     errors = [r.summary.get(f"{error_key(r)}_mean") for r in results]
     qname = quality[0][0]
@@ -556,7 +561,7 @@ def tradeoff_figure(results: Sequence[Any], names: Sequence[str] | None = None) 
     return fig
 
 
-def correctness_figure(matrix: Any) -> go.Figure:
+def correctness_figure(matrix: CorrectnessMatrix) -> go.Figure:
     """The 2x2 correctness matrix of two classifiers (counts and shares of the images)."""
     a, b = matrix.names
     c = matrix.counts
@@ -589,10 +594,10 @@ def _axis_words(axis: Axis) -> str:
     return {"angle": "rotation angle", "scale": "scale factor", "category": "group element"}[axis.kind]
 
 
-def report_charts(result: Any) -> list[Chart]:
+def report_charts(result: AuditResult) -> list[Chart]:
     """The charts of a single-audit report, in reading order, with stable ids."""
     axis = element_axis(result)
-    spec = result.meta.get("group", {}).get("spec", "")
+    spec = result.group.spec or ""
     prop = "invariance" if result.task == "classify" else "equivariance"
     charts = [
         Chart(
@@ -668,7 +673,7 @@ def report_charts(result: Any) -> list[Chart]:
     return charts
 
 
-def comparison_charts(results: Sequence[Any], names: Sequence[str]) -> list[Chart]:
+def comparison_charts(results: Sequence[AuditResult], names: Sequence[str]) -> list[Chart]:
     """The charts of a comparison report: the models overlaid, then the parameter / quality / error trade-off."""
     results = list(results)
     axis = element_axis(results)

@@ -6,9 +6,11 @@
   (blue: foreground, red: pixels that differ from the untransformed prediction).
 * Dense outputs: per image a flip-book of the error map ``|g⁻¹f(gx) − f(x)|``, one colour scale per image.
 
-Transformed inputs are not stored in results; they are recomputed with :func:`equiaudit.transforms.apply_elements`
-and the audit's options. Images are shown as the data arrives before normalisation (``meta.data.normalisation``)
-or, without it, stretched from their own min to max. Outside the compared region frames are dimmed.
+Everything shown comes from the result's samples as the audit kept them: the transformed inputs exactly as the
+model saw them (``views``), per-image scores and the compared region (``samples["region"]["mask"]``); nothing is
+transformed or scored again here. Images are shown as the data arrives before normalisation
+(``result.data.normalisation``) or, without it, stretched from their own min to max. Outside the compared
+region frames are dimmed.
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .verdict import angle_wraps, element_name
+
+if TYPE_CHECKING:
+    from equiaudit.result import AuditResult
+
+    from .correctness import CorrectnessMatrix
 
 GRID_MAX_ELEMENTS = 12
 FLIPBOOK_MAX_FRAMES = 36
@@ -233,25 +240,14 @@ def shown_elements(labels: Sequence[str], limit: int, always: Sequence[str] = ()
 # ---- builders -------------------------------------------------------------------------------------------------
 
 
-def _context(result: Any) -> dict[str, Any]:
-    from equiaudit.groups import GroupElement
-
-    meta = result.meta
-    # The element rows carry each element's parameters, so custom groups replay as well as parsed specs.
-    elements = [
-        GroupElement(float(r["angle"]), float(r["scale"]), bool(r["reflect"]))
-        for r in result.elements.to_dict(orient="records")
-    ]
-    data = meta.get("data") or {}
-    names = data.get("class_names") or (result.per_class or {}).get("classes")
-    wraps = angle_wraps((meta.get("group") or {}).get("spec", ""))
+def _context(result: AuditResult) -> dict[str, Any]:
+    wraps = angle_wraps(result.group.spec or "")
+    rows = result.elements.to_dict(orient="records")
     return {
-        "elements": elements,
         "labels": list(result.elements["label"]),
-        "names": [element_name(r, wraps) for r in result.elements.to_dict(orient="records")],
-        "options": meta.get("options") or {},
-        "normalisation": data.get("normalisation"),
-        "class_names": names,
+        "names": [element_name(r, wraps) for r in rows],
+        "normalisation": result.data.normalisation,
+        "class_names": result.data.class_names or (result.per_class or {}).get("classes"),
     }
 
 
@@ -259,39 +255,49 @@ def _class_name(names: Sequence[str] | None, k: int) -> str:
     return str(names[k]) if names is not None and 0 <= k < len(names) else str(k)
 
 
-def _transformed(x: np.ndarray, elements: Sequence[Any], options: Mapping[str, Any]) -> np.ndarray:
-    """``(G, N, C, H, W)`` inputs as the model saw them, recomputed with the audit's sampling options."""
-    import torch
-
-    from equiaudit.transforms import apply_elements
-
-    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    out = apply_elements(
-        xt, elements, interpolation=options.get("interpolation", "bilinear"), padding=options.get("padding", "zeros")
-    )
-    return out.numpy()
+def _region(result: AuditResult, size: tuple[int, ...]) -> np.ndarray | None:
+    """The audit's compared region at the output's resolution (``samples["region"]["mask"]``), when kept."""
+    mask = ((result.samples or {}).get("region") or {}).get("mask")
+    if mask is None:
+        return None
+    mask = np.asarray(mask, dtype=bool)
+    return mask if mask.shape == tuple(size) else None
 
 
-def classification_gallery(result: Any, part: str, budget: Budget, gid: str, title: str, caption: str) -> Gallery:
-    """A grid of transformed inputs with predicted class and confidence; red frames mark changed predictions."""
+def classification_gallery(
+    result: AuditResult, part: str, budget: Budget, gid: str, title: str, caption: str
+) -> Gallery:
+    """A grid of transformed inputs with predicted class and confidence; red frames mark changed predictions.
+    The tiles are the audit's own views (``samples[part]["views"]``, the inputs exactly as the model saw them).
+    Results without views (version 1) show the untransformed input in the identity column only."""
     s = result.samples[part]
     ctx = _context(result)
     worst = result.summary.get("worst_element")
-    cols = shown_elements(ctx["labels"], GRID_MAX_ELEMENTS, [worst] if worst else [])
+    views = s.get("views")
+    if views is not None:
+        cols = shown_elements(ctx["labels"], GRID_MAX_ELEMENTS, [worst] if worst else [])
+    else:
+        cols = [j for j, label in enumerate(ctx["labels"]) if label == "identity"][:1]
     gallery = Gallery(gid, title, caption, columns=tuple(ctx["names"][j] for j in cols))
-    xs = _transformed(s["x"], [ctx["elements"][j] for j in cols], ctx["options"])
+    if views is None:
+        gallery.note = (
+            "This result does not hold the transformed inputs (it predates them), so only the untransformed "
+            "images are shown; audit again to see every element."
+        )
     names = ctx["class_names"]
     for n in range(len(s["index"])):
-        offset, scale = display_range(np.asarray(s["x"][n], dtype=np.float64), ctx["normalisation"])[:2]
+        x = np.asarray(s["x"][n], dtype=np.float64)
+        offset, scale = display_range(x, ctx["normalisation"])[:2]
         ref = int(s["ref_pred"][n, 0])
         heading = f"image {int(s['index'][n])}"
         if "label" in s:
             heading += f" · true class {_class_name(names, int(s['label'][n, 0]))}"
         heading += f" · untransformed prediction {_class_name(names, ref)} ({float(s['ref_confidence'][n, 0]):.0%})"
         cells = []
-        for col, j in enumerate(cols):
+        for j in cols:
             pred, conf = int(s["pred"][n, j]), float(s["confidence"][n, j])
-            src = png_uri(to_display(xs[col, n], offset, scale), GRID_MAX_SIDE)
+            seen = views[n, j] if views is not None else x
+            src = png_uri(to_display(seen, offset, scale), GRID_MAX_SIDE)
             cells.append(
                 Cell(
                     src,
@@ -300,44 +306,42 @@ def classification_gallery(result: Any, part: str, budget: Budget, gid: str, tit
                     changed=pred != ref,
                 )
             )
-        if not budget.take(sum(len(c.src) for c in cells)):
+        if not cells or not budget.take(sum(len(c.src) for c in cells)):
             continue
         gallery.rows.append(Row(heading, tuple(cells)))
     return gallery
 
 
-def segmentation_gallery(result: Any, part: str, budget: Budget, gid: str, title: str, caption: str) -> Gallery:
-    """Per image, a flip-book of the predicted mask mapped back onto the image under each element."""
-    import torch
-
-    from equiaudit.metrics import iou
-    from equiaudit.transforms import valid_mask
-
+def segmentation_gallery(result: AuditResult, part: str, budget: Budget, gid: str, title: str, caption: str) -> Gallery:
+    """Per image, a flip-book of the predicted mask mapped back onto the image under each element, captioned
+    with the audit's own per-image IoU consistency (``samples[part]["iou_consistency"]``)."""
     s = result.samples[part]
     ctx = _context(result)
     gallery = Gallery(gid, title, caption)
     seg, ref_seg = np.asarray(s["seg"]), np.asarray(s["ref_seg"])
     size = seg.shape[-2:]
-    valid = valid_mask(ctx["elements"], size, ctx["options"].get("mask", "auto")).numpy()
-    num_classes = max(2, int((result.meta.get("output_shape") or [1])[0]))
-    scores = iou(
-        torch.from_numpy(seg.astype(np.int64)),
-        torch.from_numpy(ref_seg.astype(np.int64)),
-        num_classes,
-        torch.from_numpy(valid),
-    ).numpy()  # (N, G), the audit's own IoU consistency per image
+    valid = _region(result, size)
+    scores = np.asarray(s["iou_consistency"], dtype=np.float64) if "iou_consistency" in s else None
     frames_idx = shown_elements(ctx["labels"], FLIPBOOK_MAX_FRAMES)
     for n in range(min(SEG_IMAGES, len(s["index"]))):
         x = np.asarray(s["x"][n], dtype=np.float64)
         base = _resize(to_display(x, *display_range(x, ctx["normalisation"])[:2]), size)
+        if scores is not None:
+            texts = [f"IoU with untransformed prediction {scores[n, j]:.3f}" for j in frames_idx]
+            changed = [bool(scores[n, j] < 1) for j in frames_idx]
+            start = int(np.argmin([scores[n, j] for j in frames_idx]))
+        else:  # a result without per-image scores (version 1): no numbers to show
+            texts = ["mapped back" for _ in frames_idx]
+            changed = [bool((seg[n, j] != ref_seg[n, 0]).any()) for j in frames_idx]
+            start = 0
         frames = tuple(
             Cell(
                 png_uri(mask_overlay(base, seg[n, j], ref_seg[n, 0], valid), FLIPBOOK_MAX_SIDE),
-                f"{ctx['names'][j]} · IoU with untransformed prediction {scores[n, j]:.3f}",
+                f"{ctx['names'][j]} · {text}",
                 ctx["labels"][j],
-                changed=scores[n, j] < 1,
+                changed=moved,
             )
-            for j in frames_idx
+            for j, text, moved in zip(frames_idx, texts, changed, strict=True)
         )
         statics = [
             Cell(png_uri(base, FLIPBOOK_MAX_SIDE), "input", "input"),
@@ -355,37 +359,44 @@ def segmentation_gallery(result: Any, part: str, budget: Budget, gid: str, title
                     "true mask",
                 )
             )
-        worst = int(np.argmin([scores[n, j] for j in frames_idx]))
-        book = Flipbook(f"{gid}-{n}", f"image {int(s['index'][n])}", frames, tuple(statics), start=worst)
+        book = Flipbook(f"{gid}-{n}", f"image {int(s['index'][n])}", frames, tuple(statics), start=start)
         if budget.take(book.nbytes):
             gallery.flipbooks.append(book)
     return gallery
 
 
-def dense_gallery(result: Any, part: str, budget: Budget, gid: str, title: str, caption: str) -> Gallery:
-    """Per image, a flip-book of the error map under each element, on one colour scale per image."""
-    from equiaudit.transforms import valid_mask
-
+def dense_gallery(result: AuditResult, part: str, budget: Budget, gid: str, title: str, caption: str) -> Gallery:
+    """Per image, a flip-book of the error map under each element, on one colour scale per image, captioned with
+    the audit's own per-image equivariance error (``samples[part]["error"]``)."""
     s = result.samples[part]
     ctx = _context(result)
     gallery = Gallery(gid, title, caption, colour_bar=True)
     maps = np.asarray(s["error_map"], dtype=np.float32)
     size = maps.shape[-2:]
-    valid = valid_mask(ctx["elements"], size, ctx["options"].get("mask", "auto")).numpy()
+    valid = _region(result, size)
+    errors = np.asarray(s["error"], dtype=np.float64) if "error" in s else None
     frames_idx = shown_elements(ctx["labels"], FLIPBOOK_MAX_FRAMES)
     for n in range(min(SEG_IMAGES, len(s["index"]))):
         x = np.asarray(s["x"][n], dtype=np.float64)
         base = _resize(to_display(x, *display_range(x, ctx["normalisation"])[:2]), size)
-        inside = maps[n][:, valid]
+        inside = maps[n][:, valid] if valid is not None else maps[n]
         vmax = float(inside.max()) if inside.size else float(maps[n].max())
-        means = [float(maps[n, j][valid].mean()) if valid.any() else float(maps[n, j].mean()) for j in frames_idx]
+        if errors is not None:
+            values = [float(errors[n, j]) for j in frames_idx]
+            texts = [f"equivariance error {v:.3g}" for v in values]
+        else:  # a result without per-image errors (version 1): the map's mean inside the compared region
+            values = [
+                float(maps[n, j][valid].mean()) if valid is not None and valid.any() else float(maps[n, j].mean())
+                for j in frames_idx
+            ]
+            texts = [f"mean error inside the compared region {v:.3g}" for v in values]
         frames = tuple(
             Cell(
                 png_uri(colour_map(maps[n, j], vmax, valid), FLIPBOOK_MAX_SIDE),
-                f"{ctx['names'][j]} · mean error inside the compared region {mean:.3g}",
+                f"{ctx['names'][j]} · {text}",
                 ctx["labels"][j],
             )
-            for j, mean in zip(frames_idx, means, strict=True)
+            for j, text in zip(frames_idx, texts, strict=True)
         )
         statics = (Cell(png_uri(base, FLIPBOOK_MAX_SIDE), "input", "input"),)
         book = Flipbook(
@@ -393,14 +404,14 @@ def dense_gallery(result: Any, part: str, budget: Budget, gid: str, title: str, 
             f"image {int(s['index'][n])} · colour scale 0 to {vmax:.3g}",
             frames,
             statics,
-            start=int(np.argmax(means)),
+            start=int(np.argmax(values)),
         )
         if budget.take(book.nbytes):
             gallery.flipbooks.append(book)
     return gallery
 
 
-def report_galleries(result: Any, budget: Budget) -> list[Gallery]:
+def report_galleries(result: AuditResult, budget: Budget) -> list[Gallery]:
     """The galleries of a single-audit report (empty when the result carries no samples)."""
     samples = result.samples or {}
     parts = [
@@ -444,14 +455,16 @@ def report_galleries(result: Any, budget: Budget) -> list[Gallery]:
         budget.remaining -= budget.remaining // (len(parts) - i) - share.remaining
         budget.omitted += share.omitted
     if budget.omitted:
-        galleries[-1].note = (
+        omitted = (
             f"{budget.omitted} more image(s) left out to keep the report small; every image is "
             "in the results file's samples."
         )
+        last = galleries[-1]
+        last.note = f"{last.note} {omitted}" if last.note else omitted
     return galleries
 
 
-def correctness_gallery(matrices: Sequence[Any], budget: Budget) -> Gallery:
+def correctness_gallery(matrices: Sequence[CorrectnessMatrix], budget: Budget) -> Gallery:
     """Example images of each cell of each correctness matrix, as both models saw them."""
     cells_text = {
         "both_right": "both right",

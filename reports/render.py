@@ -15,10 +15,10 @@ import base64
 import gzip
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from markupsafe import Markup
@@ -26,6 +26,11 @@ from markupsafe import Markup
 from .figures import Chart, comparison_charts, report_charts
 from .gallery import Budget, Gallery, colour_bar_css, correctness_gallery, report_galleries
 from .verdict import fmt_num, fmt_pct, group_name, verdict
+
+if TYPE_CHECKING:
+    from equiaudit.result import AuditResult
+
+    from .correctness import CorrectnessMatrix
 
 MAX_BYTES = 5_000_000  # a default report stays under this
 TARGET_BYTES = 4_500_000  # galleries fill the page up to this, leaving a margin below MAX_BYTES
@@ -78,9 +83,9 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def model_name(meta: Mapping[str, Any]) -> str:
-    """A short name for a model: the file name, ``zoo:NAME`` or the module class."""
-    source = str((meta.get("model") or {}).get("source") or "model")
+def model_name(result: AuditResult) -> str:
+    """A short name for a result's model: the file name, ``zoo:NAME`` or the module class."""
+    source = str(result.model.source or "model")
     if source.startswith("<module ") and source.endswith(">"):
         return source[8:-1]
     return Path(source).name if ("/" in source or "\\" in source) else source
@@ -99,23 +104,22 @@ def _shorten(items: Sequence[str], limit: int = 12) -> str:
     return ", ".join(items) if len(items) <= limit else ", ".join([*items[:6], "…", *items[-2:]])
 
 
-def details(meta: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str, str]]]]:
+def details(result: AuditResult) -> list[tuple[str, list[tuple[str, str, str]]]]:
     """The header's facts as ``(section, [(name, shown value, full value)])``."""
-    model, group, data = meta.get("model") or {}, meta.get("group") or {}, meta.get("data") or {}
-    options, versions = meta.get("options") or {}, meta.get("versions") or {}
-    sha = model.get("sha256") or ""
-    params = model.get("parameters")
-    norm = data.get("normalisation")
-    mask_fraction = options.get("mask_fraction")
-    shape = data.get("input_shape")
-    elements = group.get("elements") or []
+    model, group, data, run = result.model, result.group, result.data, result.run
+    sha = model.sha256 or ""
+    params = model.parameters
+    norm = data.normalisation
+    mask_fraction = run.mask_fraction
+    shape = data.input_shape
+    elements = group.elements or []
     rows: list[tuple[str, list[tuple[str, Any, Any]]]] = [
         (
             "Model",
             [
-                ("source", model.get("source"), None),
-                ("kind", model.get("kind"), None),
-                ("architecture", model.get("arch"), None),
+                ("source", model.source, None),
+                ("kind", model.kind, None),
+                ("architecture", model.arch, None),
                 ("parameters", fmt_count(params), f"{params:,}" if isinstance(params, int) else None),
                 ("SHA-256", sha[:16] + "…" if sha else None, sha),
             ],
@@ -123,26 +127,25 @@ def details(meta: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str, str
         (
             "Group",
             [
-                ("spec", group.get("spec"), None),
-                ("name", group_name(group.get("spec", "")), None),
+                ("spec", group.spec, None),
+                ("name", group_name(group.spec or ""), None),
                 (
                     "elements",
-                    f"{group.get('size')} ({'all exact' if group.get('exact') else 'interpolated'}): "
-                    + _shorten(elements),
+                    f"{group.size} ({'all exact' if group.exact else 'interpolated'}): " + _shorten(elements),
                     ", ".join(elements),
                 ),
-                ("kind", group.get("kind"), None),
+                ("kind", group.kind, None),
             ],
         ),
         (
             "Data",
             [
-                ("spec", data.get("spec"), None),
-                ("source", data.get("source"), None),
-                ("split", data.get("split"), None),
-                ("images", data.get("count"), None),
+                ("spec", data.spec, None),
+                ("source", data.source, None),
+                ("split", data.split, None),
+                ("images", data.count, None),
                 ("input shape", "×".join(str(d) for d in shape) if shape else None, None),
-                ("classes", data.get("num_classes"), ", ".join(map(str, data.get("class_names") or [])) or None),
+                ("classes", data.num_classes, ", ".join(map(str, data.class_names or [])) or None),
                 ("normalisation", f"mean {norm.get('mean')}, std {norm.get('std')}" if norm else "none", None),
             ],
         ),
@@ -151,29 +154,29 @@ def details(meta: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str, str
             [
                 (
                     "task",
-                    str(meta.get("task")) + (" (chosen from the output shape)" if meta.get("task_auto") else ""),
+                    str(run.task) + (" (chosen from the output shape)" if run.task_auto else ""),
                     None,
                 ),
-                ("output shape", "×".join(str(d) for d in meta.get("output_shape") or []) or None, None),
-                ("interpolation", options.get("interpolation"), None),
-                ("padding", options.get("padding"), None),
+                ("output shape", "×".join(str(d) for d in run.output_shape or []) or None, None),
+                ("interpolation", run.interpolation, None),
+                ("padding", run.padding, None),
                 (
                     "mask",
-                    f"{options.get('mask')}"
+                    f"{run.mask}"
                     + (f" ({fmt_pct(mask_fraction)} of pixels compared)" if mask_fraction is not None else ""),
                     None,
                 ),
-                ("batch size", options.get("batch_size"), None),
+                ("batch size", run.batch_size, None),
             ],
         ),
         (
             "Run",
             [
-                ("device", meta.get("device"), None),
-                ("dtype", meta.get("dtype"), None),
-                ("time taken", _fmt_seconds(meta.get("wall_time_s")), None),
-                ("images / s", fmt_num(meta.get("images_per_s")), None),
-                *[(k, v, None) for k, v in versions.items()],
+                ("device", run.device, None),
+                ("dtype", run.dtype, None),
+                ("time taken", _fmt_seconds(run.wall_time_s), None),
+                ("images / s", fmt_num(run.images_per_s), None),
+                *[(k, v, None) for k, v in (run.versions or {}).items()],
             ],
         ),
     ]
@@ -211,59 +214,60 @@ def _page(template: str, **context: Any) -> str:
     )
 
 
-def check_result(result: Any, source: str = "the result") -> None:
+def check_result(result: AuditResult, source: str = "the result") -> None:
     """Raise :class:`ResultFormatError` (one line) unless ``result`` has everything a report reads."""
     import pandas as pd
 
     from equiaudit.errors import ResultFormatError
 
-    meta = result.meta
-    for path in ("group.spec", "group.size", "model.source", "data.spec", "data.count", "task"):
-        node: Any = meta
+    for path in ("group.spec", "group.size", "model.source", "data.spec", "data.count", "run.task"):
+        node: Any = result
         for key in path.split("."):
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is None:
-            raise ResultFormatError(f"{source} lacks meta.{path}, which a report needs")
-    if meta["task"] not in _TASK_METRICS:
-        raise ResultFormatError(f"{source} has an unknown task {meta['task']!r}")
+            node = getattr(node, key, None)
+        if node is None or node == "":
+            raise ResultFormatError(f"{source} lacks {path}, which a report needs")
+    task = result.task
+    if task not in _TASK_METRICS:
+        raise ResultFormatError(f"{source} has an unknown task {task!r}")
     frame = result.elements
-    missing = [c for c in (*_TASK_METRICS[meta["task"]], "floor") if c not in frame]
+    missing = [c for c in (*_TASK_METRICS[task], "floor") if c not in frame]
     if missing:
-        raise ResultFormatError(f"{source} lacks the element column(s) {', '.join(missing)} of a {meta['task']} audit")
-    for col in ("angle", "scale", *_TASK_METRICS[meta["task"]], "floor"):
+        raise ResultFormatError(f"{source} lacks the element column(s) {', '.join(missing)} of a {task} audit")
+    for col in ("angle", "scale", *_TASK_METRICS[task], "floor"):
         if pd.to_numeric(frame[col], errors="coerce").isna().all() and frame[col].notna().any():
             raise ResultFormatError(f"{source}: element column {col!r} is not numeric")
 
 
 def render_report(
-    result: Any, title: str | None = None, json_name: str | None = None, max_bytes: int = TARGET_BYTES
+    result: AuditResult, title: str | None = None, json_name: str | None = None, max_bytes: int = TARGET_BYTES
 ) -> str:
     """The HTML of a single-audit report."""
     check_result(result)
     charts = _charts_json(report_charts(result))
-    galleries: list[Gallery] = report_galleries(result, _budget(charts, max_bytes)) if result.samples else []
-    meta = result.meta
+    # Gallery images are the samples' first and worst sets (per-image records alone show nothing).
+    has_samples = any((result.samples or {}).get(part) for part in ("first", "worst"))
+    galleries: list[Gallery] = report_galleries(result, _budget(charts, max_bytes)) if has_samples else []
     return _page(
         "report.html.j2",
-        title=title or f"{model_name(meta)} · {meta['group']['spec']}",
-        meta=meta,
-        model_name=model_name(meta),
-        group_name=group_name(meta["group"]["spec"]),
+        title=title or f"{model_name(result)} · {result.group.spec}",
+        result=result,
+        model_name=model_name(result),
+        group_name=group_name(result.group.spec),
         verdict=verdict(result),
-        details=details(meta),
+        details=details(result),
         charts=charts,
         galleries=galleries,
-        has_samples=bool(result.samples),
+        has_samples=has_samples,
         json_name=json_name,
-        checks=meta.get("checks"),
+        checks=result.run.checks,
     )
 
 
 def render_comparison(
-    results: Sequence[Any],
+    results: Sequence[AuditResult],
     names: Sequence[str],
     title: str | None = None,
-    matrices: Sequence[Any] = (),
+    matrices: Sequence[CorrectnessMatrix] = (),
     json_name: str | None = None,
     max_bytes: int = TARGET_BYTES,
 ) -> str:
@@ -286,10 +290,10 @@ def render_comparison(
     chart_data = _charts_json(charts)
     galleries = [correctness_gallery(matrices, _budget(chart_data, max_bytes))] if matrices else []
     rows = [
-        {"name": n, "meta": r.meta, "verdict": verdict(r), "summary": r.summary}
+        {"name": n, "result": r, "verdict": verdict(r), "summary": r.summary}
         for n, r in zip(names, results, strict=True)
     ]
-    specs = sorted({r.meta["group"]["spec"] for r in results})
+    specs = sorted({r.group.spec for r in results})
     return _page(
         "compare.html.j2",
         title=title or "Comparison: " + " vs ".join(names),
@@ -301,7 +305,9 @@ def render_comparison(
     )
 
 
-def comparison_document(results: Sequence[Any], names: Sequence[str], matrices: Sequence[Any] = ()) -> str:
+def comparison_document(
+    results: Sequence[AuditResult], names: Sequence[str], matrices: Sequence[CorrectnessMatrix] = ()
+) -> str:
     """The JSON written beside a comparison report: every result and the correctness matrices."""
     doc = {
         "tool": "equiaudit",

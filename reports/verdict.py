@@ -14,11 +14,14 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from equiaudit.testing import FLOAT_TOLERANCE
+
+if TYPE_CHECKING:
+    from equiaudit.result import AuditResult
 
 STATUS_ORDER = {"pass": 0, "info": 0, "warn": 1, "fail": 2}
 
@@ -132,10 +135,11 @@ def fmt_num(value: float | None) -> str:
     return f"{value:.3g}" if value != 0 else "0"
 
 
-def roundoff(meta: Mapping[str, Any]) -> float:
-    """Relative error that counts as arithmetic round-off for the audit's dtype and device."""
-    dtype = str(meta.get("dtype") or "float32")
-    if dtype == "float32" and str(meta.get("device", "")).startswith("cuda"):
+def roundoff(dtype: str | None = "float32", device: str | None = "cpu") -> float:
+    """Relative error that counts as arithmetic round-off for an audit's dtype and device
+    (``roundoff(result.run.dtype, result.run.device)``)."""
+    dtype = str(dtype or "float32")
+    if dtype == "float32" and str(device or "").startswith("cuda"):
         return ROUNDOFF_CUDA_FLOAT32
     return ROUNDOFF.get(dtype, ROUNDOFF["float32"])
 
@@ -162,14 +166,14 @@ def _band(value: float, good: float, bad: float, higher_is_better: bool = True) 
     return "pass" if value <= good else "warn" if value <= bad else "fail"
 
 
-def _error_headline(result: Any, key: str, wraps: bool) -> Headline | None:
+def _error_headline(result: AuditResult, key: str, wraps: bool) -> Headline | None:
     frame = _rest(result.elements)
     if key not in frame or pd.to_numeric(frame[key], errors="coerce").notna().sum() == 0:
         return None
     err = pd.to_numeric(frame[key], errors="coerce")
     floor = pd.to_numeric(frame["floor"], errors="coerce").fillna(0.0)
-    tol = roundoff(result.meta)
-    dtype = result.meta.get("dtype") or "float32"
+    tol = roundoff(result.run.dtype, result.run.device)
+    dtype = result.run.dtype or "float32"
     exact, sampled = err[floor <= 0].dropna(), err[floor > 0].dropna()
     ratio = (sampled / floor[sampled.index]) if len(sampled) else pd.Series(dtype=float)
     statuses, parts = [], []
@@ -204,7 +208,7 @@ def _error_headline(result: Any, key: str, wraps: bool) -> Headline | None:
     return Headline(key, title, value, sentence, status)
 
 
-def _agreement_headline(result: Any, wraps: bool) -> Headline | None:
+def _agreement_headline(result: AuditResult, wraps: bool) -> Headline | None:
     row = _worst(_rest(result.elements), "agreement", higher_is_better=True)
     if row is None:
         return None
@@ -219,7 +223,7 @@ def _agreement_headline(result: Any, wraps: bool) -> Headline | None:
     return Headline("agreement", "Prediction agreement", value, sentence, _band(agree, AGREEMENT_PASS, AGREEMENT_WARN))
 
 
-def _accuracy_headlines(result: Any, wraps: bool) -> list[Headline]:
+def _accuracy_headlines(result: AuditResult, wraps: bool) -> list[Headline]:
     s = result.summary
     ref = s.get("accuracy_reference")
     row = _worst(_rest(result.elements), "accuracy", higher_is_better=True)
@@ -256,7 +260,7 @@ def _accuracy_headlines(result: Any, wraps: bool) -> list[Headline]:
     return out
 
 
-def _iou_headlines(result: Any, wraps: bool) -> list[Headline]:
+def _iou_headlines(result: AuditResult, wraps: bool) -> list[Headline]:
     out = []
     rest = _rest(result.elements)
     row = _worst(rest, "iou_consistency", higher_is_better=True)
@@ -295,9 +299,8 @@ def _iou_headlines(result: Any, wraps: bool) -> list[Headline]:
     return out
 
 
-def _overall(result: Any, headlines: Sequence[Headline]) -> tuple[str, str]:
-    spec = result.meta.get("group", {}).get("spec", "")
-    name = group_name(spec)
+def _overall(result: AuditResult, headlines: Sequence[Headline]) -> tuple[str, str]:
+    name = group_name(result.group.spec or "")
     dense = result.task in ("segment", "dense")
     prop = "equivariant" if dense else "invariant"
     judged = [h for h in headlines if h.status != "info"]
@@ -306,7 +309,7 @@ def _overall(result: Any, headlines: Sequence[Headline]) -> tuple[str, str]:
     status = max((h.status for h in judged), key=STATUS_ORDER.__getitem__)
     if status == "pass":
         if result.summary.get("exact_group"):
-            dtype = result.meta.get("dtype") or "float32"
+            dtype = result.run.dtype or "float32"
             return status, f"Exactly {prop} to {name}: outputs match to {dtype} round-off."
         return status, f"{prop.capitalize()} to {name}, up to interpolation error."
     # The most telling failing card leads the sentence.
@@ -316,9 +319,9 @@ def _overall(result: Any, headlines: Sequence[Headline]) -> tuple[str, str]:
     return status, f"{qualifier} {prop} to {name}: {reason[0].lower()}{reason[1:]}."
 
 
-def verdict(result: Any) -> Verdict:
+def verdict(result: AuditResult) -> Verdict:
     """Headline numbers of ``result`` (an :class:`~equiaudit.result.AuditResult`) in words."""
-    wraps = angle_wraps(result.meta.get("group", {}).get("spec", ""))
+    wraps = angle_wraps(result.group.spec or "")
     headlines: list[Headline] = []
     if result.task == "classify":
         headlines += [h for h in (_agreement_headline(result, wraps),) if h]
@@ -330,6 +333,6 @@ def verdict(result: Any) -> Verdict:
     if err is not None:
         headlines.append(err)
     status, sentence = _overall(result, headlines)
-    if result.meta.get("partial"):
+    if result.run.partial:
         sentence += f" (partial: the scan stopped after {result.summary.get('images', '?')} images)"
     return Verdict(status, sentence, tuple(headlines))

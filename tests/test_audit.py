@@ -9,7 +9,7 @@ import torch
 from _models import C4Averaged, ConstantSeg, CoordinateModel, FailsMidScan, Identity, SmallCNN
 from torch import nn
 
-from equiaudit.audit import audit
+from equiaudit.engine import audit
 from equiaudit.errors import EquiauditError, InputMismatchError, ScanInterrupted
 from equiaudit.result import AuditResult, load, save
 
@@ -69,7 +69,7 @@ def test_identity_dense_model_scores_exactly_the_floor(digits: torch.Tensor) -> 
 
 def test_scale_group_floor_and_mask(digits: torch.Tensor) -> None:
     res = audit(Identity(), digits, "scale:0.5..2:5", task="dense", samples=0)
-    assert res.meta["options"]["mask_fraction"] < 0.5  # zooming in by 2 keeps the central quarter
+    assert res.run.mask_fraction < 0.5  # zooming in by 2 keeps the central quarter
     assert (res.elements["equivariance_error"] == res.elements["floor"]).all()
 
 
@@ -138,7 +138,7 @@ def test_failure_mid_scan_keeps_partial_results() -> None:
     with pytest.raises(ScanInterrupted) as info:
         audit(FailsMidScan(), "digits", "c4", limit=20, batch_size=10)  # 2 images per forward after the probe
     partial = info.value.partial
-    assert partial is not None and partial.meta["partial"] is True
+    assert partial is not None and partial.run.partial is True
     assert 0 < partial.summary["images"] < 20
     assert "device lost" in str(info.value) and "second line" not in str(info.value)
 
@@ -146,8 +146,10 @@ def test_failure_mid_scan_keeps_partial_results() -> None:
 def test_json_round_trip_and_schema(tmp_path) -> None:
     res = audit(_seeded(SmallCNN()), "digits", "so2:4", limit=8, samples=2)
     doc = json.loads(res.to_json())
-    assert doc["schema_version"] == 1 and doc["tool"] == "equiaudit"
-    assert set(doc) == {"schema_version", "tool", "summary", "elements", "per_class", "meta"}
+    assert doc["schema_version"] == 2 and doc["tool"] == "equiaudit"
+    assert set(doc) == {
+        "schema_version", "tool", "model", "data", "group", "run", "summary", "elements", "locations", "per_class"
+    }
     first = doc["elements"][1]
     for key in (
         "id",
@@ -165,19 +167,8 @@ def test_json_round_trip_and_schema(tmp_path) -> None:
         "floor",
     ):
         assert key in first
-    for key in (
-        "group",
-        "model",
-        "data",
-        "task",
-        "options",
-        "versions",
-        "device",
-        "dtype",
-        "wall_time_s",
-        "images_per_s",
-    ):
-        assert key in doc["meta"]
+    for key in ("spec", "task", "batch_size", "versions", "device", "dtype", "wall_time_s", "images_per_s"):
+        assert key in doc["run"]
     path = save(res, tmp_path / "r.json")
     back = load(path)
     assert back.summary == doc["summary"]
@@ -232,7 +223,7 @@ class _PoolDense(nn.Module):
 def test_downsampled_dense_output_is_compared_with_its_own_floor(digits: torch.Tensor) -> None:
     torch.manual_seed(0)
     res = audit(_PoolDense(), digits, "rot:0,30,45", task="dense", samples=0)
-    assert res.meta["output_shape"] == [2, 14, 14]
+    assert res.run.output_shape == [2, 14, 14]
     assert res.summary["error_to_floor_max"] < 1.5  # at its floor, not 2x it (the floor is at output resolution)
 
 
@@ -260,10 +251,10 @@ def test_stale_samples_sidecar_is_never_attached(tmp_path) -> None:
 
 def test_classifier_floor_is_estimated_on_the_first_images() -> None:
     res = audit(_seeded(SmallCNN()), "digits", "so2:6", limit=300, batch_size=50, samples=0)
-    assert 256 <= res.meta["options"]["floor_images"] < 300
+    assert 256 <= res.run.floor_images < 300
     assert res.summary["images"] == 300
     dense = audit(Identity(), "digits", "so2:6", limit=300, task="dense", samples=0)
-    assert dense.meta["options"]["floor_images"] == 300  # a dense model's floor uses every image
+    assert dense.run.floor_images == 300  # a dense model's floor uses every image
 
 
 class _RecordsBatches(nn.Module):
@@ -281,22 +272,22 @@ class _RecordsBatches(nn.Module):
 
 
 def test_auto_batch_size_follows_the_largest_activation(digits: torch.Tensor) -> None:
-    from equiaudit.audit import AUTO_BATCH_BYTES, AUTO_BATCH_MAX, auto_batch_size
+    from equiaudit.engine import AUTO_BATCH_BYTES, AUTO_BATCH_MAX, auto_batch_size
 
     cpu = torch.device("cpu")
     assert auto_batch_size(AUTO_BATCH_BYTES["cpu"] / 40, cpu) == 40
     assert auto_batch_size(1.0, cpu) == AUTO_BATCH_MAX and auto_batch_size(1e12, cpu) == 1
     assert auto_batch_size(AUTO_BATCH_BYTES["cpu"] / 40, torch.device("meta")) == AUTO_BATCH_MAX  # a GPU's budget
     narrow, wide = _seeded(_RecordsBatches(4)), _seeded(_RecordsBatches(256))
-    small = audit(narrow, digits, "so2:8", task="dense", samples=0).meta["options"]
-    large = audit(wide, digits, "so2:8", task="dense", samples=0).meta["options"]
+    small = audit(narrow, digits, "so2:8", task="dense", samples=0).run
+    large = audit(wide, digits, "so2:8", task="dense", samples=0).run
     # 256 float32 channels of 28x28 are 802,816 bytes per image: the CPU budget of 4 MiB holds 5 of them
     assert AUTO_BATCH_BYTES["cpu"] == 4 << 20
-    assert large == {**large, "batch_size": 5, "batch_size_auto": True}
-    assert small["batch_size"] > large["batch_size"]
+    assert (large.batch_size, large.batch_size_auto) == (5, True)
+    assert small.batch_size > large.batch_size
     assert max(wide.sizes) <= 5
-    explicit = audit(wide, digits, "so2:8", task="dense", samples=0, batch_size=64).meta["options"]
-    assert explicit["batch_size"] == 64 and explicit["batch_size_auto"] is False
+    explicit = audit(wide, digits, "so2:8", task="dense", samples=0, batch_size=64).run
+    assert explicit.batch_size == 64 and explicit.batch_size_auto is False
 
 
 def test_auto_and_explicit_batch_sizes_give_the_same_metrics(digits: torch.Tensor) -> None:
@@ -322,8 +313,8 @@ def test_torchscript_models_get_a_guessed_batch_size(digits: torch.Tensor) -> No
     scripted = torch.jit.script(eager)  # refuses forward hooks
     res = audit(scripted, digits, "c4", samples=0)
     # guessed as 16x the input: 16 x 3,136 bytes per 28x28 float32 image -> 4 MiB holds 83
-    assert res.meta["options"]["batch_size"] == 83 and res.meta["options"]["batch_size_auto"] is True
-    assert audit(eager, digits, "c4", samples=0).meta["options"]["batch_size"] == 167  # measured: 8 channels
+    assert res.run.batch_size == 83 and res.run.batch_size_auto is True
+    assert audit(eager, digits, "c4", samples=0).run.batch_size == 167  # measured: 8 channels
     torch.testing.assert_close(
         res.summary["invariance_error_max"], audit(eager, digits, "c4", samples=0).summary["invariance_error_max"]
     )
@@ -340,12 +331,12 @@ def test_chunks_are_sized_before_the_first_one(digits: torch.Tensor) -> None:
 def test_activation_guess_covers_models_whose_submodules_are_not_hooked(digits: torch.Tensor) -> None:
     wide = _seeded(_RecordsBatches(256))
     # measured: 256 channels of 28x28 float32 = 802,816 bytes per image -> 5; guessed: 16 x the input -> 83
-    assert audit(wide, digits, "c4", task="dense", samples=0).meta["options"]["batch_size"] == 5
+    assert audit(wide, digits, "c4", task="dense", samples=0).run.batch_size == 5
     traced = torch.jit.trace(wide, digits[:2])  # only the root's hook would fire
-    assert audit(traced, digits, "c4", task="dense", samples=0).meta["options"]["batch_size"] == 83
+    assert audit(traced, digits, "c4", task="dense", samples=0).run.batch_size == 83
     mixed = _seeded(_RecordsBatches(256))
     mixed.wide = torch.jit.script(mixed.wide)  # refuses a hook; the head alone would say 3,136 bytes
-    assert audit(mixed, digits, "c4", task="dense", samples=0).meta["options"]["batch_size"] == 83
+    assert audit(mixed, digits, "c4", task="dense", samples=0).run.batch_size == 83
 
 
 class _DoubleOutput(nn.Module):

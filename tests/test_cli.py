@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from _models import C4Averaged, SmallCNN
-from typer.testing import CliRunner
-
 from equiaudit.cli import app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -54,10 +53,10 @@ def test_scan_json_prints_one_document(state_dict_file: Path) -> None:
     )
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert [e["label"] for e in doc["elements"]] == ["identity", "rot90", "rot180", "rot-90"]
-    assert doc["meta"]["model"]["sha256"] and doc["meta"]["model"]["kind"] == "state_dict"
-    assert doc["meta"]["group"]["spec"] == "so2:4"
+    assert doc["model"]["sha256"] and doc["model"]["kind"] == "state_dict"
+    assert doc["group"]["spec"] == "so2:4"
     assert res.stderr == ""  # --json: no progress, no messages
 
 
@@ -69,7 +68,7 @@ def test_scan_human_mode_table_on_stdout_messages_on_stderr(state_dict_file: Pat
     assert res.exit_code == 0
     assert "rot90" in res.stdout and "summary:" in res.stdout
     assert "task: classify" in res.stderr
-    assert json.loads(out.read_text())["schema_version"] == 1
+    assert json.loads(out.read_text())["schema_version"] == 2
     assert (tmp_path / "sub" / "r.samples.npz").exists()
 
 
@@ -89,7 +88,7 @@ def test_fail_above_exits_1_and_passing_check_exits_0(invariant_file: Path) -> N
         "agreement=1",
     )
     assert ok.exit_code == 0, ok.stderr
-    assert json.loads(ok.stdout)["meta"]["checks"]["passed"] is True
+    assert json.loads(ok.stdout)["run"]["checks"]["passed"] is True
     bad = _run(
         "scan",
         str(invariant_file),
@@ -104,7 +103,7 @@ def test_fail_above_exits_1_and_passing_check_exits_0(invariant_file: Path) -> N
     )
     assert bad.exit_code == 1
     assert "check failed: invariance_error" in bad.stderr
-    assert json.loads(bad.stdout)["meta"]["checks"]["passed"] is False
+    assert json.loads(bad.stdout)["run"]["checks"]["passed"] is False
 
 
 @pytest.mark.parametrize(
@@ -183,7 +182,7 @@ def test_unwritable_out_is_rescued_not_lost(state_dict_file: Path, tmp_path: Pat
     assert res.exit_code == 2  # the file asked for is not there: the run fails, the result is not lost
     assert "written to" in res.stderr and "rot90" in res.stdout
     rescued = list(tmp_path.glob("equiaudit-result-*.json"))
-    assert len(rescued) == 1 and json.loads(rescued[0].read_text())["schema_version"] == 1
+    assert len(rescued) == 1 and json.loads(rescued[0].read_text())["schema_version"] == 2
 
 
 def test_groups_command_lists_elements() -> None:
@@ -212,7 +211,7 @@ def test_scan_that_breaks_part_way_writes_its_partial_result(tmp_path: Path) -> 
     assert res.exit_code == 2
     assert "scan stopped after" in res.stderr and str(out) in res.stderr
     doc = json.loads(out.read_text())
-    assert doc["meta"]["partial"] is True and 0 < doc["summary"]["images"] < 20
+    assert doc["run"]["partial"] is True and 0 < doc["summary"]["images"] < 20
 
 
 @pytest.mark.parametrize(
@@ -227,7 +226,7 @@ def test_scan_that_breaks_part_way_writes_its_partial_result(tmp_path: Path) -> 
 def test_console_entry_point_reports_parse_errors_in_one_line(
     argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from equiaudit import cli
+    from equiaudit import cli  # the package: cli.main
 
     monkeypatch.setattr(sys, "argv", ["equiaudit", *argv])
     with pytest.raises(SystemExit) as info:
@@ -239,7 +238,7 @@ def test_console_entry_point_reports_parse_errors_in_one_line(
 
 
 def test_console_entry_point_exit_codes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from equiaudit import cli
+    from equiaudit import cli  # the package: cli.main
 
     for argv, code in ((["groups", "c4"], 0), (["scan", "--help"], 0), ([], 2)):
         monkeypatch.setattr(sys, "argv", ["equiaudit", *argv])

@@ -6,15 +6,43 @@ import numpy as np
 import pytest
 import torch
 
-from equiaudit.metrics import (
-    ClassificationMetrics,
-    DenseMetrics,
-    FloorMetric,
-    binarize,
-    iou,
-    kl_divergence,
-    relative_error,
-)
+from equiaudit.groups import parse_group
+from equiaudit.metrics import binarize, classify_scores, dense_scores, iou, kl_divergence, relative_error
+from equiaudit.observers import ClassificationSums, DenseSums, FloorObserver, ObservedBatch, Setup
+from equiaudit.transforms import apply_elements
+
+
+def _setup(task: str, g: int, k: int, size: tuple[int, int] = (6, 6), elements=None) -> Setup:
+    elements = elements or parse_group(f"rot:{','.join(str(i) for i in range(g))}").elements
+    mask = torch.ones(size, dtype=torch.bool)
+    return Setup(
+        task, tuple(elements), [], size, (k, *size) if task != "classify" else (k,), torch.float64,
+        torch.device("cpu"), torch.float64, "bilinear", "zeros", "none", mask, mask, max(2, k), 0,
+    )  # fmt: skip
+
+
+class ClassificationMetrics(ClassificationSums):
+    """The observer fed with ``(out, ref, labels)`` scored as the engine scores them."""
+
+    def __init__(self, g: int, k: int) -> None:
+        super().__init__()
+        self.setup(_setup("classify", g, k))
+
+    def update(self, out: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        batch = ObservedBatch(0, ref[:, :, None, None], ref[:0], ref, out, None, labels, None)
+        batch.scores = classify_scores(out, ref, labels)
+        super().update(batch)
+
+
+class DenseMetrics(DenseSums):
+    def __init__(self, g: int, segment: bool) -> None:
+        super().__init__()
+        self.setup(_setup("segment" if segment else "dense", g, 1))
+
+    def update(self, out, ref, mask=None, truth=None) -> None:
+        batch = ObservedBatch(0, ref, ref[:0], ref, out, out, None, truth)
+        batch.scores = dense_scores(out, ref, mask, truth, self.segment, 2)
+        super().update(batch)
 
 
 def test_relative_error_matches_numpy() -> None:
@@ -134,6 +162,13 @@ def test_dense_and_floor_metrics() -> None:
     assert res["max_abs_error"][1] == pytest.approx(0.1, abs=1e-6)
     assert res["iou_consistency"][0] == 1 and res["iou_truth"][0] == 1
     assert d.summary()["iou_truth_reference"] == 1
-    f = FloorMetric(2)
-    f.update(out, ref, None)
-    torch.testing.assert_close(f.compute()["floor"], res["equivariance_error"])
+    # The dense floor is the round trip of f(x) under each element, by the same formula as the error.
+    group = parse_group("rot:0,45").elements
+    f = FloorObserver()
+    f.setup(_setup("dense", 2, 1, elements=group))
+    x = ref.double()
+    f.update(ObservedBatch(0, x, x[:0], x, x.expand(2, *x.shape), x.expand(2, *x.shape), None, None))
+    there = apply_elements(x, group[1:], padding="zeros")
+    back = apply_elements(there, group[1:], inverse=True, padding="zeros")[0]
+    want = torch.stack([torch.zeros(3, dtype=torch.float64), relative_error(back, x)]).mean(-1)
+    torch.testing.assert_close(f.compute()["floor"], want)

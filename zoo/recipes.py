@@ -292,7 +292,7 @@ def fit(
         audit_card: run the recipe's audits for the card.
         progress: training progress (see :func:`.training.train`); ``status``: one line per phase.
     """
-    from equiaudit.audit import audit
+    from equiaudit.engine import audit
 
     say = status or (lambda _msg: None)
     info = model_info(recipe.model)
@@ -332,7 +332,7 @@ def fit(
             continue
         audits.append(
             {
-                "group": res.meta["group"]["spec"],
+                "group": res.group.spec,
                 "data": data,
                 "images": res.summary["images"],
                 "summary": _summary(res.summary),

@@ -88,7 +88,7 @@ def test_model_is_c4_invariant(equivariance, model):
 
 @pytest.mark.equivariance(group="so2:8", max_error="2x floor")
 def test_blur_rotations(equivariance, blur):
-    report = equivariance.check(blur, mode="equivariant")
+    report = equivariance.check(blur, task="dense")
     assert report.group == "so2:8" and len(report.elements) == 8
 
 
@@ -162,10 +162,10 @@ def test_breaking_an_interpolated_group_reports_the_floor(project: pytest.Pytest
 @pytest.mark.parametrize(
     ("marker", "message"),
     [
-        ('grop="c4"', "unknown keyword(s) 'grop'; valid: group, max_error"),
+        ('grop="c4"', "unknown keyword(s) 'grop'; valid: group, steps"),
         ('group="c 4x"', "unknown group 'c 4x'"),
         ('group="c4", max_error="lots"', "max_error 'lots' is neither a number nor 'Kx floor'"),
-        ('mode="sideways"', "unknown mode 'sideways'"),
+        ('task="sideways"', "unknown task 'sideways'"),
         ("input_shape=(28, 28)", "input_shape must be (C, H, W)"),
         ('"c4", "d4"', "at most one positional argument"),
         ('group="so2", steps=0', "steps must be a positive integer"),
@@ -194,12 +194,12 @@ def test_bad_check_arguments_fail_the_test(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_bad="""
         def test_x(equivariance, model):
-            equivariance.check(model, group="c4", mode="sideways")
+            equivariance.check(model, group="c4", task="sideways")
         """
     )
     result = project.runpytest()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["E*EquiauditError: unknown mode 'sideways'; valid: auto, invariant, equivariant"])
+    result.stdout.fnmatch_lines(["E*EquiauditError: unknown task 'sideways'; valid: auto, classify, segment, dense"])
 
 
 def test_markers_merge_closest_first(project: pytest.Pytester) -> None:
@@ -430,7 +430,7 @@ def test_session_report_is_written(project: pytest.Pytester) -> None:
         "test_rep.py::test_pass": True,
     }
     result_doc = AuditResult.from_dict(checks["test_rep.py::test_fail"]["result"])
-    assert result_doc.meta["group"]["spec"] == "c4" and result_doc.task == "classify"
+    assert result_doc.group.spec == "c4" and result_doc.task == "classify"
     html = (project.path / "out" / "eq.html").read_text()
     assert "test_rep.py::test_fail" in html and "test_rep.py::test_pass" in html
     result.stdout.fnmatch_lines(["equiaudit: wrote the report of 2 check(s) to *eq.html (summary: *)"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from equiaudit.audit import audit
+from equiaudit.engine import audit
 from equiaudit.errors import EquiauditError, GroupSpecError, InputMismatchError
 from equiaudit.testing import (
     BASELINE_RTOL,
@@ -169,7 +169,7 @@ def test_location_of_a_dense_error() -> None:
     model = Bump(2, 5)
     x = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(2)) + 0.5
     x[1] *= 0.1
-    report = equivariance_error(model, "c4", x, mode="equivariant", mask="none")
+    report = equivariance_error(model, "c4", x, task="dense", mask="none")
     where = report["rot90"].where
     assert where is not None and where.image == 1
     bump = model.bump[0]
@@ -207,8 +207,8 @@ def test_location_of_a_logit_error() -> None:
 def test_default_inputs(input_shape: tuple[int, int, int] | None, expected: str) -> None:
     report = equivariance_error(nn.Identity(), "c4", input_shape=input_shape, locate=False)
     assert report.inputs.startswith(expected)
-    data = report.result.meta["data"]
-    assert tuple(data["input_shape"]) == (input_shape or (1, 28, 28))
+    data = report.result.data
+    assert tuple(data.input_shape) == (input_shape or (1, 28, 28))
     assert report.mode == "equivariant"
     # The identity map's error is at most its floor (0 on square images; round-off when 90 degrees samples).
     assert all(e.error <= e.floor + FLOAT_TOLERANCE["float32"] for e in report.elements)
@@ -223,7 +223,7 @@ def test_given_inputs_are_used_and_named() -> None:
     x = torch.rand(3, 2, 10, 10)
     report = equivariance_error(nn.Identity(), "c4", x, locate=False)
     assert report.inputs == "3 given images 2x10x10"
-    assert report.result.meta["data"]["count"] == 3
+    assert report.result.data.count == 3
 
 
 def test_default_inputs_that_do_not_fit_say_how_to_fix_it() -> None:
@@ -236,8 +236,8 @@ def test_default_inputs_that_do_not_fit_say_how_to_fix_it() -> None:
 def test_bad_arguments_raise_equiaudit_errors() -> None:
     with pytest.raises(GroupSpecError):
         equivariance_error(Plain(), "c 4")
-    with pytest.raises(EquiauditError, match="unknown mode"):
-        equivariance_error(Plain(), "c4", mode="sideways")
+    with pytest.raises(EquiauditError, match="unknown task"):
+        equivariance_error(Plain(), "c4", task="sideways")
     with pytest.raises(EquiauditError, match="inputs must be"):
         equivariance_error(Plain(), "c4", inputs=[1, 2, 3])
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from _report_models import Ramp, RotAveraged, TinyCNN, TinySeg
 
-from equiaudit.audit import audit
+from equiaudit.engine import audit
 
 
 @pytest.fixture(scope="session")

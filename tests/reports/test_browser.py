@@ -67,7 +67,7 @@ def pages(tmp_path_factory, so2_result, c4_result, d4_result, scale_result, seg_
     from _report_models import RotAveraged
     from equiaudit.reports import correctness_matrix
 
-    from equiaudit.audit import audit
+    from equiaudit.engine import audit
 
     folder = tmp_path_factory.mktemp("reports")
     out = {

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from _report_models import TinyCNN
+from equiaudit.cli import app
 from typer.testing import CliRunner
 
-from equiaudit.cli import app
 from equiaudit.result import save
 
 runner = CliRunner()
@@ -57,11 +57,15 @@ def test_report_from_a_saved_result(saved, tmp_path):
     assert json.loads((tmp_path / "sub" / "model.json").read_text()) == json.loads(saved.read_text())
 
 
-def test_report_defaults_to_the_reports_folder(saved, tmp_path, monkeypatch):
+def test_report_defaults_to_beside_the_json(saved, tmp_path, monkeypatch):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    copy = folder / saved.name
+    copy.write_bytes(saved.read_bytes())
     monkeypatch.chdir(tmp_path)
-    res = _run("report", saved, "--quiet")
+    res = _run("report", copy, "--quiet")
     assert res.exit_code == 0 and res.stderr == ""
-    assert (tmp_path / "reports" / "cnn-so2.html").exists()
+    assert (folder / "cnn-so2.html").exists() and not (tmp_path / "reports").exists()
 
 
 def test_report_in_place_leaves_the_input_alone(saved, tmp_path):
@@ -82,9 +86,13 @@ def test_report_in_place_leaves_the_input_alone(saved, tmp_path):
         ("[1, 2, 3]", "is not an equiaudit result"),
         ('{"tool": "equiaudit", "schema_version": 99, "elements": [], "summary": {}, "meta": {}}', "schema_version 99"),
         (
-            '{"tool": "equiaudit", "schema_version": 1, "summary": {}, "meta": {}, "elements": '
+            '{"tool": "equiaudit", "schema_version": 2, "summary": {}, "model": {"source": "m"}, '
+            '"data": {"spec": "digits", "count": 1}, "group": {"spec": "id", "size": 1, "exact": true}, '
+            '"run": {"spec": {}, "task": null, "task_auto": null, "output_shape": [], "batch_size": null, '
+            '"batch_size_auto": true, "floor_images": 0, "mask_fraction": null, "device": "cpu", '
+            '"dtype": "float32", "versions": {}}, "elements": '
             '[{"id": 0, "label": "identity", "angle": 0, "scale": 1, "reflect": false, "exact": true}]}',
-            "lacks meta.",
+            "lacks run.task",
         ),
     ],
 )
@@ -128,8 +136,13 @@ def test_compare_errors_are_one_line(saved, tmp_path, seg_result):
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     assert "not valid JSON" in _one_error_line(_run("compare", saved, bad, "-o", tmp_path / "x.html"))
-    assert "cannot be reloaded" in _one_error_line(
+    assert "not in both audits' groups" in _one_error_line(
         _run("compare", saved, saved, "--names", "a,b", "--correctness", "rot:0,45", "-o", tmp_path / "x.html")
+    )
+    bare = tmp_path / "bare.json"  # no samples sidecar: no per-image records to build the matrix from
+    bare.write_bytes(saved.read_bytes())
+    assert "per-image records" in _one_error_line(
+        _run("compare", saved, bare, "--names", "a,b", "--correctness", "rot:0,30", "-o", tmp_path / "x.html")
     )
 
 

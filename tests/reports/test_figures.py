@@ -45,7 +45,7 @@ def test_element_axis_follows_the_group(request, fixture, kind, wraps):
 
 
 def test_signed_angles_for_rot_ranges(cnn):
-    from equiaudit.audit import audit
+    from equiaudit.engine import audit
 
     result = audit(cnn, "digits", "rot:-30..30:5", limit=4, samples=0, device="cpu")
     axis = figures.element_axis(result)
@@ -70,7 +70,7 @@ def test_error_chart_points_are_the_results_numbers(request, fixture):
 
 def test_round_off_errors_are_drawn_against_the_round_off_band(c4_result, so2_result):
     exact = figures.error_figure(c4_result)
-    tol = verdict.roundoff(c4_result.meta)
+    tol = verdict.roundoff(c4_result.run.dtype, c4_result.run.device)
     assert max(_trace(exact, "mean over images").y) < tol
     assert list(exact.layout.yaxis.range) == [0, 2 * tol] and len(exact.layout.shapes) == 1
     assert not figures.error_figure(so2_result).layout.shapes
@@ -144,7 +144,7 @@ def test_per_class_heatmap_puts_the_weakest_classes_first(so2_result):
 
 
 def test_comparison_overlays_each_model_and_shares_one_floor(so2_result, cnn):
-    from equiaudit.audit import audit
+    from equiaudit.engine import audit
 
     other = audit(RotAveraged(cnn), "digits", "so2:12", limit=32, samples=0, device="cpu")
     fig = figures.error_figure([so2_result, other], ["a", "b"])
@@ -153,7 +153,7 @@ def test_comparison_overlays_each_model_and_shares_one_floor(so2_result, cnn):
     assert len([t for t in fig.data if t.name == "interpolation floor"]) == 1  # same data, same floor
 
     trade = figures.tradeoff_figure([so2_result, other], ["a", "b"])
-    params = [r.meta["model"]["parameters"] for r in (so2_result, other)]
+    params = [r.model.parameters for r in (so2_result, other)]
     absolute = [t for t in trade.data if t.name in ("a", "b")]
     assert [t.x[0] for t in absolute] == params
     assert [t.y[0] for t in absolute] == [r.summary["accuracy_mean"] for r in (so2_result, other)]
@@ -209,7 +209,8 @@ def test_correctness_matrix_of_real_models(cnn):
         assert m.total == 40
         for cell, imgs in m.example_images.items():
             assert imgs.shape[0] == len(m.examples[cell])
-            expect = torch.rot90(batch.x[m.examples[cell]], k, dims=(-2, -1)).numpy()
+            # The audit keeps the views the models saw in float16.
+            expect = torch.rot90(batch.x[m.examples[cell]], k, dims=(-2, -1)).half().float().numpy()
             np.testing.assert_allclose(imgs, expect)
 
 
@@ -295,15 +296,12 @@ def test_element_phrases():
     assert verdict.element_name({**row, "angle": 0.0, "scale": 0.8, "label": "scale0.8"}) == "0.8×"
     assert verdict.element_name({**row, "angle": 90.0, "scale": 0.8, "label": "rot90*scale0.8"}) == "rot90*scale0.8"
     assert (
-        verdict.roundoff({"dtype": "float64"})
-        < verdict.roundoff({"dtype": "float32"})
-        < verdict.roundoff({"dtype": "float32", "device": "cuda:0"})
+        verdict.roundoff("float64", "cpu") < verdict.roundoff("float32", "cpu") < verdict.roundoff("float32", "cuda:0")
     )
 
 
 def test_the_failing_clause_leads_the_verdict() -> None:
-
-    from equiaudit.result import AuditResult
+    from equiaudit.result import AuditResult, DataInfo, GroupInfo, ModelInfo, RunInfo
 
     rows = [
         {
@@ -337,7 +335,20 @@ def test_the_failing_clause_leads_the_verdict() -> None:
             "floor": 0.03,
         },
     ]
-    meta = {"task": "dense", "group": {"spec": "rot:0,90,45"}, "dtype": "float32", "device": "cpu"}
-    v = verdict.verdict(AuditResult(pd.DataFrame(rows), {"exact_group": False}, meta))
+    run = RunInfo(
+        spec={"group": "rot:0,90,45"},
+        task="dense",
+        task_auto=False,
+        output_shape=[],
+        batch_size=None,
+        batch_size_auto=True,
+        floor_images=0,
+        mask_fraction=None,
+        device="cpu",
+        dtype="float32",
+        versions={},
+    )
+    parts = (ModelInfo("model"), DataInfo("data", 0), GroupInfo("rot:0,90,45", 3, exact=False), run)
+    v = verdict.verdict(AuditResult(pd.DataFrame(rows), {"exact_group": False}, *parts))
     assert v.status == "fail"
     assert v.sentence.startswith("Not equivariant") and "10× the interpolation floor" in v.sentence.split(";")[0]

@@ -16,7 +16,7 @@ from equiaudit.reports import write_comparison, write_report
 from equiaudit.reports.render import MAX_BYTES, check_result, figure_json, render_report
 from PIL import Image
 
-from equiaudit.audit import audit
+from equiaudit.engine import audit
 from equiaudit.errors import EquiauditError, ResultFormatError
 from equiaudit.result import AuditResult, load
 
@@ -96,8 +96,8 @@ def test_verdict_strip_comes_first_and_carries_the_sentence(c4_result):
 
 def test_partial_and_checks_banners(so2_result):
     doc = json.loads(so2_result.to_json())
-    doc["meta"]["partial"] = True
-    doc["meta"]["checks"] = {
+    doc["run"]["partial"] = True
+    doc["run"]["checks"] = {
         "fail_above": {"invariance_error": 0.01},
         "fail_below": {},
         "failures": ["invariance_error = 0.3 exceeds 0.01"],
@@ -158,6 +158,43 @@ def test_dense_flipbooks_start_at_the_largest_error(dense_result):
     for book in g.flipbooks:
         means = [float(f.caption.rsplit(" ", 1)[1]) for f in book.frames]
         assert book.start == int(np.argmax(means)) and max(means) > 0
+
+
+def _without(result, *keys):
+    """A copy of ``result`` whose samples lack ``keys`` and the compared region (as a version-1 sidecar does)."""
+    copy = AuditResult.from_dict(result.to_dict())
+    parts = {p: a for p, a in result.samples.items() if p != "region"}
+    copy.samples = {p: {k: v for k, v in a.items() if k not in keys} for p, a in parts.items()}
+    return copy
+
+
+def test_galleries_of_results_without_views_show_only_what_they_hold(c4_result, seg_result, dense_result, tmp_path):
+    """Older results hold no transformed inputs, per-image scores or compared region: nothing is recomputed."""
+    old = _without(c4_result, "views")
+    g = gal.classification_gallery(old, "first", gal.Budget(10**8), "g", "t", "c")
+    s = old.samples["first"]
+    assert list(g.columns) == ["identity"] and "untransformed" in g.note
+    for n, row in enumerate(g.rows):
+        (cell,) = row.cells
+        x = np.asarray(s["x"][n], dtype=np.float64)
+        shown = gal.to_display(x, *gal.display_range(x, old.data.normalisation)[:2])
+        np.testing.assert_array_equal(_png(cell.src), shown)
+    seg = gal.segmentation_gallery(_without(seg_result, "iou_consistency"), "first", gal.Budget(10**8), "g", "t", "c")
+    assert seg.flipbooks and all(book.start == 0 for book in seg.flipbooks)
+    dense = gal.dense_gallery(_without(dense_result, "error"), "worst", gal.Budget(10**8), "g", "t", "c")
+    for book in dense.flipbooks:
+        means = [float(f.caption.rsplit(" ", 1)[1]) for f in book.frames]
+        assert book.start == int(np.argmax(means))
+    assert "untransformed images are shown" in render_report(old)
+
+
+def test_dense_flipbooks_show_the_audits_own_errors(dense_result):
+    g = gal.dense_gallery(dense_result, "worst", gal.Budget(10**8), "g", "t", "c")
+    s = dense_result.samples["worst"]
+    shown = gal.shown_elements(dense_result.elements["label"].tolist(), gal.FLIPBOOK_MAX_FRAMES)
+    for n, book in enumerate(g.flipbooks):
+        errors = [float(f.caption.rsplit(" ", 1)[1]) for f in book.frames]
+        np.testing.assert_allclose(errors, [float(s["error"][n, j]) for j in shown], rtol=1e-2)
 
 
 def test_mask_overlay_marks_exactly_the_changed_pixels():
@@ -248,8 +285,8 @@ def test_comparison_report(so2_result, c4_result, seg_result, tmp_path, cnn):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d["meta"].pop("group"), "meta.group.spec"),
-        (lambda d: d["meta"].update(task="detect"), "unknown task"),
+        (lambda d: d["group"].update(spec=None), "group.spec"),
+        (lambda d: d["run"].update(task="detect"), "unknown task"),
         (lambda d: [e.pop("floor") for e in d["elements"]], "floor"),
         (lambda d: [e.update(invariance_error="high") for e in d["elements"]], "not numeric"),
     ],
@@ -267,3 +304,18 @@ def test_figure_json_cannot_close_its_script_tag():
 
     text = figure_json(go.Figure(go.Scatter(x=[1], y=[2], name="</script><b>")))
     assert "</script>" not in text and json.loads(text.replace("<\\/", "</"))["data"][0]["name"] == "</script><b>"
+
+
+@pytest.mark.parametrize(("hidden", "named"), [(("jinja2",), "jinja2"), (("plotly", "jinja2"), "plotly, jinja2")])
+def test_import_without_the_reports_extra_names_what_to_install(hidden, named):
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.modules.update(dict.fromkeys({list(hidden)!r}))\n"
+        "try:\n    import equiaudit.reports\nexcept ImportError as exc:\n    print(exc)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.strip() == (
+        f"HTML reports need the 'reports' extra ({named} not installed): pip install 'equiaudit[reports]'"
+    )

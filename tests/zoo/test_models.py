@@ -379,3 +379,17 @@ def test_wide_resnet_weights_errors(tmp_path) -> None:
     text.write_text("not a checkpoint")
     with pytest.raises(ModelLoadError, match="cannot read"):
         create("wide-resnet50-2", tiny=True, weights_path=text)
+
+
+def test_import_without_the_zoo_extra_names_what_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['kornia'] = None\n"
+        "try:\n    import equiaudit.zoo\nexcept ImportError as exc:\n    print(exc)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert (
+        run.stdout.strip() == "The model zoo needs the 'zoo' extra (kornia not installed): pip install 'equiaudit[zoo]'"
+    )

@@ -8,12 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from equiaudit.cli import app
 from equiaudit.zoo import list_models, source
 from equiaudit.zoo.checkpoints import available, load_card
 from equiaudit.zoo.recipes import RECIPES
 from typer.testing import CliRunner
 
-from equiaudit.cli import app
 from equiaudit.loading import model_sources, register_source, unregister_source
 
 runner = CliRunner()
@@ -92,7 +92,7 @@ def test_train_writes_a_checkpoint_that_scan_reads_with_arch(tmp_path: Path) -> 
     assert "cnn" in res.stdout and "--arch zoo:cnn:tiny" in res.stderr
     scan = _run("scan", str(tmp_path / "cnn.pt"), "--arch", "zoo:cnn:tiny", "--group", "c4", "--limit", "4", "--json")
     assert scan.exit_code == 0, scan.output
-    assert json.loads(scan.stdout)["meta"]["model"]["sha256"] == card["sha256"]
+    assert json.loads(scan.stdout)["model"]["sha256"] == card["sha256"]
 
 
 def test_train_rejects_bad_options_in_one_line(tmp_path: Path) -> None:
@@ -107,8 +107,8 @@ def test_scan_a_shipped_model_needs_no_trust() -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     card = load_card(name)
-    assert doc["meta"]["model"]["kind"] == "zoo" and doc["meta"]["model"]["sha256"] == card["sha256"]
-    assert doc["meta"]["model"]["info"]["recipe"]["key"] == card["recipe"]["key"]
+    assert doc["model"]["kind"] == "zoo" and doc["model"]["sha256"] == card["sha256"]
+    assert doc["model"]["info"]["recipe"]["key"] == card["recipe"]["key"]
     if "c4" in card["model"]["exact_groups"]:
         assert doc["summary"]["invariance_error_max"] < 1e-4  # exact by construction, up to float32 rounding
 

@@ -3,7 +3,7 @@
 A study gets its trained models from :meth:`StudyContext.model`: in quick mode a tiny variant trained for
 one epoch on a few images; otherwise the shipped checkpoint when its card was trained by the study's recipe,
 else a checkpoint cached in ``OUT/checkpoints`` by an earlier run of the same recipe, else it trains the
-recipe and caches the result. Audits go through :func:`equiaudit.audit.audit` and are saved next to the
+recipe and caches the result. Audits go through :func:`equiaudit.engine.audit` and are saved next to the
 results.
 """
 
@@ -238,7 +238,7 @@ class StudyContext:
     ) -> AuditResult:
         """Audit ``model`` (``group``, ``limit`` test images of ``data``; in quick mode ``quick_group`` on a
         few images) and save the result as ``FOLDER/KEY.json``."""
-        from equiaudit.audit import audit
+        from equiaudit.engine import audit
         from equiaudit.result import save
 
         group = quick_group if self.quick else group

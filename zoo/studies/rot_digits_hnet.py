@@ -32,7 +32,7 @@ def run(ctx: StudyContext) -> StudyResult:
             "invariance_error_mean": summary_value(res, "invariance_error_mean"),
             "worst_case_accuracy": summary_value(res, "worst_case_accuracy"),
             "audit_images": res.summary["images"],
-            "audit_group": res.meta["group"]["spec"],
+            "audit_group": res.group.spec,
         }
     n_test = measured["hnet"]["test_images"]
     table = Table(

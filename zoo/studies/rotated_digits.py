@@ -66,7 +66,7 @@ def run(ctx: StudyContext) -> StudyResult:
             ]
         )
     n_audit = measured[MODELS[0]]["audit_images"]
-    group = audits[MODELS[0]].meta["group"]["spec"]
+    group = audits[MODELS[0]].group.spec
     invariance = Table(
         f"equiaudit audit under {group} on {n_audit} upright test digits",
         [

@@ -54,7 +54,7 @@ def run(ctx: StudyContext) -> StudyResult:
             "invariance_error_by_scale": errors,
             "agreement_by_scale": by_scale(res, "agreement"),
             "audit_images": res.summary["images"],
-            "audit_group": res.meta["group"]["spec"],
+            "audit_group": res.group.spec,
         }
     names = [LABELS[n] for n in MODELS]
     first = measured[names[0]]

@@ -44,7 +44,7 @@ def run(ctx: StudyContext) -> StudyResult:
             "iou_truth_by_angle": truth,
             "iou_consistency_by_angle": consistency,
             "audit_images": res.summary["images"],
-            "audit_group": res.meta["group"]["spec"],
+            "audit_group": res.group.spec,
         }
     u, g = measured["unet"], measured["group-unet-c4"]
     summary = Table(

@@ -61,7 +61,7 @@ def run(ctx: StudyContext) -> StudyResult:
             "invariance_error_mean": summary_value(res, "invariance_error_mean"),
             "input_size": recipe.input_size or 28,
             "audit_images": res.summary["images"],
-            "audit_group": res.meta["group"]["spec"],
+            "audit_group": res.group.spec,
         }
     base, steer = measured[BASELINE], measured[STEERABLE]
     ratio = steer["parameters"] / base["parameters"]

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from equiaudit.errors import EquiauditError
+
+from .console import err, out
+from .console import fail as _fail
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -23,16 +25,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="The model zoo: models with known symmetries, their checkpoints and the reference studies.",
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # full width when piped
 
 DEFAULT_TRAIN_OUT = Path("checkpoints")
-
-
-def _fail(message: str) -> typer.Exit:
-    from equiaudit.cli import fail  # imported late: equiaudit.cli imports this module while it loads
-
-    return fail(message)
 
 
 def _metric(card: dict[str, Any] | None) -> tuple[str, float | None]:
@@ -47,7 +41,7 @@ def _metric(card: dict[str, Any] | None) -> tuple[str, float | None]:
 
 
 def _cards() -> dict[str, dict[str, Any]]:
-    from .checkpoints import available, load_card
+    from equiaudit.zoo.checkpoints import available, load_card
 
     cards = {}
     for name in available():
@@ -68,7 +62,7 @@ def list_(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ) -> None:
     """List the zoo's models: parameters, symmetry groups, shipped checkpoint and its test metric."""
-    from .registry import list_models, model_info
+    from equiaudit.zoo.registry import list_models, model_info
 
     names = list_models(pattern)
     if not names:
@@ -138,8 +132,8 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ) -> None:
     """Describe a zoo model and its shipped checkpoint's model card."""
-    from .checkpoints import has_checkpoint, load_card
-    from .registry import create, model_info
+    from equiaudit.zoo.checkpoints import has_checkpoint, load_card
+    from equiaudit.zoo.registry import create, model_info
 
     try:
         meta = model_info(name)
@@ -295,9 +289,9 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages on stderr.")] = False,
 ) -> None:
     """Train a zoo model and save its state dict with a model card (JSON)."""
-    from .checkpoints import save_checkpoint
-    from .recipes import fit, make_recipe
-    from .training import progress_bars
+    from equiaudit.zoo.checkpoints import save_checkpoint
+    from equiaudit.zoo.recipes import fit, make_recipe
+    from equiaudit.zoo.training import progress_bars
 
     show = not quiet
     try:
@@ -346,8 +340,8 @@ def train_shipped(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages on stderr.")] = False,
 ) -> None:
     """Retrain the shipped checkpoints with their recipes (reproducible: fixed seeds and data)."""
-    from .recipes import train_shipped as run
-    from .training import progress_bars
+    from equiaudit.zoo.recipes import train_shipped as run
+    from equiaudit.zoo.training import progress_bars
 
     show = not quiet
     try:
@@ -376,13 +370,13 @@ def study(
     ] = False,
     out_dir: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for the results (one sub-folder per study).")
-    ] = Path("reports/studies"),
+    ] = Path("runs/studies"),
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1...")] = "auto",
     markdown: Annotated[bool, typer.Option(help="Print the tables as Markdown instead.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages on stderr.")] = False,
 ) -> None:
     """Rerun a reference study end to end: train or load its models, audit them, print and save tables."""
-    from .studies import list_studies, run_study, study_title
+    from equiaudit.zoo.studies import list_studies, run_study, study_title
 
     if name is None:
         table = Table(title="reference studies (equiaudit zoo study NAME)", title_justify="left")

@@ -1,0 +1,5 @@
+"""``python -m equiaudit.cli`` (for ``torchrun`` and environments without the console script)."""
+
+from . import main
+
+main()

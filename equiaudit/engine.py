@@ -1,0 +1,464 @@
+"""The engine: one pass over the data. Each chunk of images is transformed by every element at once, run through
+the model once, undone (dense outputs), scored once, and handed to every observer (:mod:`equiaudit.observers`).
+
+Data flow: :class:`~equiaudit.spec.AuditSpec` -> transforms (:class:`~equiaudit.transforms.ElementPlan`) ->
+model -> undo -> scores (:mod:`equiaudit.metrics`) -> observers -> :class:`~equiaudit.result.AuditResult`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import AuditData, Batch, load_data
+from .errors import EquiauditError, InputMismatchError, OptionError, ScanInterrupted
+from .groups import Group, GroupElement
+from .loading import LoadedModel, load_model, resolve_device
+from .metrics import classify_scores, dense_scores
+from .observers import ObservedBatch, Observer, Setup, default_observers, element_observer
+from .result import AuditResult, build_result
+from .spec import SPEC_FIELDS, AuditSpec
+from .transforms import ElementPlan, sampling_dtype, uses_exact_path, valid_mask
+
+Progress = Callable[[int, int], None]
+# Keywords of audit() that go to load_data when ``data`` is a spec string.
+DATA_OPTIONS = tuple(p for p in inspect.signature(load_data).parameters if p != "spec")
+
+
+def _first_conv_channels(module: nn.Module) -> int | None:
+    """``in_channels`` of the first ``Conv2d`` registered; only a hint, since registration order is not always
+    the order of use."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# An automatic forward batch keeps the largest activation of one forward within this many bytes. On a CPU a
+# larger batch is slower per image once its live activations (several times the largest) spill out of the
+# caches: the zoo's 0.5M-parameter U-Net at 64x64 px runs 2.2 ms per image at 8 to 16 images (4 MiB here),
+# 2.7 ms at 27 and 3.2 ms at 54. On a GPU the budget only guards memory.
+AUTO_BATCH_BYTES = {"cpu": 4 << 20, "other": 2 << 30}
+AUTO_BATCH_MAX = 256
+# Where no submodule's hook fires (TorchScript, traced and exported programs) or some refuse one, the largest
+# activation is taken as at least this many times the input.
+_GUESSED_EXPANSION = 16
+# The probe runs on two images: two, so that a model which squeezes its batch dimension still shows its shape.
+_PROBE_IMAGES = 2
+
+
+def auto_batch_size(activation_bytes_per_image: float, device: torch.device) -> int:
+    """Images per forward for a model whose largest activation takes ``activation_bytes_per_image``."""
+    budget = AUTO_BATCH_BYTES["cpu" if device.type == "cpu" else "other"]
+    fits = int(budget / max(1.0, activation_bytes_per_image) + 1e-9)  # 1e-9: 40 must not round down to 39
+    return max(1, min(AUTO_BATCH_MAX, fits))
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes of the largest tensor in a module output (tensors, tuples / lists / dicts of them, e2cnn-style
+    wrappers with a ``.tensor``)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return max((_nbytes(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return max((_nbytes(v) for v in value.values()), default=0)
+    inner = getattr(value, "tensor", None)
+    return _nbytes(inner) if isinstance(inner, torch.Tensor) else 0
+
+
+def _forward(module: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``module(x)`` in forwards of at most ``batch_size`` images, split evenly (36 rows at 32: 18 + 18)."""
+    n = x.shape[0]
+    size = -(-n // -(-n // batch_size)) if n else 1
+    outs = [module(x[i : i + size]) for i in range(0, n, size)]
+    for o in outs:
+        if not isinstance(o, torch.Tensor):
+            raise InputMismatchError(f"the model returned {type(o).__name__}, not a tensor")
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+class Probe(NamedTuple):
+    """What the probe learnt about the model on a few real images."""
+
+    task: str
+    out_shape: tuple[int, ...]  # per image
+    out_dtype: torch.dtype
+    activation_bytes: float  # per image, of the largest activation (see :func:`probe`)
+
+
+def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> Probe:
+    """Check the model on a few real images before the scan.
+
+    The largest activation is measured with forward hooks on every submodule; where none of them fires
+    (TorchScript, traced or exported programs) or some refuse a hook, it is taken as at least
+    ``_GUESSED_EXPANSION`` times the input (and at least the output).
+    """
+    x = x[:_PROBE_IMAGES]
+    largest = [0]
+    refused = False
+
+    def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        largest[0] = max(largest[0], _nbytes(output))
+
+    handles = []
+    for sub in module.modules():
+        if sub is module:  # the root's output is not an inner activation
+            continue
+        try:
+            handles.append(sub.register_forward_hook(record))
+        except Exception:  # TorchScript submodules refuse hooks
+            refused = True
+    try:
+        with torch.inference_mode():
+            y = _forward(module, x, x.shape[0])
+    except EquiauditError:
+        raise
+    except Exception as exc:
+        c = _first_conv_channels(module)
+        if c is not None and c != x.shape[1]:
+            raise InputMismatchError(
+                f"the model fails on {x.shape[1]}-channel input from {data.spec!r} and its first convolution takes "
+                f"{c} channel(s); use --channels {c} ({_one_line(exc)})"
+            ) from None
+        raise InputMismatchError(
+            f"the model fails on input of shape {tuple(x.shape)} from {data.spec!r}: {_one_line(exc)}"
+        ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    guess = max(_nbytes(y), _GUESSED_EXPANSION * _nbytes(x))
+    activation = max(largest[0], guess) if refused or largest[0] == 0 else max(largest[0], _nbytes(y))
+    activation_per_image = activation / x.shape[0]
+    if not torch.isfinite(y).all():
+        raise InputMismatchError(f"the model outputs NaN or inf on {data.spec!r} (shape {tuple(x.shape)})")
+    if y.dim() == 2:
+        chosen = "classify"
+    elif y.dim() == 4:
+        ratio = y.shape[-2] / x.shape[-2]
+        # Strided layers on odd sizes round (65 -> 33): allow one pixel either way.
+        if abs(x.shape[-1] * ratio - y.shape[-1]) > 1 + 1e-9:
+            raise InputMismatchError(
+                f"dense output {tuple(y.shape[-2:])} is not proportional to the input "
+                f"{tuple(x.shape[-2:])}, so transformations cannot be undone on it"
+            )
+        chosen = "segment" if data.has_masks else "dense"
+    else:
+        raise InputMismatchError(f"output shape {tuple(y.shape)} is neither (B, classes) nor (B, C, H, W)")
+    if task == "auto":
+        return Probe(chosen, tuple(y.shape[1:]), y.dtype, activation_per_image)
+    if (task == "classify") != (y.dim() == 2):
+        raise InputMismatchError(
+            f"--task {task} cannot use output shape {tuple(y.shape)}; it looks like {chosen} (try --task auto)"
+        )
+    return Probe(task, tuple(y.shape[1:]), y.dtype, activation_per_image)
+
+
+def as_audit_data(data: Any, data_options: dict[str, Any] | None = None) -> AuditData:
+    """Accept a spec string (options go to :func:`load_data`), an AuditData, a tensor or ``(x, y[, mask])``."""
+    data_options = data_options or {}
+    if isinstance(data, AuditData):
+        return data
+    if isinstance(data, str):
+        return load_data(data, **data_options)
+    if isinstance(data, torch.Tensor):
+        return AuditData.from_tensors(data)
+    if isinstance(data, np.ndarray):
+        return AuditData.from_tensors(torch.from_numpy(data))
+    if isinstance(data, (tuple, list)) and data and isinstance(data[0], (torch.Tensor, np.ndarray)):
+        return AuditData.from_tensors(*(torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in data))
+    raise EquiauditError(
+        f"data must be a spec string, AuditData, a tensor / array or (x, y[, mask]); got {type(data).__name__}"
+    )
+
+
+def split_options(options: dict[str, Any], where: str = "audit()") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword options into the spec's and :func:`load_data`'s; any other is a one-line error."""
+    unknown = sorted(set(options) - set(SPEC_FIELDS) - set(DATA_OPTIONS))
+    if unknown:
+        raise OptionError(
+            f"{where} got unknown option(s) {', '.join(unknown)}; spec options: {', '.join(SPEC_FIELDS)}; "
+            f"data options: {', '.join(DATA_OPTIONS)}"
+        )
+    return (
+        {k: v for k, v in options.items() if k in SPEC_FIELDS},
+        {k: v for k, v in options.items() if k in DATA_OPTIONS},
+    )
+
+
+def make_spec(
+    spec: AuditSpec | None, group: str | Group | None, steps: int | None, options: dict[str, Any]
+) -> AuditSpec:
+    """``spec`` (or the defaults) with ``group``, ``steps`` and the spec options applied."""
+    if group is not None:
+        options = {"group": group, **options}
+    if steps is not None:
+        options = {**options, "steps": steps}
+    if spec is None:
+        return AuditSpec(**options)
+    return spec.replace(**options) if options else spec
+
+
+def audit(
+    model: nn.Module | str | LoadedModel,
+    data: Any = "digits",
+    group: str | Group | None = None,
+    steps: int | None = None,
+    *,
+    spec: AuditSpec | None = None,
+    trust: bool = False,
+    arch: str | None = None,
+    progress: Progress | None = None,
+    on_task: Callable[[str, bool], None] | None = None,
+    observers: Sequence[Observer] = (),
+    **options: Any,
+) -> AuditResult:
+    """Audit ``model`` on ``data`` under every element of a group, in one pass.
+
+    Args:
+        model: an ``nn.Module``, a path or source string (see :func:`equiaudit.loading.load_model`), or a
+            :class:`LoadedModel`. Modules are moved to the spec's device / dtype in place (like ``.to``).
+        data: a data spec (see :func:`equiaudit.data.load_data`; its keyword options are accepted here), an
+            :class:`AuditData`, a tensor or NumPy array ``x`` or a tuple ``(x, y[, mask])``.
+        group, steps: the group (shorthand for the spec options of the same names).
+        spec: an :class:`AuditSpec`; keyword ``options`` named like its fields override it.
+        observers: extra observers fed with every batch (see :mod:`equiaudit.observers`).
+        on_task: called once with the chosen task and whether it was chosen automatically.
+
+    Raises:
+        ScanInterrupted: when the scan stops part-way; its ``partial`` result holds what was measured.
+    """
+    spec_options, data_options = split_options(options)
+    spec = make_spec(spec, group, steps, spec_options)
+    loaded, module, dev, dt = _prepare_model(model, spec, trust, arch)
+    dataset = as_audit_data(data, data_options)
+    if len(dataset) == 0:
+        raise EquiauditError(f"the data {dataset.spec!r} holds no images")
+    engine = Engine(module, dataset, spec, dev, dt, on_task, observers)
+    t0 = time.perf_counter()
+    total = len(dataset)
+
+    def build() -> AuditResult:
+        return engine.result(loaded, time.perf_counter() - t0, partial=engine.images < total)
+
+    try:
+        engine.prepare(dataset.read(0, min(total, _PROBE_IMAGES)).x)
+        while engine.images < total:
+            engine.step(dataset.read(engine.images, min(total, engine.images + engine.images_per_chunk)))
+            if progress is not None:
+                progress(engine.images, total)
+    except (KeyboardInterrupt, Exception) as exc:
+        if engine.images == 0:
+            if isinstance(exc, EquiauditError):
+                raise
+            if isinstance(exc, KeyboardInterrupt):
+                raise ScanInterrupted("interrupted before the first batch finished") from exc
+            raise EquiauditError(f"scan failed on the first batch: {_one_line(exc)}") from exc
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _one_line(exc)
+        message = f"scan stopped after {engine.images} of {total} images: {reason}"
+        raise ScanInterrupted(message, partial=build()) from exc
+    return build()
+
+
+def _prepare_model(
+    model: nn.Module | str | LoadedModel, spec: AuditSpec, trust: bool, arch: str | None
+) -> tuple[LoadedModel, nn.Module, torch.device, torch.dtype]:
+    """Load ``model`` and move it to the spec's device and dtype (an in-memory module stays where it is when the
+    spec names no device)."""
+    device: Any = spec.device
+    if device is None and isinstance(model, nn.Module):
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else "cpu"
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        loaded = load_model(model, arch=arch, trust=trust, device=None if device is None else resolve_device(device))
+    module = loaded.module if loaded.kind == "export" else loaded.module.eval()  # exported graphs have no eval()
+    param = next(iter(module.parameters()), None)
+    dev = resolve_device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
+    own = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    dt = getattr(torch, spec.dtype) if spec.dtype else own
+    module.to(device=dev, dtype=dt)
+    return loaded, module, dev, dt
+
+
+class Engine:
+    """One audit's pass. :meth:`prepare` probes the model on the first images and sets up the forward batch,
+    masks, prepared transforms and observers; every :meth:`step` then costs one input transform, the forwards,
+    the undo of dense outputs, one scoring and the observers' updates."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        data: AuditData,
+        spec: AuditSpec,
+        device: torch.device,
+        dtype: torch.dtype,
+        on_task: Callable[[str, bool], None] | None = None,
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self.module, self.data, self.spec = module, data, spec
+        self.elements: tuple[GroupElement, ...] = spec.parsed_group.elements
+        self.device, self.dtype = device, dtype
+        self.on_task = on_task
+        self.extra = list(observers)
+        self.observers: list[Observer] = []
+        # The identity's copy would equal x, so its output is the reference itself and is not computed twice.
+        self.moved = [i for i, g in enumerate(self.elements) if not g.is_identity]
+        self.forward_batch = spec.batch_size  # set by prepare() when None
+        self.images = 0
+        self.setup: Setup | None = None
+        self._inputs: torch.Tensor | None = None  # reused across equal chunks: no fresh allocation per batch
+        self.to_inputs: ElementPlan | None = None  # the moved elements on the input
+        self.undo: ElementPlan | None = None  # every element's inverse on the output (dense)
+
+    @property
+    def task(self) -> str | None:
+        return None if self.setup is None else self.setup.task
+
+    @property
+    def images_per_chunk(self) -> int:
+        """Each chunk runs its images once untransformed and once per moved element, in up to four forwards:
+        as many as fill them best (forward batch 83, 36 rows per image: 9 images in 4 forwards of 81, not 2
+        in one of 72)."""
+        rows, fb = len(self.moved) + 1, self.forward_batch
+        best_fill, best = 0.0, 1
+        for forwards in range(1, 5):
+            images = forwards * fb // rows
+            fill = images * rows / (forwards * fb)
+            if fill > best_fill + 1e-9:
+                best_fill, best = fill, images
+        return max(1, best)
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """Probe the model on the first images ``x`` and set everything up."""
+        x = x.to(device=self.device, dtype=self.dtype)
+        elems, spec = self.elements, self.spec
+        found = probe(self.module, self.data, x, spec.task)
+        if self.forward_batch is None:
+            self.forward_batch = auto_batch_size(found.activation_bytes, self.device)
+        in_size = (x.shape[-2], x.shape[-1])
+        if self.on_task is not None:
+            self.on_task(found.task, spec.task == "auto")
+        kw = {
+            "interpolation": spec.interpolation,
+            "padding": spec.padding,
+            "device": self.device,
+            "dtype": sampling_dtype(self.dtype),
+        }
+        # Sampled elements first: the grid_sample result then lands in one slice of the input buffer, and the
+        # classifier floor reads that slice as it is.
+        self.moved.sort(key=lambda i: uses_exact_path(elems[i], in_size))
+        self.to_inputs = ElementPlan([elems[i] for i in self.moved], in_size, **kw)
+        out_mask = None
+        if found.task != "classify":
+            out_size = (found.out_shape[-2], found.out_shape[-1])
+            out_mask = valid_mask(elems, out_size, spec.mask, self.device)
+            kw["dtype"] = sampling_dtype(found.out_dtype)  # outputs are undone in their own precision
+            self.undo = ElementPlan(elems, out_size, inverse=True, **kw)
+        self.setup = Setup(
+            task=found.task,
+            elements=elems,
+            moved=list(self.moved),
+            in_size=in_size,
+            out_shape=found.out_shape,
+            out_dtype=found.out_dtype,
+            device=self.device,
+            dtype=self.dtype,
+            interpolation=spec.interpolation,
+            padding=spec.padding,
+            mask=spec.mask,
+            in_mask=valid_mask(elems, in_size, spec.mask, self.device),
+            out_mask=out_mask,
+            num_classes=max(2, found.out_shape[0]),
+            floor_images=spec.floor_images,
+        )
+        self.observers = [element_observer(found.task), *default_observers(spec.samples), *self.extra]
+        for obs in self.observers:
+            obs.setup(self.setup)
+
+    def step(self, batch: Batch) -> None:
+        """Measure one chunk of images and hand it to every observer."""
+        x = batch.x.to(device=self.device, dtype=self.dtype)
+        y, inputs = self._run(x)
+        setup = self.setup
+        assert setup is not None
+        labels = self._labels(batch)
+        if setup.task == "classify":
+            observed = ObservedBatch(self.images, x, inputs, y[0], y[1], None, labels, None)
+            observed.scores = classify_scores(observed.outputs, observed.ref, labels)
+        else:
+            ref = y[0]
+            truth = self._truth(batch, ref)
+            undone = self.undo(y[1])
+            observed = ObservedBatch(self.images, x, inputs, ref, y[1], undone, labels, truth)
+            observed.scores = dense_scores(
+                undone, ref, setup.out_mask, truth, setup.task == "segment", setup.num_classes
+            )
+        for obs in self.observers:
+            obs.update(observed)
+        self.images += x.shape[0]
+
+    def _run(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``(ref, outputs (G, B, ...))`` and the moved copies ``(M, B, C, H, W)``: one transform, the forwards."""
+        b, c, h, w = x.shape
+        m, n_el = len(self.moved), len(self.elements)
+        if self._inputs is None or self._inputs.shape[1:] != x.shape:
+            self._inputs = torch.empty((m + 1, b, c, h, w), dtype=x.dtype, device=x.device)
+        inputs = self._inputs
+        inputs[0] = x
+        if m:
+            self.to_inputs(x, out=inputs[1:])
+        with torch.inference_mode():
+            y = _forward(self.module, inputs.view((m + 1) * b, c, h, w), self.forward_batch)
+        if not torch.isfinite(y).all():
+            raise InputMismatchError(f"the model output NaN or inf on images {self.images}..{self.images + b - 1}")
+        y = y.reshape(m + 1, b, *y.shape[1:])
+        ref = y[0]
+        if m == n_el:
+            out = y[1:]
+        else:
+            out = y.new_empty((n_el, *y.shape[1:]))
+            out[:] = ref
+            if m:
+                out[self.moved] = y[1:]
+        return (ref, out), inputs[1:]
+
+    def _labels(self, batch: Batch) -> torch.Tensor | None:
+        if batch.y is None or not self.data.has_labels:
+            return None
+        labels = batch.y.to(self.device)
+        if self.task == "classify":
+            k = self.setup.num_classes
+            if labels.min() < 0 or labels.max() >= k:
+                raise InputMismatchError(
+                    f"labels of {self.data.spec!r} run from {int(labels.min())} to {int(labels.max())} but the model "
+                    f"has {self.setup.out_shape[0]} output(s); check --data or the model's head"
+                )
+        return labels
+
+    def _truth(self, batch: Batch, ref: torch.Tensor) -> torch.Tensor | None:
+        """Ground-truth label maps at the output's resolution, or None."""
+        if batch.mask is None or not self.data.has_masks:
+            return None
+        m = batch.mask.to(self.device, torch.float32)
+        if m.shape[-2:] != ref.shape[-2:]:
+            # area pooling keeps the pixel-centre convention when the output is smaller (nearest would shift)
+            mode = "area" if m.shape[-1] > ref.shape[-1] else "nearest"
+            m = torch.nn.functional.interpolate(m, size=ref.shape[-2:], mode=mode)
+        return (m[:, 0] > 0.5).long()
+
+    def result(self, loaded: LoadedModel, wall: float, partial: bool) -> AuditResult:
+        """What the observers measured, as an :class:`AuditResult`."""
+        return build_result(self, loaded, wall, partial)

@@ -1,0 +1,165 @@
+"""``AuditSpec``: the one place where an audit's options are declared, defaulted and validated.
+
+The command line (``equiaudit scan``), :func:`equiaudit.audit`, the pytest marker and :mod:`equiaudit.testing`
+take their options from :func:`spec_fields`; a test checks that none of them knows an option the spec does not.
+
+What the output is and how the group acts on it is one option, ``task``:
+
+* ``classify``: logits ``(B, K)``, the **trivial** action (invariance: ``f(g x) = f(x)``);
+* ``segment`` / ``dense``: maps ``(B, C, H, W)``, the **spatial** action (equivariance: ``g^-1 f(g x) = f(x)``,
+  undone at the output's resolution); ``segment`` adds IoU of the label maps;
+* ``auto``: chosen from the output's shape on the first images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import EquiauditError, OptionError
+from .groups import Group, parse_group
+from .transforms import INTERPOLATIONS, MASKS, PADDINGS
+
+TASKS = ("auto", "classify", "segment", "dense")
+ACTIONS = {"classify": "trivial", "segment": "spatial", "dense": "spatial"}
+DTYPES = ("float32", "float64")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def _option(
+    default: Any, help: str, choices: tuple[str, ...] | None = None, flag: str | None = None, min: int | None = None
+) -> Any:
+    """A spec field with what the command line needs to show it (help, choices, short flag, smallest value)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "min": min})
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """How an audit samples, forwards and compares (recorded in the result's ``run.spec``)."""
+
+    group: str = _option(
+        "so2",
+        "Group spec: so2, so2:N, rot:A..B:N, c4, d4, flip, scale:0.5..2:7, products like c4*scale:0.8,1,1.25.",
+        flag="-g",
+    )
+    steps: int | None = _option(None, "Angles for so2 (default 36).", flag="-n", min=1)
+    task: str = _option(
+        "auto",
+        "What the output is: classify (logits, invariant), segment or dense (maps, equivariant); auto: from its shape.",
+        TASKS,
+    )
+    interpolation: str = _option("bilinear", "Resampling of interpolated elements.", INTERPOLATIONS)
+    padding: str = _option("zeros", "Fill outside the image when resampling.", PADDINGS)
+    mask: str = _option("auto", "Compared region: auto (valid under every element), disk or none.", MASKS)
+    batch_size: int | None = _option(
+        None,
+        "Images per model forward, transformed copies included (default: sized from the model's largest "
+        "activation, at most 256).",
+        min=1,
+    )
+    floor_images: int = _option(
+        256,
+        "Images the classifier's interpolation floor is estimated on (0: all); dense floors use every image.",
+        min=0,
+    )
+    samples: int = _option(
+        8,
+        "Gallery images kept for reports (first N and worst N); 0 keeps no per-image material (no gallery, no "
+        "per-image records).",
+        min=0,
+    )
+    device: str | None = _option(
+        None, "auto (CUDA when present), cpu, cuda, cuda:N or mps (default: a module's own device, else auto)."
+    )
+    dtype: str | None = _option(None, "float32 or float64 (default: the model's own).", DTYPES)
+
+    def __post_init__(self) -> None:
+        group = self.group
+        if isinstance(group, Group):  # a parsed group is kept as its spec; parse_group reads it back identically
+            object.__setattr__(self, "group", group.spec)
+            object.__setattr__(self, "_group", group)
+        elif not isinstance(group, str):
+            raise EquiauditError(f"group must be a spec string such as 'c4', got {type(group).__name__}")
+        if self.steps is not None:
+            _positive_int(self.steps, "steps")
+        if not isinstance(group, Group):
+            object.__setattr__(self, "_group", parse_group(group, self.steps))
+        for name in ("task", "interpolation", "padding", "mask"):
+            _choice(getattr(self, name), name, SPEC_FIELDS[name].metadata["choices"])
+        if self.batch_size is not None:
+            _positive_int(self.batch_size, "batch size")
+        for name in ("floor_images", "samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise EquiauditError(f"{name.replace('_', ' ')} must be an integer >= 0, got {value!r}")
+        object.__setattr__(self, "device", _device_name(self.device))
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype))
+
+    @property
+    def parsed_group(self) -> Group:
+        return self._group  # type: ignore[attr-defined]
+
+    @property
+    def action(self) -> str | None:
+        """How the group acts on the output: ``trivial`` or ``spatial`` (None while the task is ``auto``)."""
+        return ACTIONS.get(self.task)
+
+    @classmethod
+    def from_options(cls, where: str = "audit()", **options: Any) -> AuditSpec:
+        """A spec from keyword options; an unknown one is a one-line error naming the valid ones."""
+        unknown = sorted(set(options) - set(SPEC_FIELDS))
+        if unknown:
+            raise OptionError(f"{where} got unknown option(s) {', '.join(unknown)}; valid: {', '.join(SPEC_FIELDS)}")
+        return cls(**options)
+
+    def replace(self, **changes: Any) -> AuditSpec:
+        if "group" in changes and "steps" not in changes and isinstance(changes["group"], str):
+            changes["steps"] = None  # the old steps belonged to the old group
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+SPEC_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(AuditSpec)}
+
+
+def spec_fields() -> tuple[dataclasses.Field, ...]:
+    """The spec's fields in declaration order (name, default, ``metadata['help' | 'choices' | 'flag']``)."""
+    return tuple(SPEC_FIELDS.values())
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EquiauditError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise EquiauditError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")
+
+
+def _device_name(device: Any) -> str | None:
+    """``None``, ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (a ``torch.device`` becomes its name);
+    whether the device exists is checked when the audit resolves it."""
+    if device is None:
+        return None
+    text = str(device).strip().lower()
+    if not _DEVICE_RE.fullmatch(text):
+        raise EquiauditError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    return text
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    """``None`` (the model's own), ``float32`` or ``float64``; a ``torch.dtype`` becomes its name."""
+    if dtype is None:
+        return None
+    text = str(dtype).replace("torch.", "")
+    if text in ("auto", ""):
+        return None
+    if text not in DTYPES:
+        raise EquiauditError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    return text
