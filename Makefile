@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make demo` (main job on the shipped defaults) and `make test` (whole suite).
+# Two commands on a fresh machine: `make demo` (main job on the shipped defaults, written to the git-ignored
+# demo/) and `make test` (whole suite).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -6,27 +7,31 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.equiaudit-installed
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo examples test bench lint clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/equiaudit scan zoo:gcnn-c4 --group so2 --steps 36 --out reports/demo.json --report reports/demo.html
+	$(BIN)/equiaudit scan zoo:gcnn-c4 --group so2 --steps 36 --out demo/demo.json --report demo/demo.html
+
+# The example reports the README links to, regenerated from the shipped checkpoints into examples/ (tracked).
+examples: venv
+	$(BIN)/python -m equiaudit.reports.make_examples --out examples
 
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	$(BIN)/python -m pytest -n 2 -q
 
 lint: venv
-	$(BIN)/ruff check equiaudit zoo reports tests benchmarks
+	$(BIN)/ruff check equiaudit cli zoo reports tests benchmarks
 
 bench: venv
 	$(BIN)/python benchmarks/bench_scan.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo

@@ -5,7 +5,7 @@
 >>> print(result.to_markdown())
 
 Each study trains its models (or loads the shipped checkpoints), measures them, audits them with
-:func:`equiaudit.audit.audit`, and writes ``OUT/NAME/results.json``, one audit JSON per model and, when
+:func:`equiaudit.engine.audit`, and writes ``OUT/NAME/results.json``, one audit JSON per model and, when
 :mod:`equiaudit.reports` is available, an HTML comparison ``OUT/NAME/report.html``.
 """
 
@@ -37,7 +37,7 @@ STUDIES = {
     "scale": "scale",
     "steerable-vs-baseline": "steerable",
 }
-DEFAULT_OUT = Path("reports/studies")
+DEFAULT_OUT = Path("runs/studies")  # git-ignored in a checkout; never inside the source package reports/
 
 
 def list_studies() -> list[str]:
