@@ -24,7 +24,7 @@ from .metrics import classify_scores, dense_scores
 from .observers import ObservedBatch, Observer, Setup, default_observers, element_observer
 from .result import AuditResult, build_result
 from .spec import SPEC_FIELDS, AuditSpec
-from .transforms import ElementPlan, sampling_dtype, uses_exact_path, valid_mask
+from .transforms import ElementPlan, input_region, sampling_dtype, uses_exact_path, valid_mask
 
 Progress = Callable[[int, int], None]
 # Keywords of audit() that go to load_data when ``data`` is a spec string.
@@ -380,6 +380,7 @@ class Engine:
             padding=spec.padding,
             mask=spec.mask,
             in_mask=valid_mask(elems, in_size, spec.mask, self.device),
+            in_region=input_region(elems, in_size, spec.input_mask, self.device),
             out_mask=out_mask,
             num_classes=max(2, found.out_shape[0]),
             floor_images=spec.floor_images,
@@ -390,10 +391,12 @@ class Engine:
 
     def step(self, batch: Batch) -> None:
         """Measure one chunk of images and hand it to every observer."""
-        x = batch.x.to(device=self.device, dtype=self.dtype)
-        y, inputs = self._run(x)
         setup = self.setup
         assert setup is not None
+        x = batch.x.to(device=self.device, dtype=self.dtype)
+        if setup.in_region is not None:
+            x = x * setup.in_region.to(x.dtype)  # a copy: batch.x may be a view of the data
+        y, inputs = self._run(x)
         labels = self._labels(batch)
         if setup.task == "classify":
             observed = ObservedBatch(self.images, x, inputs, y[0], y[1], None, labels, None)

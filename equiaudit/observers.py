@@ -44,6 +44,7 @@ class Setup:
     padding: str
     mask: str
     in_mask: torch.Tensor  # (H, W) region compared at the input's resolution
+    in_region: torch.Tensor | None  # (H, W) region inputs are restricted to before any element (None: all)
     out_mask: torch.Tensor | None  # (h, w) at the output's resolution (dense tasks)
     num_classes: int  # classes of the output (>= 2)
     floor_images: int
@@ -54,7 +55,7 @@ class ObservedBatch:
     """One batch as the engine measured it. ``G`` elements in group order, ``B`` images, ``M`` moved ones."""
 
     offset: int  # index of the first image in the data
-    x: torch.Tensor  # (B, C, H, W) untransformed
+    x: torch.Tensor  # (B, C, H, W) untransformed (restricted to Setup.in_region when there is one)
     inputs: torch.Tensor  # (M, B, C, H, W) the transformed copies, element order Setup.moved
     ref: torch.Tensor  # f(x)
     outputs: torch.Tensor  # (G, B, ...) f(T_g x); the identity's row is ref

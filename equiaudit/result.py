@@ -211,6 +211,8 @@ class RunInfo:
     batch_size_auto: bool = True
     floor_images: int = 0
     mask_fraction: float | None = None
+    input_region: str = "none"  # what --input-mask chose: none, valid (kept by every element) or disk
+    input_fraction: float = 1.0  # fraction of input pixels kept
     device: str = "cpu"
     dtype: str = "float32"
     versions: dict[str, str] = field(default_factory=dict)
@@ -431,6 +433,7 @@ def upgrade_v1(doc: dict[str, Any], source: str = "document") -> dict[str, Any]:
         "interpolation": options.get("interpolation", "bilinear"),
         "padding": options.get("padding", "zeros"),
         "mask": options.get("mask", "auto"),
+        "input_mask": "none",  # version 1 had no input mask
         "batch_size": None if auto else options.get("batch_size"),
         "floor_images": 256,
         "samples": 8,
@@ -506,6 +509,13 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _input_region(kind: str, setup: Any) -> dict[str, Any]:
+    region = None if setup is None else setup.in_region
+    if region is None:
+        return {"input_region": "none", "input_fraction": 1.0}
+    return {"input_region": "disk" if kind == "disk" else "valid", "input_fraction": float(region.float().mean())}
+
+
 def build_result(engine: Engine, loaded: LoadedModel, wall: float, partial: bool) -> AuditResult:
     """The result of an engine's pass so far: every observer's ``compute`` in one typed result."""
     from .observers import ClassificationSums, DenseSums, FloorObserver, Gallery, ImageRecord, WorstLocator
@@ -554,6 +564,7 @@ def build_result(engine: Engine, loaded: LoadedModel, wall: float, partial: bool
         batch_size_auto=spec.batch_size is None,
         floor_images=floor_count,
         mask_fraction=float(setup.in_mask.float().mean()) if setup else None,
+        **_input_region(spec.input_mask, setup),
         device=str(engine.device),
         dtype=str(engine.dtype).replace("torch.", ""),
         versions=_versions(),

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import EquiauditError, OptionError
 from .groups import Group, parse_group
-from .transforms import INTERPOLATIONS, MASKS, PADDINGS
+from .transforms import INPUT_MASKS, INTERPOLATIONS, MASKS, PADDINGS
 
 TASKS = ("auto", "classify", "segment", "dense")
 ACTIONS = {"classify": "trivial", "segment": "spatial", "dense": "spatial"}
@@ -52,7 +52,15 @@ class AuditSpec:
     )
     interpolation: str = _option("bilinear", "Resampling of interpolated elements.", INTERPOLATIONS)
     padding: str = _option("zeros", "Fill outside the image when resampling.", PADDINGS)
-    mask: str = _option("auto", "Compared region: auto (valid under every element), disk or none.", MASKS)
+    mask: str = _option(
+        "auto", "Compared region of maps and of the floor: auto (valid under every element), disk or none.", MASKS
+    )
+    input_mask: str = _option(
+        "auto",
+        "Restrict inputs to the region every element keeps inside the image, so every view holds the same "
+        "content: auto (when a sampled element moves content across the border), disk or none.",
+        INPUT_MASKS,
+    )
     batch_size: int | None = _option(
         None,
         "Images per model forward, transformed copies included (default: sized from the model's largest "
@@ -86,7 +94,7 @@ class AuditSpec:
             _positive_int(self.steps, "steps")
         if not isinstance(group, Group):
             object.__setattr__(self, "_group", parse_group(group, self.steps))
-        for name in ("task", "interpolation", "padding", "mask"):
+        for name in ("task", "interpolation", "padding", "mask", "input_mask"):
             _choice(getattr(self, name), name, SPEC_FIELDS[name].metadata["choices"])
         if self.batch_size is not None:
             _positive_int(self.batch_size, "batch size")

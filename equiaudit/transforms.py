@@ -26,6 +26,7 @@ from .groups import Group, GroupElement, parse_group
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 PADDINGS = ("zeros", "border", "reflection")
 MASKS = ("auto", "disk", "none")
+INPUT_MASKS = ("auto", "disk", "none")
 
 
 def check_options(interpolation: str, padding: str) -> None:
@@ -243,6 +244,25 @@ def valid_mask(
             q = g.matrix(size) @ pts
             keep &= (q[0] >= -eps) & (q[0] <= w - 1 + eps) & (q[1] >= -eps) & (q[1] <= h - 1 + eps)
     return torch.from_numpy(keep.reshape(h, w)).to(device)
+
+
+def input_region(
+    elements: Sequence[GroupElement], size: tuple[int, int], kind: str = "auto", device: torch.device | str = "cpu"
+) -> torch.Tensor | None:
+    """``(H, W)`` bool region an input is restricted to before any element is applied, or None (unmasked).
+
+    The region is filled with 0 outside, so the untransformed view and every transformed view hold the same
+    content: nothing that one view shows is cut away or padded in another. ``auto``: the pixels that every
+    sampled element keeps inside the image (:func:`valid_mask`'s ``auto`` region: the inscribed disk for many
+    rotations, the common centre for zooms in), and None when no sampled element moves content across the
+    border (exact groups such as ``c4`` or flips, zooms out only). ``disk``: the inscribed disk. ``none``: None.
+    """
+    if kind not in INPUT_MASKS:
+        raise EquiauditError(f"unknown input mask {kind!r}; valid: {', '.join(INPUT_MASKS)}")
+    if kind == "none":
+        return None
+    region = valid_mask(elements, size, "disk" if kind == "disk" else "auto", device)
+    return None if kind == "auto" and bool(region.all()) else region
 
 
 class GroupTransform(nn.Module):

@@ -28,7 +28,7 @@ from .gallery import Budget, Gallery, colour_bar_css, correctness_gallery, repor
 from .verdict import fmt_num, fmt_pct, group_name, verdict
 
 if TYPE_CHECKING:
-    from equiaudit.result import AuditResult
+    from equiaudit.result import AuditResult, RunInfo
 
     from .correctness import CorrectnessMatrix
 
@@ -104,6 +104,16 @@ def _shorten(items: Sequence[str], limit: int = 12) -> str:
     return ", ".join(items) if len(items) <= limit else ", ".join([*items[:6], "…", *items[-2:]])
 
 
+def _input_mask_text(run: RunInfo) -> str:
+    """What the inputs were restricted to before any element was applied (every view holds the same content)."""
+    asked = str(run.spec.get("input_mask", "none"))
+    if run.input_region == "none":
+        return f"{asked}: none (every element keeps the whole image)" if asked == "auto" else "none"
+    kept = f"{fmt_pct(run.input_fraction)} of pixels kept, the rest set to 0 in every view"
+    where = "inscribed disk" if run.input_region == "disk" else "pixels every element keeps inside the image"
+    return f"{asked}: {where} ({kept})"
+
+
 def details(result: AuditResult) -> list[tuple[str, list[tuple[str, str, str]]]]:
     """The header's facts as ``(section, [(name, shown value, full value)])``."""
     model, group, data, run = result.model, result.group, result.data, result.run
@@ -166,6 +176,7 @@ def details(result: AuditResult) -> list[tuple[str, list[tuple[str, str, str]]]]
                     + (f" ({fmt_pct(mask_fraction)} of pixels compared)" if mask_fraction is not None else ""),
                     None,
                 ),
+                ("input mask", _input_mask_text(run), None),
                 ("batch size", run.batch_size, None),
             ],
         ),

@@ -96,7 +96,7 @@ def test_locator_and_records_match_a_direct_computation() -> None:
     torch.manual_seed(2)
     model = _seeded(SmallCNN())
     x = torch.rand(9, 1, 28, 28)
-    res = audit(model, x, "rot:0,30,90", batch_size=5, samples=4, task="classify")
+    res = audit(model, x, "rot:0,30,90", batch_size=5, samples=4, task="classify", input_mask="none")
     with torch.inference_mode():
         ref = model(x).double()
         views = apply_elements(x, _elements("rot:0,30,90"))
@@ -121,7 +121,7 @@ def _elements(spec: str):
 def test_gallery_views_are_what_the_model_saw() -> None:
     torch.manual_seed(3)
     x = torch.rand(4, 1, 28, 28)
-    res = audit(_seeded(SmallCNN()), x, "so2:8", samples=4, batch_size=7)
+    res = audit(_seeded(SmallCNN()), x, "so2:8", samples=4, batch_size=7, input_mask="none")
     views = res.samples["first"]["views"]  # (N, G, C, H, W)
     want = apply_elements(x, _elements("so2:8")).transpose(0, 1)
     np.testing.assert_allclose(views.astype(np.float32), want.numpy(), atol=2e-3)  # float16 storage
