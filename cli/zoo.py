@@ -165,52 +165,61 @@ def info(
     if card is None:
         rows.append(("checkpoint", f"none shipped; train one with: equiaudit zoo train {name}"))
     else:
-        training, data = card["training"], card["data"]
-        rows += [
-            (
-                "checkpoint",
-                f"{card['file']} ({card['size_bytes'] / 1e6:.2f} MB, sha256 {card['sha256'][:16]}...)",
-            ),
-            (
-                "trained on",
-                f"{data['dataset']} ({data['train_images']} images"
-                + (f", input {data['options']['input_size']}px" if data["options"].get("input_size") else "")
-                + ")",
-            ),
-            (
-                "training",
-                f"{training['epochs']} epochs, batch {training['batch_size']}, lr {training['lr']:g}, "
-                f"seed {training['seed']}, rotation augmentation {training['augment_rotation']:g} deg, "
-                f"{training['seconds']:.0f} s"
-                + (f" ({training['cpu_seconds']:.0f} s CPU)" if "cpu_seconds" in training else "")
-                + f" on {training['device']}",
-            ),
-            ("scan it", _scan_hint(f"zoo:{name}", card)),
-        ]
-        for spec, metrics in card["metrics"].items():
-            value = metrics.get("accuracy", metrics.get("iou"))
-            rows.append(
-                (
-                    f"test: {spec}",
-                    f"{100 * value:.1f}% accuracy" if "accuracy" in metrics else f"{value:.3f} IoU",
-                )
-            )
-        for audit in card.get("audits", []):
-            s = audit.get("summary", {})
-            if "error" in audit:
-                text = f"failed: {audit['error']}"
-            elif "agreement_mean" in s:
-                text = f"agreement {100 * s['agreement_mean']:.1f}%, invariance error {s['invariance_error_mean']:.3g}"
-            else:
-                text = (
-                    f"IoU consistency {s.get('iou_consistency_mean', float('nan')):.3f}, equivariance error "
-                    f"{s.get('equivariance_error_mean', float('nan')):.3g}"
-                )
-            rows.append((f"audit: {audit['group']}", f"{text} ({audit['images']} images of {audit['data']})"))
-        rows.append(("git commit", str(card.get("git_commit"))))
+        rows += _card_rows(name, card)
     for field, value in rows:
         table.add_row(field, value)
     out.print(table)
+
+
+def _card_rows(name: str, card: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ``(field, value)`` rows of ``zoo info`` that describe a shipped checkpoint's model card."""
+    training, data = card["training"], card["data"]
+    rows = [
+        (
+            "checkpoint",
+            f"{card['file']} ({card['size_bytes'] / 1e6:.2f} MB, sha256 {card['sha256'][:16]}...)",
+        ),
+        (
+            "trained on",
+            f"{data['dataset']} ({data['train_images']} images"
+            + (f", input {data['options']['input_size']}px" if data["options"].get("input_size") else "")
+            + ")",
+        ),
+        (
+            "training",
+            f"{training['epochs']} epochs, batch {training['batch_size']}, lr {training['lr']:g}, "
+            f"seed {training['seed']}, rotation augmentation {training['augment_rotation']:g} deg, "
+            f"{training['seconds']:.0f} s"
+            + (f" ({training['cpu_seconds']:.0f} s CPU)" if "cpu_seconds" in training else "")
+            + f" on {training['device']}",
+        ),
+        ("scan it", _scan_hint(f"zoo:{name}", card)),
+    ]
+    for spec, metrics in card["metrics"].items():
+        value = metrics.get("accuracy", metrics.get("iou"))
+        rows.append(
+            (
+                f"test: {spec}",
+                f"{100 * value:.1f}% accuracy" if "accuracy" in metrics else f"{value:.3f} IoU",
+            )
+        )
+    for audit in card.get("audits", []):
+        rows.append((f"audit: {audit['group']}", f"{_audit_text(audit)} ({audit['images']} images of {audit['data']})"))
+    rows.append(("git commit", str(card.get("git_commit"))))
+    return rows
+
+
+def _audit_text(audit: dict[str, Any]) -> str:
+    """One card audit in words: its failure, or its main summary numbers (classifier or segmenter)."""
+    s = audit.get("summary", {})
+    if "error" in audit:
+        return f"failed: {audit['error']}"
+    if "agreement_mean" in s:
+        return f"agreement {100 * s['agreement_mean']:.1f}%, invariance error {s['invariance_error_mean']:.3g}"
+    return (
+        f"IoU consistency {s.get('iou_consistency_mean', float('nan')):.3f}, equivariance error "
+        f"{s.get('equivariance_error_mean', float('nan')):.3g}"
+    )
 
 
 def _scan_hint(model: str, card: dict[str, Any]) -> str:

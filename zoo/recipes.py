@@ -292,8 +292,6 @@ def fit(
         audit_card: run the recipe's audits for the card.
         progress: training progress (see :func:`.training.train`); ``status``: one line per phase.
     """
-    from equiaudit.engine import audit
-
     say = status or (lambda _msg: None)
     info = model_info(recipe.model)
     seed_everything(recipe.seed)
@@ -313,31 +311,8 @@ def fit(
         device=device,
         progress=progress,
     )
-    metrics, test_images = {}, None
-    for spec in (recipe.dataset, *recipe.evals):
-        say(f"testing {recipe.name} on {spec}")
-        ev = evaluate(model, spec, split="test", limit=limit, **opts)
-        metrics[spec] = ev.to_dict()
-        test_images = test_images or ev.images
-    audits = []
-    for group in recipe.audits if audit_card else ():
-        data = recipe.audit_data or recipe.dataset
-        say(f"auditing {recipe.name} under {group} on {data}")
-        n = recipe.audit_limit if limit is None else min(limit, recipe.audit_limit)
-        try:
-            res = audit(model, data, group, limit=n, samples=0, **opts)
-        except EquiauditError as exc:  # the card records the failure; the weights are still good
-            say(f"audit of {recipe.name} under {group} failed: {exc}")
-            audits.append({"group": group, "data": data, "images": 0, "error": str(exc)})
-            continue
-        audits.append(
-            {
-                "group": res.group.spec,
-                "data": data,
-                "images": res.summary["images"],
-                "summary": _summary(res.summary),
-            }
-        )
+    metrics, test_images = _test_metrics(model, recipe, limit, say)
+    audits = _card_audits(model, recipe, limit, say) if audit_card else []
     card = {
         "model": {
             "name": recipe.model,
@@ -365,6 +340,47 @@ def fit(
         "recipe": recipe.to_dict(),
     }
     return model, card
+
+
+def _test_metrics(
+    model: nn.Module, recipe: Recipe, limit: int | None, say: Callable[[str], None]
+) -> tuple[dict[str, Any], int | None]:
+    """The card's test metrics of ``model`` on the recipe's data sets, and the test images of the first."""
+    metrics, test_images = {}, None
+    for spec in (recipe.dataset, *recipe.evals):
+        say(f"testing {recipe.name} on {spec}")
+        ev = evaluate(model, spec, split="test", limit=limit, **recipe.data_options)
+        metrics[spec] = ev.to_dict()
+        test_images = test_images or ev.images
+    return metrics, test_images
+
+
+def _card_audits(
+    model: nn.Module, recipe: Recipe, limit: int | None, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """The card's entries of the recipe's audits of ``model``: summary numbers, or the error of a failed one."""
+    from equiaudit.engine import audit
+
+    audits = []
+    for group in recipe.audits:
+        data = recipe.audit_data or recipe.dataset
+        say(f"auditing {recipe.name} under {group} on {data}")
+        n = recipe.audit_limit if limit is None else min(limit, recipe.audit_limit)
+        try:
+            res = audit(model, data, group, limit=n, samples=0, **recipe.data_options)
+        except EquiauditError as exc:  # the card records the failure; the weights are still good
+            say(f"audit of {recipe.name} under {group} failed: {exc}")
+            audits.append({"group": group, "data": data, "images": 0, "error": str(exc)})
+            continue
+        audits.append(
+            {
+                "group": res.group.spec,
+                "data": data,
+                "images": res.summary["images"],
+                "summary": _summary(res.summary),
+            }
+        )
+    return audits
 
 
 def train_shipped(

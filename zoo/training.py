@@ -213,13 +213,7 @@ def train(
         device: ``None`` / ``auto`` picks CUDA when present.
         progress: called after every step with ``(step, total_steps, {"epoch", "loss"})``.
     """
-    for value, what in ((epochs, "epochs"), (batch_size, "batch size")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise EquiauditError(f"{what} must be a positive integer, got {value!r}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise EquiauditError(f"learning rate must be positive, got {lr!r}")
-    if not 0 <= augment_rotation <= 180:
-        raise EquiauditError(f"augment_rotation is a maximum angle in [0, 180] degrees, got {augment_rotation!r}")
+    _check_settings(epochs, batch_size, lr, augment_rotation)
     data = as_data(train_data, **data_options)
     task = _task(data)
     x_all, t_all = _tensors(data, task)
@@ -230,22 +224,89 @@ def train(
     model.to(dev)
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
+    per_epoch = _steps_per_epoch(n, batch_size)
+    t0, c0 = time.perf_counter(), time.process_time()
+    losses = _fit(
+        model,
+        x_all,
+        t_all,
+        task,
+        epochs=epochs,
+        per_epoch=per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        augment_rotation=augment_rotation,
+        gen=gen,
+        device=dev,
+        progress=progress,
+    )
+    return TrainResult(
+        task,
+        epochs,
+        per_epoch * epochs,
+        n,
+        batch_size,
+        lr,
+        weight_decay,
+        seed,
+        float(augment_rotation),
+        str(dev),
+        time.perf_counter() - t0,
+        time.process_time() - c0,
+        losses,
+    )
+
+
+def _check_settings(epochs: int, batch_size: int, lr: float, augment_rotation: float) -> None:
+    """Raise on training settings :func:`train` cannot use."""
+    for value, what in ((epochs, "epochs"), (batch_size, "batch size")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EquiauditError(f"{what} must be a positive integer, got {value!r}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise EquiauditError(f"learning rate must be positive, got {lr!r}")
+    if not 0 <= augment_rotation <= 180:
+        raise EquiauditError(f"augment_rotation is a maximum angle in [0, 180] degrees, got {augment_rotation!r}")
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches of ``batch_size`` in one pass over ``n`` images."""
     per_epoch = math.ceil(n / batch_size)
     if n % batch_size == 1:  # a last batch of one image breaks BatchNorm in training mode: drop it
         per_epoch -= 1
+    return per_epoch
+
+
+def _fit(
+    model: nn.Module,
+    x_all: torch.Tensor,
+    t_all: torch.Tensor,
+    task: str,
+    *,
+    epochs: int,
+    per_epoch: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    augment_rotation: float,
+    gen: torch.Generator,
+    device: torch.device,
+    progress: TrainProgress | None,
+) -> list[float]:
+    """The optimisation loop of :func:`train`: ``epochs`` passes of ``per_epoch`` batches, each pass in a new
+    order drawn from ``gen``; leaves ``model`` in eval mode and returns the mean loss of each epoch."""
     total = per_epoch * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total))
     losses: list[float] = []
     step = 0
-    t0, c0 = time.perf_counter(), time.process_time()
     model.train()
     for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(x_all.shape[0], generator=gen)
         running, seen = 0.0, 0
         for i in range(per_epoch):
             idx = order[i * batch_size : (i + 1) * batch_size]
-            x, target = x_all[idx].to(dev), t_all[idx].to(dev)
+            x, target = x_all[idx].to(device), t_all[idx].to(device)
             if augment_rotation > 0:
                 x, target = _rotate(x, target, augment_rotation, task)
             loss = _loss(model(x), target, task)
@@ -265,21 +326,7 @@ def train(
                 progress(step, total, {"epoch": epoch + 1, "loss": running / seen})
         losses.append(running / seen)
     model.eval()
-    return TrainResult(
-        task,
-        epochs,
-        total,
-        n,
-        batch_size,
-        lr,
-        weight_decay,
-        seed,
-        float(augment_rotation),
-        str(dev),
-        time.perf_counter() - t0,
-        time.process_time() - c0,
-        losses,
-    )
+    return losses
 
 
 def evaluate(

@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,42 +176,14 @@ class StudyContext:
         else:
             model, card, origin = self._full(recipe)
         model.to(self.device).eval()
-        self.models[name] = {
-            "model": recipe.model,
-            "origin": origin,
-            "parameters": card["model"]["parameters"],
-            "dataset": recipe.dataset,
-            "train_images": card["data"]["train_images"],
-            "epochs": card["training"]["epochs"],
-            "train_seconds": card["training"]["seconds"],
-            "recipe_key": recipe.key(),
-            "sha256": card.get("sha256"),
-        }
+        self.models[name] = _provenance(recipe, card, origin)
         self.status(f"{name}: {origin}")
         return model, recipe
 
-    def _matching_card(self, name: str, recipe: Recipe, directory: Path | None) -> dict[str, Any] | None:
-        if not has_checkpoint(name, directory):
-            return None
-        try:
-            card = load_card(name, directory)
-        except ModelLoadError:
-            return None
-        trained = card.get("recipe", {}).get("key") == recipe.key() and not card.get("model", {}).get("tiny")
-        return card if trained and card.get("data", {}).get("limit") is None else None
-
     def _full(self, recipe: Recipe) -> tuple[nn.Module, dict[str, Any], str]:
-        for directory, origin in (
-            (None, "shipped checkpoint"),
-            (self.cache, f"cached checkpoint in {self.cache}"),
-        ):
-            if directory is None and recipe.name != recipe.model:
-                continue  # only checkpoints named after their model ship
-            card = self._matching_card(recipe.name, recipe, directory)
-            if card is not None:
-                model = create(recipe.model, **recipe.create_kwargs)
-                card = load_pretrained(recipe.name, model, directory)
-                return model, card, origin
+        found = _load_checkpoint(recipe, self.cache)
+        if found is not None:
+            return found
         model, card = self._fit(recipe, tiny=False, limit=None)
         save_checkpoint(recipe.name, model, card, self.cache)
         return model, card, f"trained now ({card['training']['seconds']:.0f} s), cached in {self.cache}"
@@ -244,25 +216,12 @@ class StudyContext:
         group = quick_group if self.quick else group
         n = QUICK_AUDIT_IMAGES if self.quick else limit
         self.status(f"auditing {key} under {group} on {n} images of {data}")
-        with self._audit_progress(key) as progress:
+        with _audit_progress(self.log, key) as progress:
             result = audit(model, data, group, limit=n, device=self.device, progress=progress, **recipe.data_options)
         path = save(result, self.folder / f"{key}.json")
         self.audits[key] = result
         self.files[f"audit:{key}"] = str(path)
         return result
-
-    @contextlib.contextmanager
-    def _audit_progress(self, key: str) -> Iterator[Callable[[int, int], None] | None]:
-        if self.log is None or not self.log.is_terminal:
-            yield None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        with Progress(
-            TextColumn(f"auditing {key}"), BarColumn(), MofNCompleteColumn(), console=self.log, transient=True
-        ) as bar:
-            task = bar.add_task(key, total=None)
-            yield lambda done, total: bar.update(task, completed=done, total=total)
 
     # ---------------------------------------------------------------------------------------------- finish
 
@@ -321,6 +280,64 @@ class StudyContext:
         self.status(f"report: {html}")
 
 
+def _provenance(recipe: Recipe, card: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Where a study's model came from and how it was trained (its entry in ``results.json``)."""
+    return {
+        "model": recipe.model,
+        "origin": origin,
+        "parameters": card["model"]["parameters"],
+        "dataset": recipe.dataset,
+        "train_images": card["data"]["train_images"],
+        "epochs": card["training"]["epochs"],
+        "train_seconds": card["training"]["seconds"],
+        "recipe_key": recipe.key(),
+        "sha256": card.get("sha256"),
+    }
+
+
+def _matching_card(recipe: Recipe, directory: Path | None) -> dict[str, Any] | None:
+    """The card of the full (not tiny, not limited) checkpoint ``recipe.name`` in ``directory`` when it was
+    trained by ``recipe``, else None."""
+    if not has_checkpoint(recipe.name, directory):
+        return None
+    try:
+        card = load_card(recipe.name, directory)
+    except ModelLoadError:
+        return None
+    trained = card.get("recipe", {}).get("key") == recipe.key() and not card.get("model", {}).get("tiny")
+    return card if trained and card.get("data", {}).get("limit") is None else None
+
+
+def _load_checkpoint(recipe: Recipe, cache: Path) -> tuple[nn.Module, dict[str, Any], str] | None:
+    """``(model, card, origin)`` of the shipped checkpoint trained by ``recipe``, else of the one cached in
+    ``cache``; None when neither exists."""
+    for directory, origin in (
+        (None, "shipped checkpoint"),
+        (cache, f"cached checkpoint in {cache}"),
+    ):
+        if directory is None and recipe.name != recipe.model:
+            continue  # only checkpoints named after their model ship
+        if _matching_card(recipe, directory) is not None:
+            model = create(recipe.model, **recipe.create_kwargs)
+            card = load_pretrained(recipe.name, model, directory)
+            return model, card, origin
+    return None
+
+
+@contextlib.contextmanager
+def _audit_progress(log: Console | None, key: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A transient rich bar for the audit ``key`` on ``log``: yields its ``progress(done, total)`` callback, or
+    None when ``log`` is None or not a terminal."""
+    if log is None or not log.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn(f"auditing {key}"), BarColumn(), MofNCompleteColumn(), console=log, transient=True) as bar:
+        task = bar.add_task(key, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
@@ -346,6 +363,21 @@ def pick(values: dict[float, Any], every: float) -> list[float]:
     keys = sorted(values)
     chosen = [k for k in keys if abs(k / every - round(k / every)) < 1e-6]
     return chosen or keys
+
+
+def model_table(
+    title: str,
+    columns: list[tuple[str, str]],
+    measured: dict[str, dict[str, Any]],
+    names: Iterable[str],
+    keys: Sequence[str],
+) -> Table:
+    """A table with one row per model of ``names``: the name, then its ``measured`` value of each of ``keys``
+    (``columns`` starts with the name's column)."""
+    table = Table(title, columns)
+    for name in names:
+        table.rows.append([name, *(measured[name][k] for k in keys)])
+    return table
 
 
 def summary_value(result: AuditResult, key: str) -> float | None:

@@ -7,8 +7,9 @@ Published on MNIST (trained upright, tested on randomly rotated digits): CNN 47%
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from .common import StudyContext, StudyResult, Table, by_angle, pick, summary_value
+from .common import StudyContext, StudyResult, Table, by_angle, model_table, pick, summary_value
 
 NAME = "rotated-digits"
 TITLE = "Study 1 - rotated digits: CNN vs gcnn-c4, trained on upright digits, tested on rotated ones"
@@ -19,27 +20,38 @@ AUDIT_GROUP, AUDIT_IMAGES = "so2:36", 200
 
 def run(ctx: StudyContext) -> StudyResult:
     started = time.perf_counter()
-    measured, audits = {}, {}
-    for name in MODELS:
-        model, recipe = ctx.model(name)
-        upright, rotated = ctx.evaluate(model, recipe, "digits"), ctx.evaluate(model, recipe, "rot-digits")
-        res = ctx.audit(name, model, recipe, "digits", AUDIT_GROUP, AUDIT_IMAGES, quick_group="so2:4")
-        agreement = by_angle(res, "agreement")
-        quarter = [agreement[a] for a in (90.0, 180.0, 270.0) if a in agreement]
-        audits[name] = res
-        measured[name] = {
-            "parameters": ctx.models[name]["parameters"],
-            "upright_accuracy": upright.accuracy,
-            "rotated_accuracy": rotated.accuracy,
-            "test_images": rotated.images,
-            "agreement_mean": summary_value(res, "agreement_mean"),
-            "invariance_error_mean": summary_value(res, "invariance_error_mean"),
-            "accuracy_over_angles": summary_value(res, "accuracy_mean"),
-            "worst_case_accuracy": summary_value(res, "worst_case_accuracy"),
-            "quarter_turn_agreement": sum(quarter) / len(quarter) if quarter else None,
-            "accuracy_by_angle": by_angle(res, "accuracy"),
-            "audit_images": res.summary["images"],
-        }
+    measured = {name: _measure(ctx, name) for name in MODELS}
+    group = ctx.audits[MODELS[0]].group.spec
+    tables = [_accuracy_table(measured), _invariance_table(measured, group), _angle_table(measured)]
+    return ctx.finish(
+        TITLE, tables, _notes(ctx, measured), measured, started, comparisons=[("report", list(MODELS), [])]
+    )
+
+
+def _measure(ctx: StudyContext, name: str) -> dict[str, Any]:
+    """Train or load model ``name``, test it on upright and rotated digits and audit it."""
+    model, recipe = ctx.model(name)
+    upright, rotated = ctx.evaluate(model, recipe, "digits"), ctx.evaluate(model, recipe, "rot-digits")
+    res = ctx.audit(name, model, recipe, "digits", AUDIT_GROUP, AUDIT_IMAGES, quick_group="so2:4")
+    agreement = by_angle(res, "agreement")
+    quarter = [agreement[a] for a in (90.0, 180.0, 270.0) if a in agreement]
+    return {
+        "parameters": ctx.models[name]["parameters"],
+        "upright_accuracy": upright.accuracy,
+        "rotated_accuracy": rotated.accuracy,
+        "test_images": rotated.images,
+        "agreement_mean": summary_value(res, "agreement_mean"),
+        "invariance_error_mean": summary_value(res, "invariance_error_mean"),
+        "accuracy_over_angles": summary_value(res, "accuracy_mean"),
+        "worst_case_accuracy": summary_value(res, "worst_case_accuracy"),
+        "quarter_turn_agreement": sum(quarter) / len(quarter) if quarter else None,
+        "accuracy_by_angle": by_angle(res, "accuracy"),
+        "audit_images": res.summary["images"],
+    }
+
+
+def _accuracy_table(measured: dict[str, dict[str, Any]]) -> Table:
+    """Upright and rotated test accuracy of each model, beside the published rotated accuracy."""
     n_test = measured[MODELS[0]]["test_images"]
     accuracy = Table(
         f"Accuracy on the {n_test} test digits, upright and randomly rotated (rot-digits)",
@@ -65,10 +77,13 @@ def run(ctx: StudyContext) -> StudyResult:
                 *PUBLISHED[name],
             ]
         )
-    n_audit = measured[MODELS[0]]["audit_images"]
-    group = audits[MODELS[0]].group.spec
-    invariance = Table(
-        f"equiaudit audit under {group} on {n_audit} upright test digits",
+    return accuracy
+
+
+def _invariance_table(measured: dict[str, dict[str, Any]], group: str) -> Table:
+    """The audit of each model under ``group``."""
+    return model_table(
+        f"equiaudit audit under {group} on {measured[MODELS[0]]['audit_images']} upright test digits",
         [
             ("model", "text"),
             ("agreement (mean)", "pct"),
@@ -77,26 +92,33 @@ def run(ctx: StudyContext) -> StudyResult:
             ("accuracy over angles", "pct"),
             ("worst-case accuracy", "pct"),
         ],
+        measured,
+        MODELS,
+        [
+            "agreement_mean",
+            "quarter_turn_agreement",
+            "invariance_error_mean",
+            "accuracy_over_angles",
+            "worst_case_accuracy",
+        ],
     )
-    for name in MODELS:
-        m = measured[name]
-        invariance.rows.append(
-            [
-                name,
-                m["agreement_mean"],
-                m["quarter_turn_agreement"],
-                m["invariance_error_mean"],
-                m["accuracy_over_angles"],
-                m["worst_case_accuracy"],
-            ]
-        )
+
+
+def _angle_table(measured: dict[str, dict[str, Any]]) -> Table:
+    """Each model's accuracy at every 30 degrees of the audit."""
     curves = {name: measured[name]["accuracy_by_angle"] for name in MODELS}
     by_deg = Table("Accuracy by rotation angle (audit)", [("angle", "int")] + [(n, "pct") for n in MODELS])
     for angle in pick(curves[MODELS[0]], 30.0):
         by_deg.rows.append([angle] + [curves[n].get(angle) for n in MODELS])
+    return by_deg
+
+
+def _notes(ctx: StudyContext, measured: dict[str, dict[str, Any]]) -> list[str]:
+    """What the numbers say, and how the setting differs from the published one."""
     cnn, gcnn = measured["cnn"], measured["gcnn-c4"]
     epochs = {n: ctx.models[n]["epochs"] for n in MODELS}
-    notes = [
+    n_test = measured[MODELS[0]]["test_images"]
+    return [
         f"Measured: the CNN loses {100 * (cnn['upright_accuracy'] - cnn['rotated_accuracy']):.1f} points "
         f"under random rotations, gcnn-c4 "
         f"{100 * (gcnn['upright_accuracy'] - gcnn['rotated_accuracy']):.1f}; gcnn-c4 is exactly invariant "
@@ -107,14 +129,6 @@ def run(ctx: StudyContext) -> StudyResult:
         f"10,000; {epochs['cnn']} (CNN) and {epochs['gcnn-c4']} (gcnn-c4) epochs on a CPU; the models are "
         f"the zoo's (5 conv layers, about 100k parameters each), not the papers'.",
     ]
-    return ctx.finish(
-        TITLE,
-        [accuracy, invariance, by_deg],
-        notes,
-        measured,
-        started,
-        comparisons=[("report", list(MODELS), [])],
-    )
 
 
 def _pct(value: float | None) -> str:

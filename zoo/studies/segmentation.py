@@ -8,8 +8,9 @@ truth (IoU against the truth) and with the prediction on the unrotated image (Io
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from .common import StudyContext, StudyResult, Table, by_angle, pick, summary_value
+from .common import StudyContext, StudyResult, Table, by_angle, model_table, pick, summary_value
 
 NAME = "segmentation"
 TITLE = "Study 3 - segmentation: U-Net vs group U-Net (C4), IoU as a function of the rotation angle"
@@ -24,30 +25,41 @@ def _spread(values: dict[float, float | None]) -> float | None:
 
 def run(ctx: StudyContext) -> StudyResult:
     started = time.perf_counter()
-    measured = {}
-    for name in MODELS:
-        model, recipe = ctx.model(name)
-        test = ctx.evaluate(model, recipe, "shapes-seg")
-        res = ctx.audit(name, model, recipe, "shapes-seg", AUDIT_GROUP, AUDIT_IMAGES, quick_group="so2:4")
-        truth, consistency = by_angle(res, "iou_truth"), by_angle(res, "iou_consistency")
-        measured[name] = {
-            "parameters": ctx.models[name]["parameters"],
-            "test_iou": test.iou,
-            "test_images": test.images,
-            "iou_truth_upright": summary_value(res, "iou_truth_reference"),
-            "iou_truth_mean": summary_value(res, "iou_truth_mean"),
-            "iou_truth_min": summary_value(res, "iou_truth_min"),
-            "iou_truth_spread": _spread(truth),
-            "iou_consistency_mean": summary_value(res, "iou_consistency_mean"),
-            "iou_consistency_min": summary_value(res, "iou_consistency_min"),
-            "equivariance_error_mean": summary_value(res, "equivariance_error_mean"),
-            "iou_truth_by_angle": truth,
-            "iou_consistency_by_angle": consistency,
-            "audit_images": res.summary["images"],
-            "audit_group": res.group.spec,
-        }
-    u, g = measured["unet"], measured["group-unet-c4"]
-    summary = Table(
+    measured = {name: _measure(ctx, name) for name in MODELS}
+    tables = [_summary_table(measured), _angle_table(measured)]
+    return ctx.finish(
+        TITLE, tables, _notes(ctx, measured), measured, started, comparisons=[("report", list(MODELS), [])]
+    )
+
+
+def _measure(ctx: StudyContext, name: str) -> dict[str, Any]:
+    """Train or load model ``name``, test it on the shapes and audit it."""
+    model, recipe = ctx.model(name)
+    test = ctx.evaluate(model, recipe, "shapes-seg")
+    res = ctx.audit(name, model, recipe, "shapes-seg", AUDIT_GROUP, AUDIT_IMAGES, quick_group="so2:4")
+    truth, consistency = by_angle(res, "iou_truth"), by_angle(res, "iou_consistency")
+    return {
+        "parameters": ctx.models[name]["parameters"],
+        "test_iou": test.iou,
+        "test_images": test.images,
+        "iou_truth_upright": summary_value(res, "iou_truth_reference"),
+        "iou_truth_mean": summary_value(res, "iou_truth_mean"),
+        "iou_truth_min": summary_value(res, "iou_truth_min"),
+        "iou_truth_spread": _spread(truth),
+        "iou_consistency_mean": summary_value(res, "iou_consistency_mean"),
+        "iou_consistency_min": summary_value(res, "iou_consistency_min"),
+        "equivariance_error_mean": summary_value(res, "equivariance_error_mean"),
+        "iou_truth_by_angle": truth,
+        "iou_consistency_by_angle": consistency,
+        "audit_images": res.summary["images"],
+        "audit_group": res.group.spec,
+    }
+
+
+def _summary_table(measured: dict[str, dict[str, Any]]) -> Table:
+    """Each model's test IoU and its IoU over the audit's angles."""
+    u = measured["unet"]
+    return model_table(
         f"IoU on {u['test_images']} test images, and over the angles of {u['audit_group']} "
         f"({u['audit_images']} images, prediction rotated back)",
         [
@@ -61,22 +73,23 @@ def run(ctx: StudyContext) -> StudyResult:
             ("min", "f3"),
             ("equivariance error", "f3"),
         ],
+        measured,
+        MODELS,
+        [
+            "parameters",
+            "test_iou",
+            "iou_truth_mean",
+            "iou_truth_min",
+            "iou_truth_spread",
+            "iou_consistency_mean",
+            "iou_consistency_min",
+            "equivariance_error_mean",
+        ],
     )
-    for name in MODELS:
-        m = measured[name]
-        summary.rows.append(
-            [
-                name,
-                m["parameters"],
-                m["test_iou"],
-                m["iou_truth_mean"],
-                m["iou_truth_min"],
-                m["iou_truth_spread"],
-                m["iou_consistency_mean"],
-                m["iou_consistency_min"],
-                m["equivariance_error_mean"],
-            ]
-        )
+
+
+def _angle_table(measured: dict[str, dict[str, Any]]) -> Table:
+    """Both IoUs of each model at every 30 degrees of the audit."""
     curves = Table(
         "IoU by angle: against the truth / consistency with the unrotated prediction",
         [
@@ -85,7 +98,7 @@ def run(ctx: StudyContext) -> StudyResult:
             *[(f"{n}: consistency", "f3") for n in MODELS],
         ],
     )
-    for angle in pick(u["iou_truth_by_angle"], 30.0):
+    for angle in pick(measured["unet"]["iou_truth_by_angle"], 30.0):
         curves.rows.append(
             [
                 angle,
@@ -93,6 +106,12 @@ def run(ctx: StudyContext) -> StudyResult:
                 *[measured[n]["iou_consistency_by_angle"].get(angle) for n in MODELS],
             ]
         )
+    return curves
+
+
+def _notes(ctx: StudyContext, measured: dict[str, dict[str, Any]]) -> list[str]:
+    """What the numbers say, how the setting differs from the published one, and how the models were trained."""
+    u, g = measured["unet"], measured["group-unet-c4"]
     notes = [
         f"Published: the group U-Net's IoU curves over 0-360 degrees are flatter. Measured: IoU-vs-truth "
         f"spread over the angles {_f3(g['iou_truth_spread'])} (group U-Net) vs {_f3(u['iou_truth_spread'])} "
@@ -111,7 +130,7 @@ def run(ctx: StudyContext) -> StudyResult:
             "rotated inputs are not new to them; trained on upright images only, both degrade far more "
             "between quarter turns."
         )
-    return ctx.finish(TITLE, [summary, curves], notes, measured, started, comparisons=[("report", list(MODELS), [])])
+    return notes
 
 
 def _f3(value: float | None) -> str:

@@ -47,27 +47,56 @@ def run(ctx: StudyContext) -> StudyResult:
     measured: dict[str, Any] = {}
     correct: dict[str, dict[str, np.ndarray]] = {"digits": {}, "rot-digits": {}}
     for name in (BASELINE, STEERABLE):
-        model, recipe = ctx.model(name)
-        results = {data: ctx.evaluate(model, recipe, data) for data in correct}
-        for data, ev in results.items():
-            correct[data][name] = ev.per_image
-        res = ctx.audit(name, model, recipe, "digits", AUDIT_GROUP, AUDIT_IMAGES, quick_group="so2:4")
-        measured[name] = {
-            "parameters": ctx.models[name]["parameters"],
-            "upright_accuracy": results["digits"].accuracy,
-            "rotated_accuracy": results["rot-digits"].accuracy,
-            "test_images": results["digits"].images,
-            "agreement_mean": summary_value(res, "agreement_mean"),
-            "invariance_error_mean": summary_value(res, "invariance_error_mean"),
-            "input_size": recipe.input_size or 28,
-            "audit_images": res.summary["images"],
-            "audit_group": res.group.spec,
-        }
+        measured[name], per_image = _measure(ctx, name)
+        for data, values in per_image.items():
+            correct[data][name] = values
     base, steer = measured[BASELINE], measured[STEERABLE]
     ratio = steer["parameters"] / base["parameters"]
     diff = steer["upright_accuracy"] - base["upright_accuracy"]
     measured["parameter_ratio"], measured["accuracy_difference"] = ratio, diff
     measured["correctness"] = {data: _cells(c[BASELINE], c[STEERABLE]) for data, c in correct.items()}
+    tables = [_models_table(measured), _comparison_table(ratio, diff), _matrix_table(measured["correctness"])]
+    matrices = [
+        m
+        for m in (
+            _matrix(correct["digits"], "identity (digits)"),
+            _matrix(correct["rot-digits"], "rot-digits"),
+        )
+        if m is not None
+    ]
+    return ctx.finish(
+        TITLE,
+        tables,
+        _notes(ctx, measured),
+        measured,
+        started,
+        comparisons=[("report", [BASELINE, STEERABLE], matrices)],
+    )
+
+
+def _measure(ctx: StudyContext, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Train or load model ``name``, test it on upright and rotated digits and audit it; returns its
+    measurements and its per-image correctness on each test set."""
+    model, recipe = ctx.model(name)
+    results = {data: ctx.evaluate(model, recipe, data) for data in ("digits", "rot-digits")}
+    res = ctx.audit(name, model, recipe, "digits", AUDIT_GROUP, AUDIT_IMAGES, quick_group="so2:4")
+    measured = {
+        "parameters": ctx.models[name]["parameters"],
+        "upright_accuracy": results["digits"].accuracy,
+        "rotated_accuracy": results["rot-digits"].accuracy,
+        "test_images": results["digits"].images,
+        "agreement_mean": summary_value(res, "agreement_mean"),
+        "invariance_error_mean": summary_value(res, "invariance_error_mean"),
+        "input_size": recipe.input_size or 28,
+        "audit_images": res.summary["images"],
+        "audit_group": res.group.spec,
+    }
+    return measured, {data: ev.per_image for data, ev in results.items()}
+
+
+def _models_table(measured: dict[str, Any]) -> Table:
+    """Parameters, accuracy and invariance of both models."""
+    base = measured[BASELINE]
     models = Table(
         f"Parameters and accuracy on {base['test_images']} test digits (upright / randomly rotated)",
         [
@@ -95,6 +124,11 @@ def run(ctx: StudyContext) -> StudyResult:
                 m["invariance_error_mean"],
             ]
         )
+    return models
+
+
+def _comparison_table(ratio: float, diff: float) -> Table:
+    """The measured parameter ratio and accuracy difference beside the published ones."""
     comparison = Table(
         "Measured vs published (steerable relative to the baseline)",
         [("", "text"), ("parameters (steerable / baseline)", "pct"), ("accuracy difference (points)", "pts")],
@@ -107,6 +141,11 @@ def run(ctx: StudyContext) -> StudyResult:
         ]
     )
     comparison.rows.append([f"measured (digits, {STEERABLE} vs {BASELINE})", ratio, diff])
+    return comparison
+
+
+def _matrix_table(correctness: dict[str, dict[str, int]]) -> Table:
+    """The correctness matrix of the two models on each test set, one row per test set."""
     matrix = Table(
         f"Correctness matrix ({BASELINE} vs {STEERABLE}, images of the test split)",
         [
@@ -117,9 +156,16 @@ def run(ctx: StudyContext) -> StudyResult:
             ("both wrong", "int"),
         ],
     )
-    for data, cells in measured["correctness"].items():
+    for data, cells in correctness.items():
         matrix.rows.append([data, *[cells[c] for c in CELLS]])
-    notes = [
+    return matrix
+
+
+def _notes(ctx: StudyContext, measured: dict[str, Any]) -> list[str]:
+    """What the numbers say, and how the setting differs from the published one."""
+    base, steer = measured[BASELINE], measured[STEERABLE]
+    ratio, diff = measured["parameter_ratio"], measured["accuracy_difference"]
+    return [
         f"Measured: {STEERABLE} has {100 * ratio:.0f}% of the CNN's parameters and {100 * diff:+.1f} points "
         f"of upright accuracy; on rotated digits "
         f"{100 * (steer['rotated_accuracy'] - base['rotated_accuracy']):+.1f} points. Published: 18% of the "
@@ -131,19 +177,3 @@ def run(ctx: StudyContext) -> StudyResult:
         f"{ctx.models[BASELINE]['epochs']} ({BASELINE}) epochs on a CPU; {STEERABLE} sees the digits "
         f"resized to 29x29 (an odd size keeps C4 exact on its strided grid).",
     ]
-    matrices = [
-        m
-        for m in (
-            _matrix(correct["digits"], "identity (digits)"),
-            _matrix(correct["rot-digits"], "rot-digits"),
-        )
-        if m is not None
-    ]
-    return ctx.finish(
-        TITLE,
-        [models, comparison, matrix],
-        notes,
-        measured,
-        started,
-        comparisons=[("report", [BASELINE, STEERABLE], matrices)],
-    )
