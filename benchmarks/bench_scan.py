@@ -29,7 +29,8 @@ from torchvision.transforms.functional import InterpolationMode, rotate
 from equiaudit.data import load_data
 from equiaudit.engine import audit
 from equiaudit.groups import parse_group
-from equiaudit.transforms import apply_elements
+from equiaudit.spec import AuditSpec
+from equiaudit.transforms import apply_elements, uses_exact_path
 
 
 class SmallCNN(nn.Module):
@@ -74,8 +75,14 @@ def bench_throughput(
     def run_audit() -> None:
         audit(model, x, group, batch_size=batch_size, samples=0)
 
-    # The bare forward sees the same transformed images (made outside the timing) at the audit's forward batch.
-    bare_inputs = apply_elements(x, group).reshape(-1, *x.shape[1:]).contiguous()
+    # The bare forward sees the same rows as the audit's model (made outside the timing) at the audit's forward
+    # batch: every transformed image, and the classifier floor's round trips (the first floor_images images
+    # resampled there and back under each sampled element, see Engine._prepare_floor).
+    floor_n = min(n, AuditSpec().floor_images)
+    sampled = [g for g in group.elements if not uses_exact_path(g, tuple(x.shape[-2:]))]
+    trips = apply_elements(apply_elements(x[:floor_n], sampled), sampled, inverse=True)
+    rows = [apply_elements(x, group).reshape(-1, *x.shape[1:]), trips.reshape(-1, *x.shape[1:])]
+    bare_inputs = torch.cat(rows).contiguous()
 
     def run_bare() -> None:
         with torch.inference_mode():
@@ -88,7 +95,7 @@ def bench_throughput(
     for _ in range(repeats):
         t_audit = min(t_audit, best_of(run_audit, 1))
         t_bare = min(t_bare, best_of(run_bare, 1))
-    transformed = n * len(group)
+    transformed = bare_inputs.shape[0]
     return {
         "images": n,
         "elements": len(group),

@@ -23,7 +23,14 @@ from equiaudit.spec import spec_fields
 from .console import EXIT_FAILED, RescuedWrite, err, fail, out, rescue_path, save_or_rescue
 from .extras import require_reports
 
-_TYPES = {"int": int, "str": str, "int | None": int | None, "str | None": str | None}  # AuditSpec field types
+_TYPES = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+    "int | None": int | None,
+    "str | None": str | None,
+}  # field types
 
 
 def _spec_parameter(f: dataclasses.Field) -> inspect.Parameter:
@@ -70,6 +77,17 @@ def _thresholds(items: list[str], flag: str) -> dict[str, float]:
     return parsed
 
 
+def _cell(row: Any, col: str) -> str:
+    """``0.33 ±0.065`` where the metric has an interval (the larger half-width), else the value."""
+    value = row[col]
+    if value != value:
+        return "-"
+    low, high = row.get(f"{col}_low"), row.get(f"{col}_high")
+    if low is None or high is None or low != low or high != high or high - low <= 0:
+        return f"{value:.4g}"
+    return f"{value:.4g} ±{max(high - value, value - low):.2g}"
+
+
 def _print_table(result: Any) -> None:
     from equiaudit.result import ELEMENT_METRICS
 
@@ -82,9 +100,15 @@ def _print_table(result: Any) -> None:
     for col in metric_cols:
         table.add_column(col, justify="right")
     for _, row in frame.iterrows():
-        cells = [f"{row[c]:.4g}" if row[c] == row[c] else "-" for c in metric_cols]
+        cells = [_cell(row, c) for c in metric_cols]
         table.add_row(str(row["label"]), "yes" if row["exact"] else "", *cells)
     out.print(table)
+    if result.intervals:
+        i = result.intervals
+        out.print(
+            f"± : half-width of the {i['confidence']:.0%} interval ({i['images']} images; Wilson for proportions, "
+            "bootstrap over the images for mean errors)"
+        )
     summary = result.summary
     keys = [k for k in summary if k not in ("exact_group",)]
     out.print(
@@ -103,6 +127,11 @@ def _data_options(
     input_shape: str | None,
     download: bool,
     cache_dir: Path | None,
+    resize: int | None = None,
+    crop: int | None = None,
+    resample: str | None = None,
+    classes: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """The scan's data options as :func:`equiaudit.data.load_data` keywords."""
     options: dict[str, Any] = {
@@ -114,6 +143,11 @@ def _data_options(
         "std": _floats(std, "--std"),
         "download": download,
         "cache_dir": cache_dir,
+        "resize": resize,
+        "crop": crop,
+        "resample": resample,
+        "classes": classes,
+        "workers": workers,
     }
     if input_shape is not None:
         dims = _floats(input_shape, "--input-shape") or []
@@ -126,20 +160,44 @@ def _data_options(
 @spec_options
 def scan(
     model: Annotated[
-        str, typer.Argument(help="Model file (.pt state dict / pickle / TorchScript, .pt2), or zoo:NAME.")
+        str,
+        typer.Argument(
+            help="Model file (.pt state dict / pickle / TorchScript, .pt2), zoo:NAME, torchvision:NAME, timm:NAME "
+            "or hf:PATH; constructor keywords after '?' (torchvision:resnet18?weights=None)."
+        ),
     ],
     data: Annotated[
         str,
         typer.Option(
             "--data",
             "-d",
-            help="digits, rot-digits, scale-digits, shapes-seg, photos, "
-            "noise, mnist, rot-mnist, a folder, or a .npz/.pt file.",
+            help="digits, rot-digits, scale-digits, shapes-seg, photos, noise, mnist, rot-mnist, imagenet[:DIR], "
+            "a folder (class sub-folders, or images/ + masks/), or a .npz/.pt file.",
         ),
     ] = "digits",
     split: Annotated[str, typer.Option(help="Data split: train, val, test or all.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Use at most this many images.")] = None,
     input_size: Annotated[int | None, typer.Option(help="Resize images to SIZE x SIZE.")] = None,
+    resize: Annotated[
+        int | None, typer.Option(help="Resize the shorter side to SIZE, keeping the aspect ratio (before --crop).")
+    ] = None,
+    crop: Annotated[int | None, typer.Option(help="Centre-crop SIZE x SIZE after --resize.")] = None,
+    resample: Annotated[
+        str | None, typer.Option(help="Resizing filter: bilinear (default), bicubic or nearest.")
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="The model's classes in output order, for class folders: a file (one per line, first word) or "
+            "a,b,c. Needed when the folders are not exactly the model's classes."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes decoding image files (default: up to 4 for folders of more than 256 images).", min=0
+        ),
+    ] = None,
     channels: Annotated[int | None, typer.Option(help="Convert images to 1 or 3 channels.")] = None,
     mean: Annotated[str | None, typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406.")] = None,
     std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.229,0.224,0.225.")] = None,
@@ -149,7 +207,13 @@ def scan(
         Path | None,
         typer.Option(help="Dataset cache (default $EQUIAUDIT_CACHE or ~/.cache/equiaudit)."),
     ] = None,
-    arch: Annotated[str | None, typer.Option(help="Architecture for a state dict: module:factory or zoo:NAME.")] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="Architecture for a state dict: module:factory, file.py:factory, zoo:NAME, torchvision:NAME or "
+            "timm:NAME, with keywords after '?' (torchvision:resnet18?num_classes=10)."
+        ),
+    ] = None,
     trust: Annotated[
         bool,
         typer.Option(
@@ -177,7 +241,10 @@ def scan(
     from equiaudit.spec import AuditSpec
 
     above, below = _thresholds(fail_above or [], "--fail-above"), _thresholds(fail_below or [], "--fail-below")
-    data_options = _data_options(split, limit, input_size, channels, mean, std, input_shape, download, cache_dir)
+    data_options = _data_options(
+        split, limit, input_size, channels, mean, std, input_shape, download, cache_dir, resize, crop, resample,
+        classes, workers,
+    )  # fmt: skip
     show = not (quiet or json_out)
     for name in [*above, *below]:
         if name not in known_metrics():
@@ -187,11 +254,16 @@ def scan(
         if show and auto:
             err.print(f"task: {chosen} (chosen from the model's output shape; override with --task)")
 
+    def on_note(note: str) -> None:
+        if show:
+            err.print(f"note: {note}", markup=False, highlight=False)
+
     try:
         if report is not None:
             require_reports()  # before the scan, not after it
         audit_spec = AuditSpec(**spec)  # a bad option fails before the model or data load
-        kwargs = {"spec": audit_spec, "arch": arch, "trust": trust, "on_task": on_task, **data_options}
+        kwargs = {"spec": audit_spec, "arch": arch, "trust": trust, "on_task": on_task, "on_note": on_note}
+        kwargs.update(data_options)
         result = _run_scan(audit, model, data, kwargs, show)
     except ScanInterrupted as exc:
         if exc.partial is None:

@@ -12,32 +12,48 @@ Specs (see :data:`SPEC_FORMS`):
   ``limit`` says otherwise; made lazily per index from ``seed``.
 - ``mnist``, ``rot-mnist``, ``mnist-scale``, ``flowers``, ``butterflies``, each optionally ``NAME:DIR``
   (default ``<cache_dir>/...``). Only ``mnist`` and ``rot-mnist`` download, and only with ``download``.
-- A folder of images (class sub-folders give labels, sorted) or a ``.npz`` / ``.pt`` file with ``x``
-  [, ``y``, ``mask``].
+- ``imagenet[:DIR]``: the ImageNet validation (or train) images in one of the usual layouts:
+  ``DIR/val/<wnid>/*``, Kaggle's ``DIR/ILSVRC/Data/CLS-LOC/val/*`` with ``LOC_val_solution.csv``, or ``DIR``
+  holding the ``<wnid>`` folders. Labels index the 1,000 classes in the order of ``LOC_synset_mapping.txt``
+  (found in ``DIR``) or of ``classes``; all 1,000 folders alone give it too (sorted).
+- A folder of images: class sub-folders give labels (sorted, or in the order of ``classes``), a folder with
+  ``images/`` and ``masks/`` gives segmentation pairs (a mask per image, same name, non-zero = foreground),
+  else the images are unlabelled; or a ``.npz`` / ``.pt`` file with ``x`` [, ``y``, ``mask``].
 
 Every item is ``(x, y, mask)``: ``x`` a float32 (C, H, W) tensor, ``y`` an int (-1 without labels),
 ``mask`` a float32 (1, H, W) {0, 1} tensor or an empty tensor. Order is deterministic; ``limit`` keeps
-the first N. Options apply in this order: resize (antialiased bilinear; masks thresholded at 0.5),
-channels (1 -> 3 by repeating, 3 -> 1 by luminance 0.299 R + 0.587 G + 0.114 B), then
-normalisation ``(x - mean) / std``.
+the first N. Options apply in this order, as torchvision's and timm's evaluation transforms do: ``resize``
+(the shorter side to N pixels, aspect ratio kept), a centre ``crop``, ``input_size`` (every image to exactly
+H x W), all antialiased with ``resample`` (masks follow, thresholded at 0.5); channels (1 -> 3 by repeating,
+3 -> 1 by luminance 0.299 R + 0.587 G + 0.114 B); then normalisation ``(x - mean) / std``. Image files are
+decoded by a :class:`~torch.utils.data.DataLoader` with ``workers`` processes, read ahead in order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .datasets.arrays import arrays_source, load_array_file
 from .datasets.core import SPLITS, Item, RangeItems, Source, read_range, splitless
-from .datasets.images import load_butterflies, load_folder, load_photos, load_split_folders
+from .datasets.images import (
+    ImageFileDataset,
+    load_butterflies,
+    load_folder,
+    load_imagenet,
+    load_photos,
+    load_split_folders,
+    read_class_list,
+)
 from .datasets.mnist import load_mnist, load_rot_mnist
 from .datasets.synthetic import load_digits, load_noise, load_shapes
 from .errors import DataError
@@ -49,8 +65,12 @@ __all__ = [
 
 SPEC_FORMS = (
     "digits, rot-digits, scale-digits, shapes-seg, photos, noise, mnist[:DIR], rot-mnist[:DIR], "
-    "mnist-scale[:DIR], flowers[:DIR], butterflies[:DIR], a folder of images, or a .npz/.pt file"
+    "mnist-scale[:DIR], flowers[:DIR], butterflies[:DIR], imagenet[:DIR], a folder of images, or a .npz/.pt file"
 )
+RESAMPLES = ("bilinear", "bicubic", "nearest")
+# Image files are read by this many worker processes by default (when there are more than AUTO_WORKERS_MIN).
+AUTO_WORKERS_MAX, AUTO_WORKERS_MIN = 4, 256
+_PREFETCH_BATCH = 8  # items per worker round trip
 NOISE_SHAPE = (1, 28, 28)
 NOISE_COUNT = 256
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
@@ -61,12 +81,13 @@ _ROOTED = {
     "mnist-scale": "mnist-scale",
     "flowers": "flowers",
     "butterflies": "butterflies",
+    "imagenet": "imagenet",
 }  # name -> default folder under the cache dir
 _ARRAY_SUFFIXES = (".npz", ".pt", ".pth")
 
 
 class Batch(NamedTuple):
-    x: torch.Tensor  # (B, C, H, W) float32 in the normalised model space
+    x: torch.Tensor  # (B, C, H, W) float32, after the data's options (normalisation included)
     y: torch.Tensor | None  # (B,) int64 labels, or None when the data has no labels
     mask: torch.Tensor | None  # (B, 1, H, W) float32 {0, 1} ground-truth foreground masks, or None
 
@@ -79,13 +100,36 @@ def default_cache_dir() -> Path:
 # ------------------------------------------------------------------------------ per-image operations
 
 
-def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize (..., C, H, W) images to ``size`` (H, W): antialiased bilinear, no-op if already that size."""
+def resize_image(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize (..., C, H, W) images to ``size`` (H, W): antialiased ``bilinear`` or ``bicubic`` (clamped to the
+    input's range, as PIL's 8-bit result is) or ``nearest``; no-op if already that size."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     flat = x.reshape(-1, *x.shape[-3:])
-    out = F.interpolate(flat, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    if mode == "nearest":
+        out = F.interpolate(flat, size=tuple(size), mode="nearest-exact")
+    else:
+        out = F.interpolate(flat, size=tuple(size), mode=mode, antialias=True, align_corners=False)
+        if mode == "bicubic":
+            out = out.clamp(float(flat.min()), float(flat.max()))
     return out.reshape(*x.shape[:-2], *size)
+
+
+def shorter_side_size(h: int, w: int, side: int) -> tuple[int, int]:
+    """(H, W) with the shorter side ``side`` and the aspect ratio kept (the longer side truncated, as torchvision)."""
+    if h <= w:
+        return side, int(side * w / h)
+    return int(side * h / w), side
+
+
+def centre_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre ``size`` (H, W) of (..., C, H, W) images (offsets rounded as torchvision's ``CenterCrop``)."""
+    h, w = x.shape[-2:]
+    ch, cw = size
+    if ch > h or cw > w:
+        raise DataError(f"cannot crop {ch}x{cw} from a {h}x{w} image; resize it first (--resize)")
+    top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
+    return x[..., top : top + ch, left : left + cw]
 
 
 def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -107,7 +151,7 @@ def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 
 
 class _Pipeline(Dataset):
-    """Applies resize, channel conversion and normalisation ``(mean, std)`` to the items of ``base``."""
+    """Applies resize / crop, channel conversion and normalisation ``(mean, std)`` to the items of ``base``."""
 
     def __init__(
         self,
@@ -115,19 +159,41 @@ class _Pipeline(Dataset):
         size: tuple[int, int] | None,
         channels: int | None,
         stats: tuple[Sequence[float], Sequence[float]] | None,
+        resize: int | None = None,
+        crop: tuple[int, int] | None = None,
+        resample: str = "bilinear",
     ) -> None:
         self.base, self.size, self.channels = base, size, channels
+        self.resize, self.crop, self.resample = resize, crop, resample
         self.stats = None if stats is None else (torch.tensor(stats[0]), torch.tensor(stats[1]))
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def _process(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Resize, convert and normalise one image ``(C, H, W)`` or a stack of them (masks only resized)."""
-        if self.size is not None:
-            x = resize_image(x, self.size)
+    def with_stats(self, stats: tuple[Sequence[float], Sequence[float]] | None) -> _Pipeline:
+        """The same pipeline with another normalisation (None: none)."""
+        return _Pipeline(self.base, self.size, self.channels, stats, self.resize, self.crop, self.resample)
+
+    def _geometry(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        def resized(size: tuple[int, int]) -> None:
+            nonlocal x, mask
+            x = resize_image(x, size, self.resample)
             if mask is not None:
-                mask = (resize_image(mask, self.size) >= 0.5).to(torch.float32)
+                mask = (resize_image(mask, size) >= 0.5).to(torch.float32)
+
+        if self.resize is not None:
+            resized(shorter_side_size(x.shape[-2], x.shape[-1], self.resize))
+        if self.crop is not None:
+            x = centre_crop(x, self.crop)
+            mask = None if mask is None else centre_crop(mask, self.crop)
+        if self.size is not None:
+            resized(self.size)
+        return x, mask
+
+    def _process(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Resize / crop, convert and normalise one image ``(C, H, W)`` or a stack of them (masks only resized
+        and cropped)."""
+        x, mask = self._geometry(x, mask)
         if self.channels is not None:
             x = convert_channels(x, self.channels)
         if self.stats is not None:
@@ -137,7 +203,7 @@ class _Pipeline(Dataset):
     def __getitem__(self, i: int) -> Item:
         x, y, mask = self.base[i]
         x, resized = self._process(x, mask if mask.numel() else None)
-        return x, y, mask if resized is None else resized
+        return x.contiguous(), y, mask if resized is None else resized.contiguous()
 
     def read_range(self, start: int, stop: int) -> RangeItems | None:
         items = read_range(self.base, start, stop)
@@ -167,6 +233,10 @@ class AuditData:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     seed: int | None = None
+    workers: int = 0  # worker processes reading items that are not held in tensors
+    preprocess: dict[str, Any] | None = None  # what an audit recorded of the pipeline (see equiaudit.adapt)
+    classes_from: str | None = None  # what the labels index: "folders" (sorted names), "classes" (a given list)
+    _prefetch: _Prefetch | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -180,7 +250,7 @@ class AuditData:
         )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        """Batches in the data's fixed order (no shuffling, no worker processes); the last may be short."""
+        """Batches in the data's fixed order (no shuffling); the last may be short."""
         size = _positive_int(batch_size, "batch_size")
         n = len(self)
         for start in range(0, n, size):
@@ -191,6 +261,10 @@ class AuditData:
         and stacked."""
         items = read_range(self.dataset, start, stop)
         if items is None:
+            if self.workers > 0 and stop - start > 0:
+                if self._prefetch is None:
+                    self._prefetch = _Prefetch(self.dataset, self.workers)
+                return self._collate(self._prefetch.read(start, stop))
             return self._collate([self.dataset[i] for i in range(start, stop)])
         x, y, mask = items
         if self.has_labels and y is None:
@@ -212,7 +286,29 @@ class AuditData:
             "split": self.split,
             "normalisation": norm,
             "seed": self.seed,
+            "preprocess": self.preprocess,
+            "classes_from": self.classes_from,
         }
+
+    def without_normalisation(self, offset: Sequence[float] | None = None) -> AuditData | None:
+        """The same images before the normalisation, minus ``offset`` per channel (None: as they are), or None
+        when the normalisation is not this data's own pipeline (data given in memory)."""
+        ds, wrap = self.dataset, None
+        if isinstance(ds, Subset):  # a limit applied after the pipeline
+            ds, wrap = ds.dataset, ds.indices
+        if not isinstance(ds, _Pipeline):
+            return None if self.mean is not None else self._with(ds, wrap, offset)
+        stats = None if offset is None else (tuple(offset), (1.0,) * len(offset))
+        return self._with(ds.with_stats(stats), wrap, offset)
+
+    def _with(self, ds: Dataset, indices: Any, offset: Sequence[float] | None) -> AuditData:
+        if offset is not None and not isinstance(ds, _Pipeline):
+            ds = _Pipeline(ds, None, None, (tuple(offset), (1.0,) * len(offset)))
+        if indices is not None:
+            ds = Subset(ds, indices)
+        mean = None if offset is None else tuple(float(v) for v in offset)
+        std = None if offset is None else (1.0,) * len(offset)
+        return dataclasses.replace(self, dataset=ds, mean=mean, std=std)
 
     @classmethod
     def from_tensors(
@@ -231,6 +327,64 @@ class AuditData:
         return _assemble(spec, src, None, None, None, None)
 
 
+class _Prefetch:
+    """Items of a dataset read ahead, in order, by a DataLoader with worker processes; ranges asked in order are
+    served from it (one worker pool for the whole pass), any other range restarts it there."""
+
+    def __init__(self, dataset: Dataset, workers: int) -> None:
+        self.dataset, self.workers = dataset, workers
+        self.items: dict[int, Item] = {}
+        self.next = 0  # index of the next item the loader yields
+        self.iterator: Iterator[list[Item]] | None = None
+
+    def _restart(self, start: int) -> None:
+        self.close()
+        n = len(self.dataset)  # type: ignore[arg-type]
+        loader = DataLoader(
+            Subset(self.dataset, range(start, n)),
+            batch_size=_PREFETCH_BATCH,
+            num_workers=self.workers,
+            collate_fn=list,
+            prefetch_factor=4,
+        )
+        self.iterator, self.next = iter(loader), start
+
+    def read(self, start: int, stop: int) -> list[Item]:
+        first = min(self.items, default=self.next)
+        if (self.iterator is None and self.next < stop) or start < first or start > self.next:
+            self._restart(start)
+        for i in [i for i in self.items if i < start]:
+            del self.items[i]
+        while self.next < stop:
+            assert self.iterator is not None
+            for item in next(self.iterator):
+                self.items[self.next] = item
+                self.next += 1
+        out = [self.items[i] for i in range(start, stop)]
+        if self.next >= len(self.dataset):  # type: ignore[arg-type]
+            self.close()  # everything is read: the workers go
+        return out
+
+    def close(self) -> None:
+        self.iterator = None  # the DataLoader's iterator shuts its workers down when it goes
+
+
+def _reads_files(ds: Dataset) -> bool:
+    while isinstance(ds, (Subset, _Pipeline)):
+        ds = ds.dataset if isinstance(ds, Subset) else ds.base
+    return isinstance(ds, ImageFileDataset)
+
+
+def _workers(workers: int | None, ds: Dataset) -> int:
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise DataError(f"workers must be an integer >= 0, got {workers!r}")
+        return workers if _reads_files(ds) else 0
+    if not _reads_files(ds) or len(ds) <= AUTO_WORKERS_MIN:  # type: ignore[arg-type]
+        return 0
+    return max(0, min(AUTO_WORKERS_MAX, (os.cpu_count() or 1) - 1))
+
+
 # ----------------------------------------------------------------------------------------- load_data
 
 
@@ -246,14 +400,14 @@ def _positive_int(value: Any, name: str) -> int:
     return n
 
 
-def _size(input_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+def _size(input_size: int | Sequence[int] | None, name: str = "input_size") -> tuple[int, int] | None:
     if input_size is None:
         return None
     if isinstance(input_size, Sequence) and not isinstance(input_size, str):
         if len(input_size) != 2:
-            raise DataError(f"input_size must be N or (H, W), got {tuple(input_size)!r}")
-        return _positive_int(input_size[0], "input_size"), _positive_int(input_size[1], "input_size")
-    n = _positive_int(input_size, "input_size")
+            raise DataError(f"{name} must be N or (H, W), got {tuple(input_size)!r}")
+        return _positive_int(input_size[0], name), _positive_int(input_size[1], name)
+    n = _positive_int(input_size, name)
     return n, n
 
 
@@ -283,6 +437,25 @@ def _stats(values: Sequence[float] | None, name: str, channels: int) -> torch.Te
     return t
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """The resize / crop options of load_data, checked."""
+
+    size: tuple[int, int] | None = None  # input_size
+    resize: int | None = None
+    crop: tuple[int, int] | None = None
+    resample: str = "bilinear"
+
+    @property
+    def fixed(self) -> bool:
+        """Whether every image comes out the same size whatever it was (so differing sizes are fine)."""
+        return self.size is not None or self.crop is not None
+
+    @property
+    def any(self) -> bool:
+        return self.size is not None or self.resize is not None or self.crop is not None
+
+
 def _assemble(
     spec: str,
     src: Source,
@@ -291,8 +464,11 @@ def _assemble(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     limit: int | None = None,
+    geometry: _Geometry | None = None,
+    workers: int | None = 0,
 ) -> AuditData:
     """Apply ``limit`` and the per-image options to a loader's :class:`Source`."""
+    geometry = geometry or _Geometry(size)
     ds = src.dataset
     if limit is not None and len(ds) > limit:  # type: ignore[arg-type]
         ds = Subset(ds, range(limit))
@@ -311,8 +487,8 @@ def _assemble(
         mean_t = torch.zeros(1, dtype=torch.float64) if mean_t is None else mean_t
         std_t = torch.ones(1, dtype=torch.float64) if std_t is None else std_t
         stats = (tuple(mean_t.expand(out_c).tolist()), tuple(std_t.expand(out_c).tolist()))
-    if size is not None or channels is not None or stats is not None:
-        ds = _Pipeline(ds, size, channels, stats)
+    if geometry.any or channels is not None or stats is not None:
+        ds = _Pipeline(ds, geometry.size, channels, stats, geometry.resize, geometry.crop, geometry.resample)
     x0 = ds[0][0]
     return AuditData(
         spec=spec,
@@ -327,6 +503,8 @@ def _assemble(
         mean=None if stats is None else stats[0],
         std=None if stats is None else stats[1],
         seed=src.seed,
+        workers=_workers(workers, ds),
+        classes_from=src.class_source,
     )
 
 
@@ -340,14 +518,17 @@ def _open(
     download: bool,
     cache: Path,
     seed: int,
+    resized: bool = False,
+    classes: list[str] | None = None,
 ) -> Source:
-    """Find the loader for ``spec`` and run it."""
+    """Find the loader for ``spec`` and run it (``resized``: every image comes out one size whatever it was)."""
+    resized = resized or size is not None
     if spec in ("digits", "rot-digits", "scale-digits"):
         return load_digits(spec, split, limit, seed)
     if spec == "shapes-seg":
         return load_shapes(split, size, limit, seed)
     if spec == "photos":
-        return load_photos(split, channels, size is not None)
+        return load_photos(split, channels, resized)
     if spec == "noise":
         splitless(split, "noise")
         shape = shape or (channels or NOISE_SHAPE[0], *(size or NOISE_SHAPE[1:]))
@@ -359,12 +540,12 @@ def _open(
         if colon and not rest:
             raise DataError(f"{spec!r} names no folder after ':'; valid forms: {SPEC_FORMS}")
         root = Path(rest).expanduser() if colon else cache / _ROOTED[name]
-        return _open_rooted(name, root, split, limit, size, channels, download)
+        return _open_rooted(name, root, split, limit, resized, channels, download, classes)
     path = Path(spec).expanduser()
     if path.suffix.lower() in _ARRAY_SUFFIXES:
         return load_array_file(path, split)
     if path.is_dir():
-        return load_folder(path, split, channels, size is not None, limit)
+        return load_folder(path, split, channels, resized, limit, classes)
     if path.exists():
         raise DataError(f"{spec!r} is a file but not .npz or .pt; valid forms: {SPEC_FORMS}")
     raise DataError(f"unknown data spec {spec!r} (no such name, file or folder); valid forms: {SPEC_FORMS}")
@@ -375,11 +556,13 @@ def _open_rooted(
     root: Path,
     split: str,
     limit: int | None,
-    size: tuple[int, int] | None,
+    resize: bool,
     channels: int | None,
     download: bool,
+    classes: list[str] | None = None,
 ) -> Source:
-    resize = size is not None
+    if name == "imagenet":
+        return load_imagenet(root, split, channels, resize, limit, classes)
     if name == "mnist":
         return load_mnist(root, split, download, limit)
     if name == "rot-mnist":
@@ -392,7 +575,36 @@ def _open_rooted(
         "flowers": "no download: export the 'Petals to the Metal' images as <split>/<class>/<image> there, "
         "or pass flowers:PATH",
     }[name]
-    return load_split_folders(root, name, split, channels, resize, limit, hint)
+    return load_split_folders(root, name, split, channels, resize, limit, hint, classes)
+
+
+def _classes(classes: str | Sequence[str] | None) -> list[str] | None:
+    """A class list: names in the model's output order, or a text file of them (one per line; the first word of
+    each line is the name, so ``LOC_synset_mapping.txt`` works as it is), or ``a,b,c``."""
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        path = Path(classes).expanduser()
+        names = read_class_list(path) if path.is_file() else [c.strip() for c in classes.split(",") if c.strip()]
+    elif isinstance(classes, Sequence):
+        names = [str(c) for c in classes]
+    else:
+        raise DataError(f"classes must be a list of names or a file of them, got {type(classes).__name__}")
+    if not names:
+        raise DataError(f"classes {classes!r} names no class")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"classes lists {dup!r} twice")
+    return names
+
+
+def _name_classes(src: Source, names: list[str]) -> None:
+    """Give labelled data that is not organised in class folders the class names ``names``."""
+    if not src.has_labels:
+        raise DataError(f"classes were given but {src.source} has no labels")
+    if src.num_classes is not None and src.num_classes > len(names):
+        raise DataError(f"labels go up to {src.num_classes - 1} but classes lists only {len(names)} names")
+    src.class_names, src.num_classes, src.class_source = names, len(names), "classes"
 
 
 def load_data(
@@ -408,6 +620,11 @@ def load_data(
     download: bool = False,
     cache_dir: str | Path | None = None,
     seed: int = 0,
+    resize: int | None = None,
+    crop: int | tuple[int, int] | None = None,
+    resample: str | None = None,
+    classes: str | Sequence[str] | None = None,
+    workers: int | None = None,
 ) -> AuditData:
     """Load the data named by ``spec`` (see the module docstring and :data:`SPEC_FORMS`).
 
@@ -416,7 +633,7 @@ def load_data(
         split: ``train``, ``val``, ``test`` or ``all`` where the data has splits; data without splits
             serve all their images for ``test`` (the default) and ``all``.
         limit: keep the first ``limit`` images of the fixed order (for ``noise``: how many to make).
-        input_size: resize every image (and mask) to N x N or (H, W), antialiased.
+        input_size: resize every image (and mask) to N x N or (H, W), antialiased (after ``resize`` / ``crop``).
         channels: the number of channels wanted; converts 1 <-> 3 (any other count must already match).
             Folders default to RGB unless every image is grayscale.
         mean, std: per-channel normalisation applied last (1 or C values each).
@@ -424,6 +641,12 @@ def load_data(
         download: let ``mnist`` / ``rot-mnist`` fetch missing files into ``cache_dir``.
         cache_dir: where downloadable data sets live (default :func:`default_cache_dir`).
         seed: seed of generated data (noise, shapes-seg, rot-digits / scale-digits parameters).
+        resize: resize the shorter side of every image to N pixels, keeping the aspect ratio.
+        crop: centre-crop N x N or (H, W) pixels after ``resize``.
+        resample: ``bilinear`` (default), ``bicubic`` or ``nearest`` for ``resize`` and ``input_size``.
+        classes: the model's classes in output order (names, or a file with one per line): class folders are
+            labelled by their place in it, and every folder must be in it.
+        workers: processes decoding image files (default: up to 4 for folders of more than 256 images, else 0).
 
     Raises:
         DataError: a bad spec or option, missing or unreadable files; the message is one line.
@@ -439,5 +662,13 @@ def load_data(
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
     shape = _shape3(input_shape) if spec == "noise" else None
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    src = _open(spec, split, limit, size, channels, shape, download, cache, seed)
-    return _assemble(spec, src, size, channels, mean, std, limit)
+    resample = "bilinear" if resample is None else str(resample)
+    if resample not in RESAMPLES:
+        raise DataError(f"unknown resample {resample!r}; valid: {', '.join(RESAMPLES)}")
+    side = None if resize is None else _positive_int(resize, "resize")
+    geometry = _Geometry(size, side, _size(crop, "crop"), resample)
+    names = _classes(classes)
+    src = _open(spec, split, limit, size, channels, shape, download, cache, seed, geometry.fixed, names)
+    if names is not None and src.class_source != "classes":
+        _name_classes(src, names)
+    return _assemble(spec, src, size, channels, mean, std, limit, geometry, workers)

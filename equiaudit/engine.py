@@ -16,13 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adapt import fit, inner
+from .assemble import assemble
 from .data import AuditData, Batch, load_data
 from .errors import EquiauditError, InputMismatchError, OptionError, ScanInterrupted
 from .groups import Group, GroupElement
 from .loading import LoadedModel, load_model, resolve_device
 from .metrics import classify_scores, dense_scores
 from .observers import ObservedBatch, Observer, Setup, default_observers, element_observer
-from .result import AuditResult, build_result
+from .preprocess import merge as merge_preprocess
+from .preprocess import pipeline_record
+from .result import AuditResult
 from .spec import SPEC_FIELDS, AuditSpec
 from .transforms import ElementPlan, input_region, sampling_dtype, uses_exact_path, valid_mask
 
@@ -79,8 +83,22 @@ def _nbytes(value: Any) -> int:
 
 
 def _forward(module: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``module(x)`` in forwards of at most ``batch_size`` images, split evenly (36 rows at 32: 18 + 18)."""
+    """``module(x)`` in forwards of at most ``batch_size`` images, split evenly (36 rows at 32: 18 + 18).
+
+    A module with a ``fixed_batch`` (an exported program traced with one batch size, see
+    :class:`~equiaudit.adapt.ModelAdapter`) gets exactly that many rows per forward: the last forward is padded
+    with copies of its last row, whose outputs are dropped."""
     n = x.shape[0]
+    fixed = getattr(module, "fixed_batch", None)
+    if fixed:
+        outs = []
+        for i in range(0, n, fixed):
+            part = x[i : i + fixed]
+            short = fixed - part.shape[0]
+            if short:
+                part = torch.cat([part, part[-1:].expand(short, *part.shape[1:])])
+            outs.append(module(part)[: fixed - short])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
     size = -(-n // -(-n // batch_size)) if n else 1
     outs = [module(x[i : i + size]) for i in range(0, n, size)]
     for o in outs:
@@ -113,8 +131,9 @@ def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> Pro
         largest[0] = max(largest[0], _nbytes(output))
 
     handles = []
+    roots = (module, inner(module))
     for sub in module.modules():
-        if sub is module:  # the root's output is not an inner activation
+        if any(sub is root for root in roots):  # the root's output is not an inner activation
             continue
         try:
             handles.append(sub.register_forward_hook(record))
@@ -156,6 +175,8 @@ def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> Pro
         chosen = "segment" if data.has_masks else "dense"
     else:
         raise InputMismatchError(f"output shape {tuple(y.shape)} is neither (B, classes) nor (B, C, H, W)")
+    if chosen == "classify":
+        _check_classes(data, y.shape[1])
     if task == "auto":
         return Probe(chosen, tuple(y.shape[1:]), y.dtype, activation_per_image)
     if (task == "classify") != (y.dim() == 2):
@@ -163,6 +184,23 @@ def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> Pro
             f"--task {task} cannot use output shape {tuple(y.shape)}; it looks like {chosen} (try --task auto)"
         )
     return Probe(task, tuple(y.shape[1:]), y.dtype, activation_per_image)
+
+
+def _check_classes(data: AuditData, outputs: int) -> None:
+    """Class folders must match the model's outputs one to one: a missing or extra folder shifts every label."""
+    if data.classes_from is None or data.num_classes is None or data.num_classes == outputs:
+        return
+    names = data.class_names or []
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    if data.classes_from == "folders":
+        raise InputMismatchError(
+            f"{data.spec!r} has {data.num_classes} class folders ({shown}) but the model has {outputs} outputs: a "
+            f"missing or extra folder would shift every label; pass --classes (classes=) with the model's classes "
+            f"in output order"
+        )
+    raise InputMismatchError(
+        f"the class list of {data.spec!r} names {data.num_classes} classes but the model has {outputs} outputs"
+    )
 
 
 def as_audit_data(data: Any, data_options: dict[str, Any] | None = None) -> AuditData:
@@ -175,12 +213,23 @@ def as_audit_data(data: Any, data_options: dict[str, Any] | None = None) -> Audi
     if isinstance(data, torch.Tensor):
         return AuditData.from_tensors(data)
     if isinstance(data, np.ndarray):
-        return AuditData.from_tensors(torch.from_numpy(data))
+        return AuditData.from_tensors(data)  # NumPy images may be channels-last (see equiaudit.datasets.arrays)
     if isinstance(data, (tuple, list)) and data and isinstance(data[0], (torch.Tensor, np.ndarray)):
-        return AuditData.from_tensors(*(torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in data))
+        return AuditData.from_tensors(*data)
     raise EquiauditError(
         f"data must be a spec string, AuditData, a tensor / array or (x, y[, mask]); got {type(data).__name__}"
     )
+
+
+def _audit_data(loaded: LoadedModel, data: Any, data_options: dict[str, Any]) -> AuditData:
+    """:func:`as_audit_data`, with the preprocessing the model's source declares for the data options the caller
+    left unset (data named by a spec string only: tensors and AuditData are used as they are)."""
+    if not isinstance(data, str):
+        return as_audit_data(data, data_options)
+    options, record = merge_preprocess(loaded.preprocess, data_options)
+    dataset = as_audit_data(data, options)
+    dataset.preprocess = {**pipeline_record(options), **(record or {})} or None
+    return dataset
 
 
 def split_options(options: dict[str, Any], where: str = "audit()") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -222,6 +271,7 @@ def audit(
     progress: Progress | None = None,
     on_task: Callable[[str, bool], None] | None = None,
     observers: Sequence[Observer] = (),
+    on_note: Callable[[str], None] | None = None,
     **options: Any,
 ) -> AuditResult:
     """Audit ``model`` on ``data`` under every element of a group, in one pass.
@@ -235,6 +285,12 @@ def audit(
         spec: an :class:`AuditSpec`; keyword ``options`` named like its fields override it.
         observers: extra observers fed with every batch (see :mod:`equiaudit.observers`).
         on_task: called once with the chosen task and whether it was chosen automatically.
+        on_note: called with each note on what was chosen or what to beware of (the output taken, inputs that
+            are not square, ...); without it, caveats are :class:`~equiaudit.errors.EquiauditWarning` warnings.
+
+    The model's source may declare its preprocessing (``torchvision:``, ``timm:``, ``hf:``): it completes the
+    data options the caller left unset. The group acts on the image before normalisation (see
+    :mod:`equiaudit.adapt`).
 
     Raises:
         ScanInterrupted: when the scan stops part-way; its ``partial`` result holds what was measured.
@@ -242,7 +298,8 @@ def audit(
     spec_options, data_options = split_options(options)
     spec = make_spec(spec, group, steps, spec_options)
     loaded, module, dev, dt = _prepare_model(model, spec, trust, arch)
-    dataset = as_audit_data(data, data_options)
+    dataset = _audit_data(loaded, data, data_options)
+    loaded, module, dataset, spec = fit(loaded, module, dataset, spec, dev, dt, on_note)
     if len(dataset) == 0:
         raise EquiauditError(f"the data {dataset.spec!r} holds no images")
     engine = Engine(module, dataset, spec, dev, dt, on_task, observers)
@@ -268,7 +325,29 @@ def audit(
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _one_line(exc)
         message = f"scan stopped after {engine.images} of {total} images: {reason}"
         raise ScanInterrupted(message, partial=build()) from exc
-    return build()
+    result = build()
+    if spec.probe == "noise":
+        result.probe = _noise_probe(loaded, dataset, spec, result)
+    return result
+
+
+def _noise_probe(loaded: LoadedModel, data: AuditData, spec: AuditSpec, result: AuditResult) -> dict[str, Any]:
+    """The same audit on band-limited noise of the data's shape (in image space, normalised for the model as the
+    data is), as a compact part of the result: pixels that never vary in the data (black digit corners) vary in
+    noise."""
+    from .spec import PROBE_IMAGES
+
+    norm = (result.data.preprocess or {}).get("normalise") or {}  # the model's own, applied after the transform
+    noise = load_data(
+        "noise", input_shape=tuple(data.input_shape), limit=PROBE_IMAGES, mean=norm.get("mean"), std=norm.get("std")
+    )
+    task = result.task or spec.task
+    probe = audit(loaded, noise, spec=spec.replace(probe="none", samples=0, task=task))
+    return {
+        "data": {"spec": "noise", "count": probe.data.count, "input_shape": probe.data.input_shape},
+        "summary": probe.summary,
+        "elements": probe.to_dict()["elements"],
+    }
 
 
 def _prepare_model(
@@ -322,6 +401,7 @@ class Engine:
         self._inputs: torch.Tensor | None = None  # reused across equal chunks: no fresh allocation per batch
         self.to_inputs: ElementPlan | None = None  # the moved elements on the input
         self.undo: ElementPlan | None = None  # every element's inverse on the output (dense)
+        self.floor_index: list[int] = []  # the sampled elements, whose floor is not 0 (see _prepare_floor)
 
     @property
     def task(self) -> str | None:
@@ -362,11 +442,14 @@ class Engine:
         self.moved.sort(key=lambda i: uses_exact_path(elems[i], in_size))
         self.to_inputs = ElementPlan([elems[i] for i in self.moved], in_size, **kw)
         out_mask = None
-        if found.task != "classify":
-            out_size = (found.out_shape[-2], found.out_shape[-1])
+        classify = found.task == "classify"
+        floor_size = in_size
+        if not classify:
+            floor_size = out_size = (found.out_shape[-2], found.out_shape[-1])
             out_mask = valid_mask(elems, out_size, spec.mask, self.device)
             kw["dtype"] = sampling_dtype(found.out_dtype)  # outputs are undone in their own precision
             self.undo = ElementPlan(elems, out_size, inverse=True, **kw)
+        self._prepare_floor(x, floor_size, classify, kw)
         self.setup = Setup(
             task=found.task,
             elements=elems,
@@ -384,10 +467,29 @@ class Engine:
             out_mask=out_mask,
             num_classes=max(2, found.out_shape[0]),
             floor_images=spec.floor_images,
+            floor_rows=list(self.floor_index),
         )
         self.observers = [element_observer(found.task), *default_observers(spec.samples), *self.extra]
         for obs in self.observers:
             obs.setup(self.setup)
+
+    def _prepare_floor(self, x: torch.Tensor, size: tuple[int, int], classify: bool, kw: dict[str, Any]) -> None:
+        """The floor's transforms: the round trip ``T_g^-1 T_g`` of every sampled element at ``size``.
+
+        A classifier's floor is the change of its own output when its input is only resampled there and back
+        (the round-tripped inputs run in the same forwards as the transformed ones, for the first
+        ``floor_images`` images); a dense model's floor is the round trip of its output. With zero padding the
+        output's forward half fills with the model's own output on a zero image, not with 0: an exactly
+        equivariant model outputs that (its bias, say) where the input was padded.
+        """
+        self.floor_index = [i for i, g in enumerate(self.elements) if not uses_exact_path(g, size)]
+        picked = [self.elements[i] for i in self.floor_index]
+        self.floor_back = ElementPlan(picked, size, inverse=True, **kw)
+        self.floor_there = None if classify else ElementPlan(picked, size, **kw)
+        self.out_fill = None
+        if not classify and self.spec.padding == "zeros":
+            with torch.inference_mode():
+                self.out_fill = _forward(self.module, torch.zeros_like(x[:1]), 1)
 
     def step(self, batch: Batch) -> None:
         """Measure one chunk of images and hand it to every observer."""
@@ -396,38 +498,65 @@ class Engine:
         x = batch.x.to(device=self.device, dtype=self.dtype)
         if setup.in_region is not None:
             x = x * setup.in_region.to(x.dtype)  # a copy: batch.x may be a view of the data
-        y, inputs = self._run(x)
+        classify = setup.task == "classify"
+        floor_n = self._floor_images(x.shape[0]) if classify else x.shape[0]
+        ref, out, inputs, floor_out = self._run(x, floor_n if classify and self.floor_index else 0)
         labels = self._labels(batch)
-        if setup.task == "classify":
-            observed = ObservedBatch(self.images, x, inputs, y[0], y[1], None, labels, None)
-            observed.scores = classify_scores(observed.outputs, observed.ref, labels)
+        if classify:
+            observed = ObservedBatch(self.images, x, inputs, ref, out, None, labels, None)
+            observed.scores = classify_scores(out, ref, labels)
+            observed.floor_ref = ref[:floor_n]
         else:
-            ref = y[0]
             truth = self._truth(batch, ref)
-            undone = self.undo(y[1])
-            observed = ObservedBatch(self.images, x, inputs, ref, y[1], undone, labels, truth)
+            undone = self.undo(out)
+            observed = ObservedBatch(self.images, x, inputs, ref, out, undone, labels, truth)
             observed.scores = dense_scores(
                 undone, ref, setup.out_mask, truth, setup.task == "segment", setup.num_classes
             )
+            observed.floor_ref, floor_out = ref, self._dense_floor(ref)
+        observed.floor_out = floor_out if floor_out is not None else observed.floor_ref.new_empty((0, *ref.shape))
         for obs in self.observers:
             obs.update(observed)
         self.images += x.shape[0]
 
-    def _run(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``(ref, outputs (G, B, ...))`` and the moved copies ``(M, B, C, H, W)``: one transform, the forwards."""
+    def _floor_images(self, b: int) -> int:
+        """How many of the next ``b`` images still enter the classifier's floor (``floor_images``, 0: all)."""
+        limit = self.spec.floor_images
+        return b if limit == 0 else max(0, min(b, limit - self.images))
+
+    def _dense_floor(self, ref: torch.Tensor) -> torch.Tensor | None:
+        """``(S, B, C, h, w)``: the round trip of the output under each sampled element (see _prepare_floor)."""
+        if not self.floor_index:
+            return None
+        if self.out_fill is None:
+            return self.floor_back(self.floor_there(ref))
+        fill = self.out_fill.to(ref.dtype)
+        return self.floor_back(self.floor_there(ref - fill) + fill)
+
+    def _run(
+        self, x: torch.Tensor, floor_n: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One transform and the forwards: ``ref``, the outputs ``(G, B, ...)``, the moved copies
+        ``(M, B, C, H, W)`` and, for the first ``floor_n`` images, the outputs on the round-tripped inputs
+        ``(S, floor_n, ...)``."""
         b, c, h, w = x.shape
-        m, n_el = len(self.moved), len(self.elements)
+        m, n_el, s = len(self.moved), len(self.elements), len(self.floor_index)
         if self._inputs is None or self._inputs.shape[1:] != x.shape:
             self._inputs = torch.empty((m + 1, b, c, h, w), dtype=x.dtype, device=x.device)
         inputs = self._inputs
         inputs[0] = x
         if m:
             self.to_inputs(x, out=inputs[1:])
+        rows = inputs.view((m + 1) * b, c, h, w)
+        if floor_n:  # the sampled copies head the buffer, in floor order
+            trips = self.floor_back(inputs[1 : 1 + s, :floor_n])
+            rows = torch.cat([rows, trips.reshape(s * floor_n, c, h, w)])
         with torch.inference_mode():
-            y = _forward(self.module, inputs.view((m + 1) * b, c, h, w), self.forward_batch)
+            y = _forward(self.module, rows, self.forward_batch)
         if not torch.isfinite(y).all():
             raise InputMismatchError(f"the model output NaN or inf on images {self.images}..{self.images + b - 1}")
-        y = y.reshape(m + 1, b, *y.shape[1:])
+        floor_out = y[(m + 1) * b :].reshape(s, floor_n, *y.shape[1:]) if floor_n else None
+        y = y[: (m + 1) * b].reshape(m + 1, b, *y.shape[1:])
         ref = y[0]
         if m == n_el:
             out = y[1:]
@@ -436,7 +565,7 @@ class Engine:
             out[:] = ref
             if m:
                 out[self.moved] = y[1:]
-        return (ref, out), inputs[1:]
+        return ref, out, inputs[1:], floor_out
 
     def _labels(self, batch: Batch) -> torch.Tensor | None:
         if batch.y is None or not self.data.has_labels:
@@ -464,4 +593,4 @@ class Engine:
 
     def result(self, loaded: LoadedModel, wall: float, partial: bool) -> AuditResult:
         """What the observers measured, as an :class:`AuditResult`."""
-        return build_result(self, loaded, wall, partial)
+        return assemble(self, loaded, wall, partial)

@@ -41,3 +41,7 @@ class ScanInterrupted(EquiauditError):
 
 class OptionError(EquiauditError, TypeError):
     """An option that the audit spec (or the function given it) does not know."""
+
+
+class EquiauditWarning(UserWarning):
+    """A caveat about an audit that still runs (e.g. quarter turns of non-square inputs lose their exact path)."""

@@ -3,8 +3,9 @@
 Sources, in the order they are recognised:
 
 * an in-memory ``nn.Module`` (used as is);
-* ``NAME:REST`` where ``NAME`` is a registered model source (entry-point group ``equiaudit.model_sources``,
-  or :func:`register_source`), e.g. ``zoo:c4_cnn``;
+* ``NAME:REST`` where ``NAME`` is a model source: the built-in ``torchvision:NAME``, ``timm:NAME`` and
+  ``hf:PATH`` (:mod:`equiaudit.sources`), or one registered through the entry-point group
+  ``equiaudit.model_sources`` (``zoo:c4_cnn``) or :func:`register_source`;
 * a file, routed by its content, never by its name alone:
 
   - TorchScript archive -> ``torch.jit.load`` (needs ``trust``);
@@ -14,6 +15,10 @@ Sources, in the order they are recognised:
     loaded into the architecture named by ``arch``; a file that ``weights_only`` refuses is unpickled only
     with ``trust``, and the refusal names the globals that would be imported.
 
+Constructor keywords follow a ``?``, for sources and ``--arch`` alike: ``torchvision:resnet18?num_classes=10``,
+``--arch 'mymodels:Net?width=32,norm=batch'`` (values are Python literals, bare words are strings; see
+:func:`parse_keywords`).
+
 Nothing falls back silently: every refusal is a :class:`~equiaudit.errors.ModelLoadError` with one line that
 says what was found and what to do.
 """
@@ -21,10 +26,12 @@ says what was found and what to do.
 from __future__ import annotations
 
 import _compat_pickle
+import ast
 import contextlib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import io
 import json
 import os
@@ -44,6 +51,7 @@ import torch
 from torch import nn
 
 from equiaudit.errors import DeviceError, EquiauditError, ModelLoadError
+from equiaudit.preprocess import Preprocess
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -53,6 +61,7 @@ __all__ = [
     "check_torch_version",
     "load_model",
     "model_sources",
+    "parse_keywords",
     "register_source",
     "resolve_device",
     "sha256_file",
@@ -67,16 +76,20 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]+")  # >= 2 characters, so C:\ stays a path
 _SCHEME_RE = re.compile(rf"({_NAME_RE.pattern}):(.*)", re.DOTALL)
 _MAX_LISTED = 8
+# Model sources that ship with the core (imported on first use; an entry point or register_source may replace them).
+BUILTIN_SOURCES = {"torchvision": "torchvision", "timm": "timm", "hf": "hf"}  # name -> attribute of .sources
 
 
 class ModelSource(Protocol):
     """What an ``equiaudit.model_sources`` entry point loads (an object or a module with these functions).
 
     ``load`` returns a trusted, shipped model and a JSON-able card (a ``"sha256"`` entry, if present, is
-    reported as the model's hash); ``create`` builds an untrained architecture for a state dict.
+    reported as the model's hash; a ``"preprocess"`` entry, a :class:`~equiaudit.preprocess.Preprocess` or its
+    dict, is the input pipeline the model expects); ``create`` builds an untrained architecture for a state dict.
+    Keywords after a ``?`` in the source string (``NAME?key=value``) are passed to ``load`` / ``create``.
     """
 
-    def load(self, rest: str, *, device: torch.device) -> tuple[nn.Module, dict]: ...
+    def load(self, rest: str, *, device: torch.device, **kwargs: Any) -> tuple[nn.Module, dict]: ...
 
     def create(self, rest: str, **kwargs: Any) -> nn.Module: ...
 
@@ -92,6 +105,8 @@ class LoadedModel:
     parameters: int
     arch: str | None = None
     info: dict = field(default_factory=dict)
+    preprocess: Preprocess | None = None  # the input pipeline the model's source declares
+    output: str | None = None  # which part of the model's output is audited (set when the audit chooses it)
 
     def describe(self) -> dict:
         """JSON-able summary (everything but the module); objects JSON cannot hold become their repr."""
@@ -104,6 +119,8 @@ class LoadedModel:
                     "parameters": self.parameters,
                     "arch": self.arch,
                     "info": self.info,
+                    "preprocess": None if self.preprocess is None else self.preprocess.to_dict(),
+                    "output": self.output,
                 },
                 default=repr,
             )
@@ -200,7 +217,7 @@ def _entry_points() -> dict[str, EntryPoint]:
 
 def model_sources() -> list[str]:
     """Names usable as ``NAME:REST`` sources and ``--arch NAME:REST``."""
-    return sorted(set(_registered) | set(_entry_points()))
+    return sorted(set(_registered) | set(_entry_points()) | set(BUILTIN_SOURCES))
 
 
 def _get_source(name: str) -> object | None:
@@ -209,7 +226,13 @@ def _get_source(name: str) -> object | None:
         return _registered[name]
     ep = _entry_points().get(name)
     if ep is None:
-        return None
+        if name not in BUILTIN_SOURCES:
+            return None
+        from . import sources
+
+        source = getattr(sources, BUILTIN_SOURCES[name])
+        _registered[name] = source
+        return source
     try:
         source = ep.load()
     except Exception as err:
@@ -246,6 +269,47 @@ def _split_scheme(source: str) -> tuple[str, str] | None:
         f"{source!r} is neither a file nor a known model source: unknown source {name!r} (known: {known}); "
         f"give a file path, or install the package that provides {name!r}"
     )
+
+
+def parse_keywords(text: str, what: str = "model") -> tuple[str, dict[str, Any]]:
+    """``NAME?key=value,key=value`` -> ``(NAME, {key: value})``; without a ``?``, ``(text, {})``.
+
+    Values are Python literals (``10``, ``None``, ``False``, ``0.5``, ``'text'``, ``(1, 2)``); a bare word is a
+    string (``norm=batch``). Nothing is evaluated, so a keyword string cannot run code.
+    """
+    name, sep, query = text.partition("?")
+    if not sep:
+        return text, {}
+    hint = "use NAME?key=value,key=value (e.g. torchvision:resnet18?num_classes=10)"
+    if not query.strip():
+        raise ModelLoadError(f"{what} {text!r} has a '?' but no keywords; {hint}")
+    try:
+        call = ast.parse(f"f({query})", mode="eval").body
+    except SyntaxError:
+        raise ModelLoadError(f"{what} {text!r}: cannot read the keywords {query!r}; {hint}") from None
+    if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
+        raise ModelLoadError(f"{what} {text!r}: keywords must be key=value pairs; {hint}")
+    kwargs: dict[str, Any] = {}
+    for keyword in call.keywords:
+        node = keyword.value
+        if isinstance(node, ast.Name):
+            kwargs[str(keyword.arg)] = node.id
+            continue
+        try:
+            kwargs[str(keyword.arg)] = ast.literal_eval(node)
+        except ValueError:
+            raise ModelLoadError(
+                f"{what} {text!r}: the value of {keyword.arg!r} is not a literal (numbers, strings, None, "
+                f"True / False, tuples, lists)"
+            ) from None
+    return name, kwargs
+
+
+def _merge_keywords(given: dict[str, Any], parsed: dict[str, Any], what: str) -> dict[str, Any]:
+    both = sorted(set(given) & set(parsed))
+    if both:
+        raise ModelLoadError(f"{what}: {', '.join(both)} given both after '?' and as arch_kwargs; give each once")
+    return {**given, **parsed}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -306,7 +370,12 @@ def _import_module_name(module_name: str, arch: str) -> tuple[Any, str | None]:
 
 
 def _build_arch(arch: str, arch_kwargs: dict, info: dict) -> nn.Module:
-    """Build the architecture named by ``arch``: ``SOURCE:NAME``, ``module.path:factory`` or ``file.py:factory``."""
+    """Build the architecture named by ``arch``: ``SOURCE:NAME``, ``module.path:factory`` or ``file.py:factory``,
+    each optionally followed by ``?key=value,...`` constructor keywords."""
+    arch, parsed = parse_keywords(arch, "--arch")
+    arch_kwargs = _merge_keywords(arch_kwargs, parsed, f"--arch {arch}")
+    if parsed:
+        info["arch_kwargs"] = dict(arch_kwargs)
     scheme, sep, rest = arch.partition(":")
     source = _get_source(scheme) if sep and _SCHEME_RE.fullmatch(arch) else None
     if source is not None:
@@ -553,12 +622,28 @@ def _torch_load(data: bytes, source: str, members: set[str] | None, trust: bool,
         reason = err
     except Exception as err:
         raise ModelLoadError(f"{source} is not a readable PyTorch file: {_one_line(err)}") from None
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ModelLoadError(
-            f"loading {source} with --trust failed: {_one_line(err)} (the safe loader said: {_one_line(reason)})"
-        ) from err
+    # The pickle imports the classes it names; like --arch module:factory, a module missing from sys.path is
+    # looked up in the working directory too (as `python -m` would find it).
+    cwd = os.getcwd()
+    folders: list[str | None] = [None] if cwd in sys.path or "" in sys.path else [None, cwd]
+    for folder in folders:
+        try:
+            with _sys_path_prepended(folder):
+                obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            if folder is not None:
+                info["imported_from"] = folder
+            break
+        except ModuleNotFoundError as err:
+            if folder is not folders[-1]:
+                continue
+            raise ModelLoadError(
+                f"loading {source} with --trust failed: {_one_line(err)}; the pickle names a module that is not "
+                f"importable from here nor from {cwd} (run from the folder that holds it, or set PYTHONPATH)"
+            ) from err
+        except Exception as err:
+            raise ModelLoadError(
+                f"loading {source} with --trust failed: {_one_line(err)} (the safe loader said: {_one_line(reason)})"
+            ) from err
     info["weights_only"] = False
     info["unsafe_globals"] = unsafe
     return obj
@@ -624,8 +709,9 @@ def _load_file(
             raise ModelLoadError(f"--arch is only for state dicts, but {source} is {label}; drop --arch")
         if not trust:
             raise ModelLoadError(f"{source} is {label}, which can run code when loaded; {_trust_hint()}")
-        loader = _load_torchscript if archive == "torchscript" else _load_export
-        return loader(data, source, device), archive, sha, info
+        if archive == "torchscript":
+            return _load_torchscript(data, source, device), archive, sha, info
+        return _load_export(data, source, device, info), archive, sha, info
     if members is not None and "data.pkl" not in members:
         raise ModelLoadError(
             f"{source} is a zip archive but not a PyTorch checkpoint, TorchScript or torch.export archive"
@@ -662,7 +748,22 @@ def _training_ops(graph_module: torch.fx.GraphModule) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _load_export(data: bytes, source: str, device: torch.device) -> nn.Module:
+def _fixed_input(program: Any) -> list[int] | None:
+    """The input shape an exported program was traced with, when its batch size is fixed (an int, not a symbol)."""
+    try:
+        user_inputs = set(program.graph_signature.user_inputs)
+        for node in program.graph.nodes:
+            if node.op == "placeholder" and node.name in user_inputs:
+                shape = getattr(node.meta.get("val"), "shape", None)
+                if shape is not None and len(shape) == 4 and isinstance(shape[0], int):
+                    return [s if isinstance(s, int) else -1 for s in shape]
+                return None
+    except Exception:  # an unusual program: no guess, the probe reports what fails
+        return None
+    return None
+
+
+def _load_export(data: bytes, source: str, device: torch.device, info: dict) -> nn.Module:
     try:
         program = torch.export.load(io.BytesIO(data))
         if device.type != "cpu":
@@ -678,6 +779,9 @@ def _load_export(data: bytes, source: str, device: torch.device) -> nn.Module:
             f"{source} was exported in training mode ({', '.join(training[:3])}): its outputs depend on the "
             f"batch; call model.eval() before torch.export.export and save it again"
         )
+    fixed = _fixed_input(program)
+    if fixed is not None:
+        info["fixed_batch"], info["input_shape"] = fixed[0], fixed[1:]
     module = program.module()
     for submodule in module.modules():  # eval() raises on exported graphs; the flag alone is safe to set
         submodule.training = False
@@ -710,6 +814,7 @@ def load_model(
     """
     check_torch_version()
     dev = resolve_device(device)
+    preprocess: Preprocess | None = None
     if arch_kwargs is not None and arch is None:
         raise ModelLoadError("arch_kwargs were given without --arch")
     kwargs = dict(arch_kwargs or {})
@@ -728,11 +833,8 @@ def load_model(
             name, rest = scheme
             if arch is not None:
                 raise ModelLoadError(f"--arch is only for state dicts, but {label} is a shipped model; drop --arch")
-            load = _source_method(name, _get_source(name), "load")
-            result = load(rest, device=dev)
-            if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):
-                raise ModelLoadError(f"model source {name!r} returned {type(result).__name__}, not (module, info)")
-            module, kind, info = result[0], name, dict(result[1] or {})
+            module, info, preprocess = _load_from_source(name, rest, label, dev)
+            kind = name
             sha = info.get("sha256") if isinstance(info.get("sha256"), str) else None
         else:
             module, kind, sha, info = _load_file(Path(label).expanduser(), label, arch, kwargs, trust, dev)
@@ -743,4 +845,30 @@ def load_model(
     if kind != "export":  # exported graphs refuse eval(); _load_export checked they are in eval mode
         module.eval()
     parameters = sum(p.numel() for p in module.parameters())
-    return LoadedModel(module, label, kind, sha, parameters, arch, info)
+    return LoadedModel(module, label, kind, sha, parameters, arch, info, preprocess)
+
+
+def _load_from_source(name: str, rest: str, label: str, dev: torch.device) -> tuple[nn.Module, dict, Preprocess | None]:
+    """``NAME:REST[?key=value,...]`` through the model source ``NAME``: the module, its card and preprocessing."""
+    rest, kwargs = parse_keywords(rest, "model source")
+    load = _source_method(name, _get_source(name), "load")
+    if kwargs:
+        try:
+            signature = inspect.signature(load)
+        except (TypeError, ValueError):
+            signature = None
+        takes = signature is None or any(
+            p.kind is p.VAR_KEYWORD or p.name in kwargs for p in signature.parameters.values()
+        )
+        if not takes:
+            raise ModelLoadError(f"model source {name!r} takes no keywords, but {label} gives {', '.join(kwargs)}")
+    result = load(rest, device=dev, **kwargs)
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):
+        raise ModelLoadError(f"model source {name!r} returned {type(result).__name__}, not (module, info)")
+    info = dict(result[1] or {})
+    declared = info.pop("preprocess", None)
+    if isinstance(declared, Mapping):
+        declared = Preprocess.from_dict(declared)
+    if kwargs:
+        info.setdefault("kwargs", kwargs)
+    return result[0], info, declared if isinstance(declared, Preprocess) else None

@@ -34,6 +34,12 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | No
     return num / den.clamp_min(_EPS)
 
 
+def centred(logits: torch.Tensor) -> torch.Tensor:
+    """Logits minus their mean over the classes: what a softmax sees (adding a constant to every logit changes
+    neither), so errors on centred logits ignore where the logits sit."""
+    return logits - logits.mean(-1, keepdim=True)
+
+
 def kl_divergence(out_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     """``KL(softmax(ref) || softmax(out))`` per image in nats: ``(..., B, K)`` -> ``(..., B)``."""
     log_p = F.log_softmax(ref_logits, dim=-1)
@@ -72,8 +78,9 @@ def iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, mask: torch.
 
 def classify_scores(out: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Per-image scores of logits ``out`` ``(G, B, K)`` against ``ref`` ``(B, K)``: ``(G, B)`` agreement, KL,
-    invariance error, prediction, confidence and (with labels) correctness; ``(B,)`` for the reference."""
-    err = relative_error(out, ref)
+    invariance error (on centred logits), prediction, confidence and (with labels) correctness; ``(B,)`` for
+    the reference."""
+    err = relative_error(centred(out), centred(ref))
     if out.shape[-1] == 1:
         # One logit is a binary classifier: softmax([0, z]) = sigmoid(z), so argmax is ``z > 0`` and the KL
         # below is the Bernoulli KL.

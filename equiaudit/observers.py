@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .groups import GroupElement
-from .metrics import relative_error
-from .transforms import ElementPlan, sampling_dtype, uses_exact_path
+from .metrics import centred, relative_error
 
 REDUCTIONS = ("sum", "max", "min", "cat")
 # Gallery views (the transformed inputs as the model saw them) are kept at most this many pixels on a side.
@@ -48,6 +47,7 @@ class Setup:
     out_mask: torch.Tensor | None  # (h, w) at the output's resolution (dense tasks)
     num_classes: int  # classes of the output (>= 2)
     floor_images: int
+    floor_rows: list[int] = field(default_factory=list)  # elements of ObservedBatch.floor_out's rows (sampled)
 
 
 @dataclass
@@ -63,6 +63,11 @@ class ObservedBatch:
     labels: torch.Tensor | None  # (B,)
     truth: torch.Tensor | None  # (B, h, w) label maps at the output's resolution
     scores: dict[str, torch.Tensor] = field(default_factory=dict)  # metrics.classify_scores / dense_scores
+    # The floor: outputs of the round trip T_g^-1 T_g under each sampled element (Setup.floor_rows) and what
+    # they are compared with: for a classifier f(T_g^-1 T_g x) against f(x) on the first floor_images images,
+    # for a dense model T_g^-1 T_g f(x) against f(x) on every image.
+    floor_out: torch.Tensor | None = None  # (S, B_f, ...)
+    floor_ref: torch.Tensor | None = None  # (B_f, ...)
 
     @property
     def size(self) -> int:
@@ -246,56 +251,53 @@ class DenseSums(Observer):
 
 
 class FloorObserver(Observer):
-    """Interpolation floor per element: ``||T_g^-1 T_g z - z|| / ||z||`` inside the compared region, mean and max.
+    """Interpolation floor per element: what resampling alone costs, in the units of the error it is compared
+    with, mean and max over the images, and per image (for its interval).
 
-    ``z`` is the input for a classifier (resampling there is all an invariant model sees; estimated on the first
-    ``floor_images`` images, read from the engine's input buffer) and the output ``f(x)`` for a dense model (what
-    undoing an element costs an exactly equivariant model; every image). Exact elements are permutations whose
-    round trip is the identity: floor 0.
+    A classifier's floor is the relative change of its centred logits when its input is only resampled there
+    and back, ``||c(f(T_g^-1 T_g x)) - c(f(x))|| / ||c(f(x))||`` (first ``floor_images`` images); a dense
+    model's is the round trip of its output, ``||T_g^-1 T_g f(x) - f(x)|| / ||f(x)||`` inside the compared
+    region (every image). The engine computes both round trips in its one pass (``ObservedBatch.floor_out``).
+    Exact elements are permutations whose round trip is the identity: floor 0.
     """
 
     name = "floor"
 
     def setup(self, setup: Setup) -> None:
         self.classify = setup.task == "classify"
-        self.limit = setup.floor_images if self.classify else 0
-        size = setup.in_size if self.classify else tuple(setup.out_shape[-2:])
-        dtype = setup.dtype if self.classify else setup.out_dtype
-        self.mask = (setup.in_mask if self.classify else setup.out_mask).to(dtype)
-        self.index = [i for i, g in enumerate(setup.elements) if not uses_exact_path(g, size)]
-        self.rows = torch.tensor(self.index, dtype=torch.long, device=setup.device)
-        picked = [setup.elements[i] for i in self.index]
-        kw = {
-            "interpolation": setup.interpolation,
-            "padding": setup.padding,
-            "device": setup.device,
-            "dtype": sampling_dtype(dtype),
-        }
-        self.back = ElementPlan(picked, size, inverse=True, **kw)
-        # A classifier's forward half of the round trip is the head of the input buffer (sampled elements first).
-        self.there = None if self.classify else ElementPlan(picked, size, **kw)
+        self.mask = None if self.classify else setup.out_mask.to(setup.out_dtype)
         g = len(setup.elements)
+        self.rows = torch.tensor(setup.floor_rows, dtype=torch.long, device=setup.device)
+        self.num_elements = g
         self.add_state("count", _zeros(setup.device), "sum")
         self.add_state("floor_sum", _zeros(setup.device, g), "sum")
         self.add_state("floor_max", _zeros(setup.device, g), "max")
+        self.add_state("per_image", [], "cat")  # (B_f, G) per batch, float32 on the host
 
     def update(self, batch: ObservedBatch) -> None:
-        if 0 < self.limit <= int(self.count):
-            return  # the estimate is complete
-        self.count += batch.size
-        if not self.index:
+        ref = batch.floor_ref
+        if ref is None or ref.shape[0] == 0:
             return
-        if self.classify:
-            base, there = batch.x, batch.inputs[: len(self.index)]
-        else:
-            base = batch.ref
-            there = self.there(base)
-        err = relative_error(self.back(there), base, self.mask).double()
-        self.floor_sum[self.rows] += err.sum(-1)
-        self.floor_max[self.rows] = torch.maximum(self.floor_max[self.rows], err.amax(-1))
+        self.count += ref.shape[0]
+        per_image = torch.zeros((ref.shape[0], self.num_elements), dtype=torch.float64, device=ref.device)
+        if len(self.rows):
+            if self.classify:
+                err = relative_error(centred(batch.floor_out), centred(ref)).double()
+            else:
+                err = relative_error(batch.floor_out, ref, self.mask).double()
+            self.floor_sum[self.rows] += err.sum(-1)
+            self.floor_max[self.rows] = torch.maximum(self.floor_max[self.rows], err.amax(-1))
+            per_image[:, self.rows] = err.T
+        self.per_image.append(per_image.float().cpu())
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {"floor": (self.floor_sum / self.count.clamp_min(1)).cpu(), "floor_max": self.floor_max.cpu()}
+
+    def images(self) -> np.ndarray:
+        """``(N_f, G)`` the floor of every image it was measured on."""
+        if not self.per_image:
+            return np.zeros((0, self.num_elements), dtype=np.float32)
+        return torch.cat(self.per_image).numpy()
 
 
 # ---- where the errors are -----------------------------------------------------------------------------------
@@ -425,6 +427,32 @@ class ImageRecord(Observer):
         return out
 
 
+class InputVariation(Observer):
+    """How much of the compared input region varies across the data: per pixel the smallest and largest value
+    over the images (and channels). A pixel that never changes cannot reveal whether the model depends on it, so
+    a large constant region limits what an audit on this data can show (digits have black corners; noise has
+    none)."""
+
+    name = "variation"
+
+    def setup(self, setup: Setup) -> None:
+        region = setup.in_mask if setup.in_region is None else setup.in_mask & setup.in_region
+        self.region = region
+        h, w = setup.in_size
+        self.add_state("lo", torch.full((h, w), float("inf"), dtype=torch.float64, device=setup.device), "min")
+        self.add_state("hi", torch.full((h, w), float("-inf"), dtype=torch.float64, device=setup.device), "max")
+
+    def update(self, batch: ObservedBatch) -> None:
+        x = batch.x.double()
+        self.lo = torch.minimum(self.lo, x.amin(dim=(0, 1)))
+        self.hi = torch.maximum(self.hi, x.amax(dim=(0, 1)))
+
+    def compute(self) -> float:
+        """The fraction of the compared input pixels whose value is the same in every image."""
+        constant = (self.hi - self.lo <= 1e-6 * self.hi.abs().clamp_min(1.0)) & self.region
+        return float(constant.sum() / self.region.sum().clamp_min(1))
+
+
 # ---- the gallery --------------------------------------------------------------------------------------------
 
 
@@ -534,10 +562,9 @@ class Gallery(Observer):
 
 
 def default_observers(samples: int) -> list[Observer]:
-    """What every audit measures besides the element metrics; ``samples`` 0 keeps no per-image material (no
-    gallery, no per-image records)."""
-    kept = [ImageRecord(), Gallery(samples)] if samples > 0 else []
-    return [FloorObserver(), WorstLocator(), *kept]
+    """What every audit measures besides the element metrics (``samples`` 0: no gallery)."""
+    gallery = [Gallery(samples)] if samples > 0 else []
+    return [FloorObserver(), WorstLocator(), ImageRecord(), InputVariation(), *gallery]
 
 
 def element_observer(task: str) -> Observer:

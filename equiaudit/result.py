@@ -27,21 +27,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
-from . import __version__
 from .errors import EquiauditError, ResultFormatError
-
-if TYPE_CHECKING:
-    from .engine import Engine
-    from .loading import LoadedModel
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -90,7 +83,7 @@ SUMMARY_METRICS = frozenset(
         "agreement_mean", "agreement_min", "flip_rate_max", "kl_mean", "kl_max", "max_abs_error_mean",
         "max_abs_error_max", "iou_consistency_mean", "iou_consistency_min", "iou_truth_mean", "iou_truth_min",
         "accuracy_drop_max", "error_to_floor_max", "accuracy_reference", "accuracy_mean", "accuracy_min",
-        "worst_case_accuracy", "iou_truth_reference",
+        "worst_case_accuracy", "iou_truth_reference", "constant_input_fraction",
         # X_mean: mean over elements; X_worst: the worst element's mean; X_max: the worst image anywhere
         *(f"{m}_{how}" for m in ("invariance_error", "equivariance_error", "floor")
           for how in ("mean", "worst", "max")),
@@ -148,7 +141,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _from(cls: type, doc: Any, where: str) -> Any:
+def record_from(cls: type, doc: Any, where: str) -> Any:
     """A typed record from a JSON object: known keys only; a missing required key is a ResultFormatError."""
     if not isinstance(doc, dict):
         raise ResultFormatError(f"{where} is not an object")
@@ -169,6 +162,8 @@ class ModelInfo:
     parameters: int | None = None
     arch: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    preprocess: dict[str, Any] | None = None  # the input pipeline the model's source declares
+    output: str | None = None  # the part of the model's output audited (".logits", "['out']"; None: all of it)
 
 
 @dataclass
@@ -186,6 +181,8 @@ class DataInfo:
     split: str | None = None
     normalisation: dict[str, list[float]] | None = None
     seed: int | None = None
+    preprocess: dict[str, Any] | None = None  # resize / crop / channels, the model's normalisation, the fill
+    classes_from: str | None = None  # "folders" or "classes": what the labels index
 
 
 @dataclass
@@ -253,6 +250,8 @@ class AuditResult:
     run: RunInfo
     per_class: dict[str, Any] | None = None
     locations: list[dict[str, Any] | None] | None = None  # per element: where its largest error is
+    intervals: dict[str, Any] | None = None  # confidence, images and method of the *_low / *_high values
+    probe: dict[str, Any] | None = None  # --probe noise: the same audit on noise (data, summary, elements)
     samples: dict[str, Any] | None = field(default=None, repr=False)  # gallery and per-image records (sidecar)
 
     @property
@@ -267,6 +266,12 @@ class AuditResult:
     def to_frame(self) -> pd.DataFrame:
         return self.elements.copy()
 
+    @property
+    def worst_elements(self) -> dict[str, str]:
+        """``{metric: label}``: each element metric's one worst element (see :func:`worst_element`)."""
+        found = {m: worst_element(self.elements, m) for m in ELEMENT_METRICS if not m.endswith("_max")}
+        return {m: label for m, label in found.items() if label is not None and m != "floor"}
+
     def to_dict(self) -> dict[str, Any]:
         records = [{k: _clean(v) for k, v in row.items()} for row in self.elements.to_dict(orient="records")]
         return {
@@ -279,6 +284,9 @@ class AuditResult:
             "summary": _clean(self.summary),
             "elements": records,
             "locations": _clean(self.locations),
+            "worst_elements": self.worst_elements,
+            "intervals": _clean(self.intervals),
+            "probe": _clean(self.probe),
             "per_class": _clean(self.per_class),
         }
 
@@ -309,9 +317,10 @@ class AuditResult:
         for key, kind in (("model", ModelInfo), ("data", DataInfo), ("group", GroupInfo), ("run", RunInfo)):
             if key not in doc:
                 raise ResultFormatError(f"{source} is missing {key!r}")
-            parts[key] = _from(kind, doc[key], f"{source}: {key!r}")
+            parts[key] = record_from(kind, doc[key], f"{source}: {key!r}")
         frame = pd.DataFrame.from_records(elements)
-        return cls(frame, summary, per_class=doc.get("per_class"), locations=doc.get("locations"), **parts)
+        extras = {k: doc.get(k) for k in ("per_class", "locations", "intervals", "probe")}
+        return cls(frame, summary, **extras, **parts)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> AuditResult:
@@ -437,8 +446,15 @@ def upgrade_v1(doc: dict[str, Any], source: str = "document") -> dict[str, Any]:
         "batch_size": None if auto else options.get("batch_size"),
         "floor_images": 256,
         "samples": 8,
+        "confidence": 0.95,
+        "probe": "none",
         "device": meta.get("device"),
         "dtype": meta.get("dtype"),
+        "output": "auto",  # version 1 took tensor outputs only
+        # version 1 padded the data as given: with a normalisation, 0 of the normalised input is its mean colour
+        "fill": "mean" if (meta.get("data") or {}).get("normalisation") else "zeros",
+        "max_elements": 4096,
+        "force": False,
     }
     run = {
         "spec": spec,
@@ -465,122 +481,15 @@ def upgrade_v1(doc: dict[str, Any], source: str = "document") -> dict[str, Any]:
     return upgraded
 
 
-def summarize(frame: pd.DataFrame, extra: dict[str, float]) -> dict[str, Any]:
-    """The summary scalars over the non-identity elements (all of them when the identity is alone)."""
+def worst_element(frame: pd.DataFrame, metric: str) -> str | None:
+    """The one worst element of ``metric``, by the one rule used everywhere (CLI, JSON, report, plugin): among
+    the non-identity elements (all of them when the identity is alone), the largest mean error, or the smallest
+    mean for a metric where higher is better (agreement, accuracy, IoU); ties go to the first in group order.
+    None when the metric is not measured."""
     rest = frame[frame["label"] != "identity"]
     rest = rest if len(rest) else frame
-    out: dict[str, Any] = {}
-
-    def stat(col: str, how: str, name: str | None = None) -> None:
-        if col in rest and rest[col].notna().any():
-            out[name or f"{col}_{how}"] = float(getattr(rest[col], how)())
-
-    stat("agreement", "mean"), stat("agreement", "min")
-    stat("flip_rate", "max")
-    for col in ("kl", "max_abs_error"):
-        stat(col, "mean"), stat(col, "max")
-    # X_mean: mean over elements of the per-element mean; X_worst: the worst element's mean;
-    # X_max: the worst single image under the worst element (the max of the element column X_max).
-    for col in ("invariance_error", "equivariance_error", "floor"):
-        stat(col, "mean"), stat(col, "max", f"{col}_worst"), stat(f"{col}_max", "max", f"{col}_max")
-    for col in ("iou_consistency", "iou_truth"):
-        stat(col, "mean"), stat(col, "min")
-    stat("accuracy_drop", "max")
-    key = next((c for c in ("invariance_error", "equivariance_error") if c in rest), None)
-    if key is not None and len(rest):
-        out["worst_element"] = str(rest.loc[rest[key].idxmax(), "label"])
-    if "equivariance_error" in rest and (rest["floor"] > 0).any():
-        # Only dense errors and their floor are the same kind of quantity (relative output error).
-        ratio = rest["equivariance_error"] / rest["floor"].where(rest["floor"] > 0)
-        out["error_to_floor_max"] = float(ratio.max())
-    out.update(extra)
-    out["exact_group"] = bool(frame["exact"].all())
-    return out
-
-
-def _versions() -> dict[str, str]:
-    import torch
-
-    return {
-        "equiaudit": __version__,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
-
-
-def _input_region(kind: str, setup: Any) -> dict[str, Any]:
-    region = None if setup is None else setup.in_region
-    if region is None:
-        return {"input_region": "none", "input_fraction": 1.0}
-    return {"input_region": "disk" if kind == "disk" else "valid", "input_fraction": float(region.float().mean())}
-
-
-def build_result(engine: Engine, loaded: LoadedModel, wall: float, partial: bool) -> AuditResult:
-    """The result of an engine's pass so far: every observer's ``compute`` in one typed result."""
-    from .observers import ClassificationSums, DenseSums, FloorObserver, Gallery, ImageRecord, WorstLocator
-    from .transforms import uses_exact_path
-
-    spec, setup, data = engine.spec, engine.setup, engine.data
-    grp = spec.parsed_group
-    size = setup.in_size if setup is not None else None
-    rows = [
-        {"id": i, "label": g.label, **g.params(), "exact": uses_exact_path(g, size) if size else g.exact}
-        for i, g in enumerate(grp.elements)
-    ]
-    frame = pd.DataFrame(rows)
-    extra: dict[str, float] = {}
-    per_class = locations = None
-    samples: dict[str, Any] = {}
-    floor_count = 0
-    for obs in engine.observers:
-        if isinstance(obs, (ClassificationSums, DenseSums, FloorObserver)):
-            for name, values in obs.compute().items():
-                frame[name] = values.numpy()
-        if isinstance(obs, (ClassificationSums, DenseSums)):
-            extra.update(obs.summary())
-        if isinstance(obs, FloorObserver):
-            floor_count = int(obs.count)
-        if isinstance(obs, ClassificationSums):
-            pc = obs.per_class()
-            names = data.class_names if data.class_names and len(data.class_names) == obs.num_classes else None
-            per_class = {"classes": names or [str(k) for k in range(obs.num_classes)]}
-            per_class.update({k: v.numpy().tolist() for k, v in pc.items()})
-        if isinstance(obs, WorstLocator):
-            locations = [None if loc is None else loc.to_dict() for loc in obs.compute()]
-        if isinstance(obs, Gallery) and engine.images:
-            samples.update(obs.compute() or {})
-        if isinstance(obs, ImageRecord) and engine.images:
-            samples["records"] = obs.compute()
-    summary = summarize(frame, extra) if engine.observers else {}
-    n_img = summary["images"] = engine.images
-    d = data.describe()
-    run = RunInfo(
-        spec=spec.to_dict(),
-        task=engine.task,
-        task_auto=spec.task == "auto" if engine.task else None,
-        output_shape=list(setup.out_shape) if setup else [],
-        batch_size=engine.forward_batch,
-        batch_size_auto=spec.batch_size is None,
-        floor_images=floor_count,
-        mask_fraction=float(setup.in_mask.float().mean()) if setup else None,
-        **_input_region(spec.input_mask, setup),
-        device=str(engine.device),
-        dtype=str(engine.dtype).replace("torch.", ""),
-        versions=_versions(),
-        wall_time_s=wall,
-        images_per_s=n_img / wall if wall > 0 else None,
-        transformed_images_per_s=n_img * len(grp) / wall if wall > 0 else None,
-        partial=partial,
-    )
-    return AuditResult(
-        frame,
-        summary,
-        _from(ModelInfo, loaded.describe(), "model"),
-        _from(DataInfo, d, "data"),
-        _from(GroupInfo, grp.describe(), "group"),
-        run,
-        per_class=per_class,
-        locations=locations,
-        samples=samples or None,
-    )
+    if metric not in rest or not rest[metric].notna().any():
+        return None
+    values = rest[metric]
+    at = values.idxmin() if metric in HIGHER_IS_BETTER else values.idxmax()  # the first extreme: group order
+    return str(rest.loc[at, "label"])

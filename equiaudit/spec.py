@@ -23,8 +23,11 @@ from .groups import Group, parse_group
 from .transforms import INPUT_MASKS, INTERPOLATIONS, MASKS, PADDINGS
 
 TASKS = ("auto", "classify", "segment", "dense")
+PROBES = ("none", "noise")
+PROBE_IMAGES = 32  # noise images audited by --probe noise
 ACTIONS = {"classify": "trivial", "segment": "spatial", "dense": "spatial"}
 DTYPES = ("float32", "float64")
+FILLS = ("zeros", "mean")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
@@ -68,7 +71,7 @@ class AuditSpec:
         min=1,
     )
     floor_images: int = _option(
-        256,
+        128,
         "Images the classifier's interpolation floor is estimated on (0: all); dense floors use every image.",
         min=0,
     )
@@ -78,10 +81,34 @@ class AuditSpec:
         "per-image records).",
         min=0,
     )
+    confidence: float = _option(
+        0.95, "Confidence level of every interval (Wilson for proportions, bootstrap over images for means)."
+    )
+    probe: str = _option(
+        "none",
+        "noise: also audit band-limited noise of the data's shape (pixels that never vary in the data cannot "
+        "reveal what the model does with them); the probe's elements enter the checks.",
+        PROBES,
+    )
     device: str | None = _option(
         None, "auto (CUDA when present), cpu, cuda, cuda:N or mps (default: a module's own device, else auto)."
     )
     dtype: str | None = _option(None, "float32 or float64 (default: the model's own).", DTYPES)
+    output: str = _option(
+        "auto",
+        "Which part of a tuple / dict / object output is audited: a key, an index or an attribute, dotted for "
+        "nested ones (out, 0, logits); auto takes .logits, then the key 'out', then a single tensor.",
+    )
+    fill: str = _option(
+        "zeros",
+        "What --padding zeros brings in, in image space: zeros (black) or mean (the normalisation mean, which is "
+        "what padding the normalised input with 0 gives). The group acts on the image before normalisation.",
+        FILLS,
+    )
+    max_elements: int = _option(
+        4096, "Largest group audited without --force (every element is one more forward of every image).", min=1
+    )
+    force: bool = _option(False, "Audit a group with more than --max-elements elements.")
 
     def __post_init__(self) -> None:
         group = self.group
@@ -94,7 +121,7 @@ class AuditSpec:
             _positive_int(self.steps, "steps")
         if not isinstance(group, Group):
             object.__setattr__(self, "_group", parse_group(group, self.steps))
-        for name in ("task", "interpolation", "padding", "mask", "input_mask"):
+        for name in ("task", "interpolation", "padding", "mask", "input_mask", "probe"):
             _choice(getattr(self, name), name, SPEC_FIELDS[name].metadata["choices"])
         if self.batch_size is not None:
             _positive_int(self.batch_size, "batch size")
@@ -102,8 +129,19 @@ class AuditSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise EquiauditError(f"{name.replace('_', ' ')} must be an integer >= 0, got {value!r}")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)):
+            raise EquiauditError(f"confidence must be a number between 0 and 1, got {self.confidence!r}")
+        if not 0 < self.confidence < 1:
+            raise EquiauditError(f"confidence must be between 0 and 1 (e.g. 0.95), got {self.confidence!r}")
+        object.__setattr__(self, "confidence", float(self.confidence))
         object.__setattr__(self, "device", _device_name(self.device))
         object.__setattr__(self, "dtype", _dtype_name(self.dtype))
+        if not isinstance(self.output, str) or not self.output.strip() or any(c.isspace() for c in self.output):
+            raise EquiauditError(f"output must be auto, a key, an index or an attribute (out, 0), got {self.output!r}")
+        _choice(self.fill, "fill", FILLS)
+        _positive_int(self.max_elements, "max elements")
+        if not isinstance(self.force, bool):
+            raise EquiauditError(f"force must be True or False, got {self.force!r}")
 
     @property
     def parsed_group(self) -> Group:

@@ -588,6 +588,8 @@ def test_in_memory_module(reference, helper):
         "parameters": loaded.parameters,
         "arch": None,
         "info": {},
+        "preprocess": None,
+        "output": None,
     }
     with pytest.raises(ModelLoadError, match="drop --arch"):
         load_model(model, arch=f"{helper.__name__}:factory", device="cpu")
@@ -701,9 +703,9 @@ def test_source_builds_arch_for_state_dict(tmp_path, fake_source, reference):
 
 def test_unknown_source_lists_known_ones(fake_source):
     with pytest.raises(ModelLoadError) as excinfo:
-        load_model("hf:org/model", device="cpu")
+        load_model("hub:org/model", device="cpu")
     message = _one_line(excinfo)
-    assert "unknown source 'hf'" in message and "known: fake" in message
+    assert "unknown source 'hub'" in message and "known: fake" in message
 
 
 def test_existing_path_is_not_a_scheme(tmp_path, monkeypatch, helper, reference):
@@ -759,7 +761,7 @@ def test_entry_points_are_read_from_the_group_and_loaded_lazily(monkeypatch, hel
     monkeypatch.setattr(loading, "entry_points", fake_entry_points)
     monkeypatch.setattr(loading, "_entry_point_cache", None)
     monkeypatch.setattr(loading, "_registered", {})
-    assert model_sources() == ["epbroken", "epsrc"]
+    assert model_sources() == ["epbroken", "epsrc", *sorted(loading.BUILTIN_SOURCES)]
     assert groups == [ENTRY_POINT_GROUP]
     assert loading._registered == {}  # listing imports nothing
 

@@ -17,7 +17,8 @@ def _setup(task: str, g: int, k: int, size: tuple[int, int] = (6, 6), elements=N
     mask = torch.ones(size, dtype=torch.bool)
     return Setup(
         task, tuple(elements), [], size, (k, *size) if task != "classify" else (k,), torch.float64,
-        torch.device("cpu"), torch.float64, "bilinear", "zeros", "none", mask, mask, max(2, k), 0,
+        torch.device("cpu"), torch.float64, "bilinear", "zeros", "none", mask, None, mask, max(2, k), 0,
+        [i for i, g in enumerate(elements) if not g.exact],
     )  # fmt: skip
 
 
@@ -167,8 +168,11 @@ def test_dense_and_floor_metrics() -> None:
     f = FloorObserver()
     f.setup(_setup("dense", 2, 1, elements=group))
     x = ref.double()
-    f.update(ObservedBatch(0, x, x[:0], x, x.expand(2, *x.shape), x.expand(2, *x.shape), None, None))
     there = apply_elements(x, group[1:], padding="zeros")
-    back = apply_elements(there, group[1:], inverse=True, padding="zeros")[0]
-    want = torch.stack([torch.zeros(3, dtype=torch.float64), relative_error(back, x)]).mean(-1)
+    back = apply_elements(there, group[1:], inverse=True, padding="zeros")
+    batch = ObservedBatch(0, x, x[:0], x, x.expand(2, *x.shape), x.expand(2, *x.shape), None, None)
+    batch.floor_out, batch.floor_ref = back, x
+    f.update(batch)
+    want = torch.stack([torch.zeros(3, dtype=torch.float64), relative_error(back[0], x)]).mean(-1)
     torch.testing.assert_close(f.compute()["floor"], want)
+    torch.testing.assert_close(torch.from_numpy(f.images()).double().mean(0), want, rtol=1e-6, atol=1e-7)

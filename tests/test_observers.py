@@ -12,7 +12,7 @@ from _models import C4Averaged, Identity, SmallCNN
 
 from equiaudit.data import AuditData
 from equiaudit.engine import Engine, audit
-from equiaudit.metrics import relative_error
+from equiaudit.metrics import centred, relative_error
 from equiaudit.observers import Observer
 from equiaudit.spec import AuditSpec
 from equiaudit.transforms import apply_elements
@@ -101,7 +101,7 @@ def test_locator_and_records_match_a_direct_computation() -> None:
         ref = model(x).double()
         views = apply_elements(x, _elements("rot:0,30,90"))
         outs = torch.stack([model(v) for v in views]).double()
-    err = relative_error(outs, ref)  # (G, B)
+    err = relative_error(centred(outs), centred(ref))  # (G, B), on logits centred over the classes
     np.testing.assert_allclose(res.records["error"], err.T.numpy(), rtol=1e-4, atol=1e-6)
     for g, loc in enumerate(res.locations):
         b = int(err[g].argmax())

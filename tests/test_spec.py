@@ -23,7 +23,7 @@ from equiaudit.spec import SPEC_FIELDS, AuditSpec
 
 SPEC = set(SPEC_FIELDS)
 # What each interface takes besides the spec's fields, declared here so that a new option anywhere fails a test.
-AUDIT_OWN = {"model", "data", "spec", "trust", "arch", "progress", "on_task", "observers"}
+AUDIT_OWN = {"model", "data", "spec", "trust", "arch", "progress", "on_task", "on_note", "observers"}
 CLI_OWN = {"model", "data", "arch", "trust", "json_out", "out_file", "report", "fail_above", "fail_below", "quiet"}
 TESTING_OWN = {"model", "inputs", "input_shape", "locate"}
 
@@ -32,7 +32,8 @@ def test_cli_options_are_the_spec_fields_with_their_defaults() -> None:
     from equiaudit.cli import scan
 
     params = inspect.signature(scan.scan).parameters
-    cli_data = {"split", "limit", "input_size", "channels", "mean", "std", "input_shape", "download", "cache_dir"}
+    cli_data = {"split", "limit", "input_size", "channels", "mean", "std", "input_shape", "download", "cache_dir",
+                "resize", "crop", "resample", "classes", "workers"}  # fmt: skip
     assert set(params) == SPEC | CLI_OWN | cli_data
     assert cli_data <= set(DATA_OPTIONS)  # the CLI's data options are load_data's
     for name, f in SPEC_FIELDS.items():
@@ -49,7 +50,7 @@ def test_audit_accepts_exactly_the_spec_and_data_options() -> None:
     with pytest.raises(OptionError, match=r"unknown option.*interpolaton"):
         audit(SmallCNN(), x, "c4", interpolaton="bicubic")
     res = audit(SmallCNN(), x, "c4", floor_images=1, samples=0)  # every spec field is settable through audit()
-    assert res.run.spec["floor_images"] == 1 and res.run.floor_images == 2  # the first chunk holds both images
+    assert res.run.spec["floor_images"] == 1 and res.run.floor_images == 1  # exactly: the floor takes one image
 
 
 def test_marker_keys_and_testing_helpers_are_the_spec_fields() -> None:

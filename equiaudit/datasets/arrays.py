@@ -1,6 +1,7 @@
 """Arrays: ``.npz`` / ``.pt`` files with keys ``x`` [, ``y``, ``mask``], and tensors handed over in memory.
 
-Layout: ``x`` is (N, H, W) or (N, C, H, W), uint8 (0..255, divided by 255) or float (as is); ``y`` is
+Layout: ``x`` is (N, H, W) or (N, C, H, W), uint8 (0..255, divided by 255) or float (as is); NumPy arrays
+may also be channels-last (N, H, W, C) with C = 1 or 3, the layout of PIL / OpenCV images; ``y`` is
 (N,) integer labels >= 0; ``mask`` is (N, H, W) or (N, 1, H, W), bool / integer (non-zero is
 foreground) or float in [0, 1] (thresholded at 0.5). ``.pt`` files load with ``weights_only=True``
 only, so a file cannot run code.
@@ -27,6 +28,8 @@ def _tensor(value: Any, key: str, what: str) -> torch.Tensor:
     if isinstance(value, np.ndarray):
         if value.dtype == object:
             raise DataError(f"{key!r} in {what} is an object array; store numbers")
+        if key == "x" and value.ndim == 4 and value.shape[-1] in (1, 3) and value.shape[1] not in (1, 3):
+            value = value.transpose(0, 3, 1, 2)  # channels-last, as images from PIL / OpenCV are
         return torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()

@@ -36,6 +36,7 @@ class Source:
     class_names: list[str] | None = None
     num_classes: int | None = None
     seed: int | None = None
+    class_source: str | None = None  # "folders" (sorted folder names) or "classes" (a given list); None otherwise
 
 
 def one_line(exc: BaseException | str, limit: int = 300) -> str:

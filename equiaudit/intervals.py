@@ -1,0 +1,52 @@
+"""Confidence intervals: Wilson score intervals for proportions, seeded percentile bootstrap for means.
+
+Proportions (agreement, accuracy, worst-case accuracy) are counts of images, so their interval is the Wilson
+score interval, which stays inside [0, 1] and behaves at 0 and 1. Mean errors are means of skewed per-image
+values; their interval is a percentile bootstrap over the images (the per-image records), with a fixed seed so
+that a result is reproducible.
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+WILSON = "wilson"
+BOOTSTRAP = f"bootstrap-percentile ({BOOTSTRAP_RESAMPLES} resamples of the images, seed {BOOTSTRAP_SEED})"
+
+
+def z_value(confidence: float) -> float:
+    """The two-sided normal quantile of ``confidence`` (1.96 for 0.95)."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson(successes: np.ndarray | float, n: float, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of ``successes / n`` (elementwise); ``(nan, nan)`` when ``n`` is 0."""
+    k = np.asarray(successes, dtype=np.float64)
+    if n <= 0:
+        nan = np.full_like(k, np.nan)
+        return nan, nan
+    z = z_value(confidence)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(np.clip(p * (1 - p) / n + z * z / (4 * n * n), 0, None))
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+def bootstrap_mean(values: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the column means of ``values`` ``(N, G)``: the same resampled images for
+    every column, so the intervals of two elements come from one set of resamples."""
+    v = np.asarray(values, dtype=np.float64)
+    n = v.shape[0]
+    if n == 0:
+        nan = np.full(v.shape[1:], np.nan)
+        return nan, nan
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = np.empty((BOOTSTRAP_RESAMPLES, *v.shape[1:]))
+    for r in range(BOOTSTRAP_RESAMPLES):  # one resample at a time: memory stays at one copy of the records
+        means[r] = v[rng.integers(0, n, n)].mean(0)
+    alpha = (1 - confidence) / 2
+    return np.quantile(means, alpha, axis=0), np.quantile(means, 1 - alpha, axis=0)
