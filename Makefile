@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/equiaudit scan zoo:gcnn-c4 --group so2 --steps 36 --out demo/demo.json --report demo/demo.html
+	$(BIN)/equiaudit scan zoo:gcnn-c4 --group so2 --steps 24 --limit 200 --out demo/demo.json --report demo/demo.html
 
 # The example reports the README links to, regenerated from the shipped checkpoints into examples/ (tracked).
 examples: venv

@@ -7,12 +7,15 @@ first. Transforming the input by ``h`` transforms a group feature map as ``f'[g]
 transform plus a permutation of the group axis. Convolutions use 'same' padding with odd kernels, which
 commutes exactly with ``T_h`` on any image size, so the layers are exactly equivariant (up to float
 rounding). Pooling over the group and over space at the end gives exactly invariant logits.
+
+**Speed:** a layer gathers its whole filter bank (every ``T_g``-transformed filter) from its weight with one
+cached index and runs one ``conv2d``; in eval mode :class:`GroupCNN` folds each BatchNorm into that bank.
 """
 
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -69,18 +72,45 @@ def _inverse_times_table(group: str) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(index[_compose(_inverse(g), s)] for s in els) for g in els)
 
 
-def expand_lifting_kernel(weight: Tensor, group: str) -> Tensor:
-    """``(C_out, C_in, k, k)`` -> conv2d weight ``(C_out·G, C_in, k, k)`` holding ``T_g w`` for every ``g``."""
+def _lifting_bank(weight: Tensor, group: str) -> Tensor:
+    # The straightforward construction; on an index tensor it gives the gather that :func:`_bank_index` caches.
     stacked = torch.stack([transform_image(weight, g) for g in group_elements(group)], dim=1)
     return stacked.flatten(0, 1)
+
+
+def _group_bank(weight: Tensor, group: str) -> Tensor:
+    table = _inverse_times_table(group)
+    per_g = [transform_image(weight[:, :, list(table[i])], g) for i, g in enumerate(group_elements(group))]
+    return torch.stack(per_g, dim=1).flatten(0, 1).flatten(1, 2)
+
+
+@lru_cache(maxsize=64)
+def _bank_index(group: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """Where each entry of the filter bank of a ``shape`` weight comes from in ``weight.flatten()``.
+
+    The bank only rotates, flips and permutes entries of the weight, so building it is one gather (one
+    ``index_select``, also on the backward pass) instead of a rot90 / flip / index per group element.
+    """
+    with torch.inference_mode(False):  # cached, so it must stay usable by autograd after a first inference call
+        positions = torch.arange(math.prod(shape)).view(shape)
+        return (_lifting_bank if len(shape) == 4 else _group_bank)(positions, group).contiguous().to(device)
+
+
+def _bank(weight: Tensor, group: str) -> Tensor:
+    """The filter bank of a lifting (4-D) or group-conv (5-D) ``weight`` (see ``expand_*_kernel``), one gather."""
+    index = _bank_index(group, tuple(weight.shape), weight.device)
+    return weight.flatten().index_select(0, index.flatten()).view(index.shape)
+
+
+def expand_lifting_kernel(weight: Tensor, group: str) -> Tensor:
+    """``(C_out, C_in, k, k)`` -> conv2d weight ``(C_out·G, C_in, k, k)`` holding ``T_g w`` for every ``g``."""
+    return _bank(weight, group)
 
 
 def expand_group_kernel(weight: Tensor, group: str) -> Tensor:
     """``(C_out, C_in, G, k, k)`` -> conv2d weight ``(C_out·G, C_in·G, k, k)``: output ``g`` sees
     ``T_g ψ[g⁻¹ s]`` on input element ``s``."""
-    table = _inverse_times_table(group)
-    per_g = [transform_image(weight[:, :, list(table[i])], g) for i, g in enumerate(group_elements(group))]
-    return torch.stack(per_g, dim=1).flatten(0, 1).flatten(1, 2)
+    return _bank(weight, group)
 
 
 def _repeat_bias(bias: Tensor | None, order: int) -> Tensor | None:
@@ -104,17 +134,24 @@ class _GroupConvBase(nn.Module):
     def extra_repr(self) -> str:
         return f"group={self.group}, weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
 
+    def forward(self, x: Tensor, affine: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``affine = (scale, shift)`` per output channel folds ``y·scale + shift`` into the filter bank."""
+        weight, bias = self.weight, self.bias
+        if affine is not None:
+            scale, shift = affine
+            weight = weight * scale.view(-1, *(1,) * (weight.dim() - 1))
+            bias = shift if bias is None else torch.addcmul(shift, bias, scale)
+        # One conv2d with the whole bank; flatten(1, -3) merges (C_in, G) of a group feature map.
+        bank = _bank(weight, self.group)
+        y = F.conv2d(x.flatten(1, -3), bank, _repeat_bias(bias, self.order), padding=bank.shape[-1] // 2)
+        return y.unflatten(1, (-1, self.order))
+
 
 class LiftingConv2d(_GroupConvBase):
     """Image ``(B, C_in, H, W)`` -> group feature map ``(B, C_out, G, H, W)``."""
 
     def __init__(self, group: str, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
         super().__init__(group, (in_channels, kernel_size, kernel_size), out_channels, bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        w = expand_lifting_kernel(self.weight, self.group)
-        y = F.conv2d(x, w, _repeat_bias(self.bias, self.order), padding=self.weight.shape[-1] // 2)
-        return y.unflatten(1, (-1, self.order))
 
 
 class GroupConv2d(_GroupConvBase):
@@ -124,14 +161,20 @@ class GroupConv2d(_GroupConvBase):
         order = len(group_elements(group))
         super().__init__(group, (in_channels, order, kernel_size, kernel_size), out_channels, bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        w = expand_group_kernel(self.weight, self.group)
-        y = F.conv2d(x.flatten(1, 2), w, _repeat_bias(self.bias, self.order), padding=self.weight.shape[-1] // 2)
-        return y.unflatten(1, (-1, self.order))
-
 
 class GroupBatchNorm(nn.BatchNorm3d):
     """BatchNorm on ``(B, C, G, H, W)`` with statistics shared over the group axis (so it stays equivariant)."""
+
+    def folded(self) -> tuple[Tensor, Tensor] | None:
+        """``(scale, shift)`` per channel with ``self(y) = y·scale + shift`` where that holds (eval mode with
+        running statistics), else None."""
+        if self.training or self.running_mean is None or self.running_var is None:
+            return None
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -self.running_mean * scale
+        return scale, shift if self.bias is None else shift + self.bias
 
 
 _POOLS = ("max", "mean")
@@ -172,7 +215,9 @@ class GroupCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            x = F.relu(norm(conv(x)))
+            affine = norm.folded()
+            # In eval mode the BatchNorm is folded into the filter bank: one pass less over the feature map.
+            x = F.relu(norm(conv(x)) if affine is None else conv(x, affine), inplace=True)
         return self.head(group_pool(x, self.pool).mean(dim=(-2, -1)))
 
 
