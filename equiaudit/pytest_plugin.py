@@ -19,10 +19,11 @@ Options (group ``equiaudit``):
 ``--equiaudit-dtype``
     ``auto`` (the model's own), ``float32`` or ``float64``.
 ``--equiaudit-report PATH``
-    one HTML report of every check in the session (``equiaudit.reports.write_comparison``; a session with
-    both invariant and equivariant checks gets ``<stem>-invariant.html`` and ``<stem>-equivariant.html``),
-    with a JSON summary of every check and whether it passed beside it (``<stem>.checks.json``; a ``.json``
-    PATH gets the summary alone).
+    one HTML page of every check in the session (``equiaudit.reports.write_session_report``): checks of the
+    ``equivariance`` fixture and of ``assert_invariant`` / ``assert_equivariant``, each shown with the
+    outcome pytest gave it under its own ``max_error``, invariant and equivariant checks in a section each;
+    with a JSON summary of every check (its test, whether it passed, its ``max_error``, its failure lines and
+    its result) beside it (``<stem>.checks.json``; a ``.json`` PATH gets the summary alone).
 ``--equiaudit-baseline PATH``
     a JSON file of per-element error budgets keyed by test id (``<node id>#N`` for a test's N-th check,
     N >= 2).
@@ -127,6 +128,32 @@ class _Check:
     passed: bool
     result: AuditResult | None = None
     path: str | None = None  # where an xdist worker saved the result
+    max_error: str = "floor"  # the check's own tolerance, as parsed
+    failures: list[str] = field(default_factory=list)  # pytest's lines for what failed
+    via: str = "fixture"  # fixture | assert_invariant | assert_equivariant
+
+    def to_worker(self, path: str) -> dict[str, Any]:
+        """What an xdist worker hands to the controller (plain JSON-able values)."""
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "path": path,
+            "max_error": self.max_error,
+            "failures": list(self.failures),
+            "via": self.via,
+        }
+
+    @classmethod
+    def from_worker(cls, doc: Any) -> _Check:
+        """A check an xdist worker handed over (see :meth:`to_worker`)."""
+        return cls(
+            doc["name"],
+            doc["passed"],
+            path=doc["path"],
+            max_error=doc.get("max_error", "floor"),
+            failures=list(doc.get("failures", [])),
+            via=doc.get("via", "fixture"),
+        )
 
 
 @dataclass
@@ -317,7 +344,7 @@ class EquivarianceChecker:
         ``options`` are :class:`~equiaudit.spec.AuditSpec` fields (``steps``, ``task``, ``interpolation``...)."""
         __tracebackhide__ = True
         from .groups import parse_group
-        from .testing import DEFAULT_MAX_ERROR, check_equivariance, format_failure
+        from .testing import DEFAULT_MAX_ERROR, check_equivariance, format_failure, parse_max_error
 
         state = self._state
         given = {"group": group, "max_error": max_error, "input_shape": input_shape, **options}
@@ -355,7 +382,9 @@ class EquivarianceChecker:
         elif state.comparing and entry is None:
             state.missing.append(key)
         if state.report is not None:
-            state.checks.append(_Check(key, not failures and mismatch is None, report.result))
+            lines = [f.line() for f in failures] + ([mismatch] if mismatch else [])
+            tolerance = str(parse_max_error(opts.get("max_error")))
+            state.checks.append(_Check(key, not lines, report.result, max_error=tolerance, failures=lines))
         if failures or mismatch:
             parts = [format_failure(report, failures, key)] if failures else []
             if mismatch:
@@ -435,7 +464,42 @@ def pytest_configure(config: pytest.Config) -> None:
         "equivariance(group=None, *, max_error=None, input_shape=None, steps=None, task=None, "
         "interpolation=None, mask=None): defaults for the checks of the equivariance fixture (equiaudit)",
     )
-    config.stash[_STATE] = _state_from_config(config)
+    config.stash[_STATE] = state = _state_from_config(config)
+    if state.report is not None:  # keep the checks of assert_invariant / assert_equivariant for the report
+        from .testing import record_checks
+
+        record_checks(True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is not None and state.report is not None:
+        from .testing import record_checks
+
+        record_checks(False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """With ``--equiaudit-report``: collect the checks the assert helpers made during the test."""
+    state = item.config.stash.get(_STATE, None)
+    if state is None or state.report is None:
+        return (yield)
+    from .testing import recorded_checks
+
+    recorded_checks()  # forget checks made outside any test
+    try:
+        return (yield)
+    finally:
+        taken = recorded_checks()
+        for helper in sorted({r.helper for r in taken}):
+            mine = [r for r in taken if r.helper == helper]
+            for n, rec in enumerate(mine, 1):
+                name = f"{item.nodeid} ({helper}{f' #{n}' if len(mine) > 1 else ''})"
+                lines = [f.line() for f in rec.failures]
+                state.checks.append(
+                    _Check(name, rec.passed, rec.report.result, max_error=rec.max_error, failures=lines, via=helper)
+                )
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -496,7 +560,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     """xdist controller: collect the checks a worker measured and how many baseline entries it recorded."""
     out = getattr(node, "workeroutput", None) or {}
     state = node.config.stash[_STATE]
-    state.checks += [_Check(name, passed, path=path) for name, passed, path in out.get("equiaudit_checks", [])]
+    state.checks += [_Check.from_worker(doc) for doc in out.get("equiaudit_checks", [])]
     state.recorded += int(out.get("equiaudit_recorded", 0))
     state.missing += out.get("equiaudit_missing", [])
     state.errors += out.get("equiaudit_errors", [])
@@ -571,7 +635,7 @@ def _save_for_controller(checks: list[_Check]) -> list[list]:
         path = folder / f"{i}.json"
         if c.result is not None:
             save(c.result, path)
-        out.append([c.name, c.passed, str(path)])
+        out.append(c.to_worker(str(path)))
     return out
 
 
@@ -597,14 +661,24 @@ def _write_report(path: Path, checks: list[_Check]) -> list[tuple[str, dict]]:
         "tool": "equiaudit",
         "kind": "pytest-session",
         "schema_version": 1,
-        "checks": [{"test": c.name, "passed": c.passed, "result": c.result.to_dict()} for c in checks],
+        "checks": [
+            {
+                "test": c.name,
+                "passed": c.passed,
+                "via": c.via,
+                "max_error": c.max_error,
+                "failures": list(c.failures),
+                "result": c.result.to_dict(),
+            }
+            for c in checks
+        ],
     }
     json_path = path if path.suffix.lower() == ".json" else path.with_name(path.stem + ".checks.json")
     atomic_write_text(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     if json_path == path:
         return [(f"equiaudit: wrote {len(checks)} checks to {path}", {"green": True})]
     try:
-        written = _write_html(path, checks)
+        from .reports import SessionCheck, write_session_report
     except ImportError:
         return [
             (
@@ -613,28 +687,11 @@ def _write_report(path: Path, checks: list[_Check]) -> list[tuple[str, dict]]:
                 {"yellow": True},
             )
         ]
+    session = [SessionCheck(c.name, c.passed, c.result, c.max_error, tuple(c.failures), c.via) for c in checks]
+    try:
+        write_session_report(session, path, json_name=json_path.name)
     except EquiauditError as exc:
         return [(f"equiaudit: no HTML report ({exc}); wrote the JSON summary {json_path}", {"yellow": True})]
     return [
-        (f"equiaudit: wrote the report of {n} check(s) to {p} (summary: {json_path})", {"green": True})
-        for p, n in written
+        (f"equiaudit: wrote the report of {len(checks)} check(s) to {path} (summary: {json_path})", {"green": True})
     ]
-
-
-def _write_html(path: Path, checks: list[_Check]) -> list[tuple[Path, int]]:
-    """One page comparing every check; classifiers and dense models cannot share one, so a session with both
-    gets ``<stem>-invariant.html`` and ``<stem>-equivariant.html``. Returns (page, number of checks)."""
-    from .reports import write_comparison, write_report
-
-    kinds: dict[str, list[_Check]] = {}
-    for c in checks:
-        kinds.setdefault("invariant" if c.result.task == "classify" else "equivariant", []).append(c)
-    written = []
-    for kind, group in kinds.items():
-        page = path if len(kinds) == 1 else path.with_name(f"{path.stem}-{kind}{path.suffix}")
-        if len(group) == 1:
-            write_report(group[0].result, page, title=group[0].name)
-        else:
-            write_comparison([c.result for c in group], page, names=[c.name for c in group])
-        written.append((page, len(group)))
-    return written

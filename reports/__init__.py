@@ -3,6 +3,10 @@
 >>> from equiaudit.reports import write_report
 >>> write_report(result, "runs/model-so2.html")      # also writes runs/model-so2.json
 
+``write_comparison`` puts several audits on one page; ``write_session_report`` is the page of a pytest session
+(``pytest --equiaudit-report``). Every page has its verdict, its numbers in HTML tables (with intervals; they
+show where scripts are blocked) and its charts (with the intervals shaded).
+
 This package needs the ``reports`` extra (plotly, jinja2): importing it without them raises ImportError
 naming what to install. plotly and jinja2 themselves load when a report is written.
 """
@@ -27,13 +31,16 @@ if TYPE_CHECKING:
     from equiaudit.result import AuditResult
 
     from .correctness import CorrectnessMatrix
+    from .session import SessionCheck
 
 __all__ = [
     "CorrectnessMatrix",
+    "SessionCheck",
     "correctness_matrix",
     "default_names",
     "write_comparison",
     "write_report",
+    "write_session_report",
 ]
 
 
@@ -101,9 +108,24 @@ def write_comparison(
     )
 
 
+def write_session_report(
+    checks: Sequence[SessionCheck], path: str | os.PathLike, *, json_name: str | None = None
+) -> Path:
+    """Write one page of every check of a pytest session (see :mod:`equiaudit.reports.session`): each check
+    judged by its own ``max_error``, with the status pytest gave it. Returns the HTML path."""
+    from .session import write_session_report as write
+
+    html, _ = _paths(path)
+    return write(checks, html, json_name=json_name)
+
+
 def __getattr__(name: str) -> Any:
     if name in ("correctness_matrix", "CorrectnessMatrix"):
         from . import correctness
 
         return getattr(correctness, name)
+    if name == "SessionCheck":
+        from .session import SessionCheck
+
+        return SessionCheck
     raise AttributeError(f"module 'equiaudit.reports' has no attribute {name!r}")

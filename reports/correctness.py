@@ -27,6 +27,8 @@ class CorrectnessMatrix:
     examples: dict[str, list[int]]  # image indices, first few per cell
     example_images: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # (k, C, H, W) as seen
     example_labels: dict[str, list[int]] = field(default_factory=dict)
+    # per cell, per example image: the class each model predicted, (model A, model B); -1 when unknown
+    example_predictions: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     class_names: list[str] | None = None
     normalisation: dict[str, Any] | None = None
 
@@ -65,6 +67,7 @@ class CorrectnessMatrix:
             "element": self.element,
             "counts": dict(self.counts),
             "examples": {k: list(v) for k, v in self.examples.items()},
+            "example_predictions": {k: [list(p) for p in v] for k, v in self.example_predictions.items()},
         }
 
 
@@ -90,7 +93,8 @@ def matrices_from_results(
 
     Both audits must have scanned the same labelled images; ``elements`` (a group spec) picks elements by label
     from the first audit's group (default: all of them), and each must be in both. Example images are the
-    cell's first images among those the two galleries kept (first and worst N), as the model saw them.
+    cell's first images among those the two galleries kept (first and worst N), as the model saw them, with
+    the class each model predicted for them (``example_predictions``, from the per-image records).
     """
     from equiaudit.groups import parse_group
 
@@ -114,6 +118,8 @@ def matrices_from_results(
             f"({result_a.group.spec}, {result_b.group.spec}); audit both under a group that has them"
         )
     index = recs[0]["index"]
+    row_of = {int(i): r for r, i in enumerate(index)}
+    preds = [rec.get("pred") for rec in recs]
     views = [_views(result_a), _views(result_b)]
     matrices = []
     for label in wanted:
@@ -130,6 +136,10 @@ def matrices_from_results(
                 picked = [(views[0][i], ja) if i in views[0] else (views[1][i], jb) for i in shown]
                 mat.example_images[cell] = np.stack([p["views"][j] for p, j in picked]).astype(np.float32)
                 mat.example_labels[cell] = [-1 if p["label"] is None else int(p["label"]) for p, _ in picked]
+                mat.example_predictions[cell] = [
+                    tuple(-1 if pr is None else int(pr[row_of[i], j]) for pr, j in zip(preds, (ja, jb), strict=True))
+                    for i in shown
+                ]
         matrices.append(mat)
     return matrices
 

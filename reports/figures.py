@@ -4,6 +4,10 @@ Every function takes one :class:`~equiaudit.result.AuditResult` or a sequence of
 model) and plots the result's own numbers: nothing is smoothed, resampled or recomputed. The x axis follows the
 group: angles in degrees for rotations (0..360 for full-turn groups, signed for ``rot:`` ranges; reflections as
 a second line), scale factors on a log axis, element labels for anything else.
+
+Every metric with a confidence interval in the result (``<metric>_low`` / ``<metric>_high``: agreement,
+accuracy, the mean error and the floor) is drawn with its interval: a shaded band between the bounds around a
+line, error bars on a bar. The band's trace is named ``"<line> · 95% interval"`` (at the result's confidence).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 
 COLORS = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 FLOOR_COLOR = "#6b7280"
+SHORT_NAME = 24  # names longer than this are not written into chart titles
 _LAYOUT = dict(
     font=dict(family="system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size=13, color="#1f2937"),
     paper_bgcolor="white",
@@ -173,6 +178,91 @@ def _trace(
     )
 
 
+def _rgba(color: str, alpha: float) -> str:
+    """``#rrggbb`` as ``rgba(r,g,b,alpha)``."""
+    h = color.lstrip("#")
+    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def confidence_of(result: AuditResult) -> float:
+    """The confidence level of a result's intervals (0.95 when it has none)."""
+    return float((result.intervals or {}).get("confidence", 0.95))
+
+
+def band_name(label: str, confidence: float) -> str:
+    """The name of the band trace of the line ``label``."""
+    return f"{label} · {confidence:.0%} interval"
+
+
+def _bounds(frame: pd.DataFrame, col: str) -> tuple[list[float | None], list[float | None]] | None:
+    """``(low, high)`` of ``col`` per row, or None when the result has no interval for it."""
+    low, high = f"{col}_low", f"{col}_high"
+    if low not in frame or high not in frame:
+        return None
+    lo, hi = _values(frame, low), _values(frame, high)
+    if all(v is None for v in lo) or all(v is None for v in hi):
+        return None
+    return lo, hi
+
+
+def _error_bars(y: list[float | None], bounds: tuple[list, list], color: str) -> dict[str, Any]:
+    """``error_y`` of bars (or markers) on a category axis: the interval around each value."""
+    lo, hi = bounds
+    up = [None if v is None or h is None else max(h - v, 0.0) for v, h in zip(y, hi, strict=True)]
+    down = [None if v is None or a is None else max(v - a, 0.0) for v, a in zip(y, lo, strict=True)]
+    return dict(type="data", symmetric=False, array=up, arrayminus=down, color=color, thickness=1.2, width=4)
+
+
+def _band_trace(
+    x: list[Any], bounds: tuple[list, list], *, color: str, name: str, legendgroup: str, visible: bool | str = True
+) -> go.Scatter | None:
+    """A shaded band between the lower and upper bounds of a line (points without bounds are left out)."""
+    points = [(xi, a, b) for xi, a, b in zip(x, *bounds, strict=True) if a is not None and b is not None]
+    if not points:
+        return None
+    xs = [p[0] for p in points]
+    return go.Scatter(
+        x=xs + xs[::-1],
+        y=[p[2] for p in points] + [p[1] for p in points][::-1],
+        fill="toself",
+        fillcolor=_rgba(color, 0.16),
+        line=dict(width=0, color=_rgba(color, 0)),
+        mode="lines",
+        hoverinfo="skip",
+        showlegend=False,
+        name=name,
+        legendgroup=legendgroup,
+        visible=visible,
+    )
+
+
+def _with_band(
+    axis: Axis,
+    x: list[Any],
+    y: list[float | None],
+    bounds: tuple[list, list] | None,
+    *,
+    color: str,
+    name: str,
+    confidence: float,
+    legendgroup: str,
+    visible: bool | str = True,
+    **kw: Any,
+) -> list[go.BaseTraceType]:
+    """A metric's trace with its interval: a band under a line, error bars on a category axis."""
+    if bounds is not None and axis.kind == "category":
+        kw["error_y"] = _error_bars(y, bounds, "#374151")
+    traces = [_trace(axis, x, y, color=color, name=name, legendgroup=legendgroup, visible=visible, **kw)]
+    if bounds is not None and axis.kind != "category":
+        band = _band_trace(
+            x, bounds, color=color, name=band_name(name, confidence), legendgroup=legendgroup, visible=visible
+        )
+        if band is not None:
+            traces.insert(0, band)
+    return traces
+
+
 @dataclass(frozen=True)
 class Line:
     """One element metric to draw: its column, legend text, dash style, colour (one model) and visibility."""
@@ -202,70 +292,126 @@ def _line_figure(
     multi = len(results) > 1
     floors_drawn: set[tuple] = set()
     for i, (result, name) in enumerate(zip(results, names, strict=True)):
+        model, prefix = (i, f"{name}: ") if multi else (None, "")
         parts = series(result, axis)
+        confidence = confidence_of(result)
         for part, frame in parts:
-            x = frame["_x"].tolist()
-            suffix = f" · {part}" if part else ""
-            for line in lines:
-                if line.col not in frame:
-                    continue
-                color = COLORS[(i if multi else line.color) % len(COLORS)]
-                label = (f"{name}: " if multi else "") + line.text + suffix
-                dash = ("dash" if line.dash == "solid" else "dashdot") if part else line.dash
-                fig.add_trace(
-                    _trace(
-                        axis,
-                        x,
-                        _values(frame, line.col),
-                        color=color,
-                        dash=dash,
-                        name=label,
-                        legendgroup=f"m{i}" if multi else line.col,
-                        visible=line.visible,
-                        hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>{label}</extra>",
-                    )
-                )
+            for trace in _metric_traces(axis, frame, lines, part, model=model, prefix=prefix, confidence=confidence):
+                fig.add_trace(trace)
             if floor and "floor" in frame:
-                values = _values(frame, "floor")
+                x, values = frame["_x"].tolist(), _values(frame, "floor")
                 key = (tuple(x), tuple(values))
                 if key in floors_drawn:  # models audited on the same data share one floor
                     continue
                 floors_drawn.add(key)
-                fig.add_trace(
-                    _trace(
-                        axis,
-                        x,
-                        values,
-                        color=FLOOR_COLOR,
-                        dash="dash",
-                        markers=False,
-                        name=f"interpolation floor{suffix}",
-                        legendgroup="floor",
-                        hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>interpolation floor{suffix}</extra>",
-                    )
-                )
-        for key, text in references:
-            value = result.summary.get(key)
-            if value is None:
-                continue
-            x = parts[0][1]["_x"].tolist()
-            label = (f"{name}: " if multi else "") + text
-            fig.add_trace(
-                _trace(
-                    axis,
-                    x,
-                    [float(value)] * len(x),
-                    color=COLORS[i] if multi else FLOOR_COLOR,
-                    dash="dash",
-                    markers=False,
-                    name=label,
-                    legendgroup=f"m{i}" if multi else key,
-                    hovertemplate=f"{text}: %{{y:.4g}}<extra></extra>",
-                )
-            )
+                suffix = (f" · {part}" if part else "") + (f" ({name})" if multi else "")
+                for trace in _floor_trace(axis, x, values, suffix, _bounds(frame, "floor"), confidence):
+                    fig.add_trace(trace)
+        for trace in _reference_traces(axis, result, parts[0][1], references, model=model, prefix=prefix):
+            fig.add_trace(trace)
     if axis.kind == "category" and multi:
         fig.update_layout(barmode="group")
-    return _style(fig, axis, y_title, percent=percent)
+    _style(fig, axis, y_title, percent=percent)
+    if multi:  # the legend above the plot grows with the models: so does the chart, not at the plot's expense
+        entries = sum(1 for t in fig.data if t.showlegend is not False)
+        fig.update_layout(height=max(360, 300 + 22 * entries))
+    return fig
+
+
+def _metric_traces(
+    axis: Axis,
+    frame: pd.DataFrame,
+    lines: Sequence[Line],
+    part: str,
+    *,
+    model: int | None,
+    prefix: str,
+    confidence: float = 0.95,
+) -> list[go.BaseTraceType]:
+    """The traces of ``lines`` over one series of a result (``part``: ``""`` or ``mirrored``), each with its
+    interval when the result has one; ``model`` is the result's index when several are overlaid (its colour
+    and legend group), else None."""
+    x = frame["_x"].tolist()
+    suffix = f" · {part}" if part else ""
+    traces: list[go.BaseTraceType] = []
+    for line in lines:
+        if line.col not in frame:
+            continue
+        color = COLORS[(line.color if model is None else model) % len(COLORS)]
+        label = prefix + line.text + suffix
+        dash = ("dash" if line.dash == "solid" else "dashdot") if part else line.dash
+        traces += _with_band(
+            axis,
+            x,
+            _values(frame, line.col),
+            _bounds(frame, line.col),
+            color=color,
+            dash=dash,
+            name=label,
+            confidence=confidence,
+            legendgroup=line.col if model is None else f"m{model}",
+            visible=line.visible,
+            hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>{label}</extra>",
+        )
+    return traces
+
+
+def _floor_trace(
+    axis: Axis,
+    x: list[Any],
+    values: list[float | None],
+    suffix: str,
+    bounds: tuple[list, list] | None = None,
+    confidence: float = 0.95,
+) -> list[go.BaseTraceType]:
+    """The interpolation floor of one series, dashed grey, with its interval."""
+    name = f"interpolation floor{suffix}"
+    return _with_band(
+        axis,
+        x,
+        values,
+        bounds,
+        color=FLOOR_COLOR,
+        dash="dash",
+        markers=False,
+        name=name,
+        confidence=confidence,
+        legendgroup="floor",
+        hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>{name}</extra>",
+    )
+
+
+def _reference_traces(
+    axis: Axis,
+    result: AuditResult,
+    frame: pd.DataFrame,
+    references: Sequence[tuple[str, str]],
+    *,
+    model: int | None,
+    prefix: str,
+) -> list[go.BaseTraceType]:
+    """Flat dashed lines at the result's summary values of ``references`` (those it has) across the x values
+    of the series ``frame``."""
+    traces = []
+    for key, text in references:
+        value = result.summary.get(key)
+        if value is None:
+            continue
+        x = frame["_x"].tolist()
+        traces.append(
+            _trace(
+                axis,
+                x,
+                [float(value)] * len(x),
+                color=FLOOR_COLOR if model is None else COLORS[model],
+                dash="dash",
+                markers=False,
+                name=prefix + text,
+                legendgroup=key if model is None else f"m{model}",
+                hovertemplate=f"{text}: %{{y:.4g}}<extra></extra>",
+            )
+        )
+    return traces
 
 
 def error_key(result: AuditResult) -> str:
@@ -303,52 +449,119 @@ def error_figure(results: AuditResult | Sequence[AuditResult], names: Sequence[s
     return fig
 
 
+def nice_ticks(top: float, count: int = 4) -> list[float]:
+    """About ``count`` round values in ``(0, top]`` (1, 2, 2.5 or 5 times a power of ten apart)."""
+    if not top > 0 or not math.isfinite(top):
+        return []
+    raw = top / count
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    return [float(f"{step * k:.12g}") for k in range(1, int(top / step + 1e-9) + 1)]
+
+
+def _polar_band(
+    theta: list[Any], bounds: tuple[list, list], *, color: str, name: str, legendgroup: str
+) -> go.Scatterpolar | None:
+    """The ring between the lower and upper bounds of a closed (or open) curve around the circle."""
+    points = [(t, a, b) for t, a, b in zip(theta, *bounds, strict=True) if a is not None and b is not None]
+    if not points:
+        return None
+    ts = [p[0] for p in points]
+    return go.Scatterpolar(
+        theta=ts + ts[::-1],
+        r=[p[2] for p in points] + [p[1] for p in points][::-1],
+        fill="toself",
+        fillcolor=_rgba(color, 0.16),
+        line=dict(width=0, color=_rgba(color, 0)),
+        mode="lines",
+        hoverinfo="skip",
+        showlegend=False,
+        name=name,
+        legendgroup=legendgroup,
+    )
+
+
 def polar_figure(results: AuditResult | Sequence[AuditResult], names: Sequence[str] | None = None) -> go.Figure:
-    """The error around the circle, floor dashed; the loop is closed for full-turn groups."""
+    """The error around the circle with its interval, floor dashed; the loop is closed for full-turn groups.
+
+    The radial axis carries no tick labels (around a full circle they would sit on the data wherever they were
+    put); the values of its rings are written beside the circle instead."""
     results = _as_list(results)
     names = _names(results, names)
     multi = len(results) > 1
     axis = element_axis(results)
     fig = go.Figure()
     floors_drawn: set[tuple] = set()
+    top = 0.0
     for i, (result, name) in enumerate(zip(results, names, strict=True)):
         key = error_key(result)
+        confidence = confidence_of(result)
         for part, frame in series(result, axis):
             theta = frame["_x"].tolist()
             r, fl = _values(frame, key), _values(frame, "floor")
+            bounds = _bounds(frame, key)
+            floor_bounds = _bounds(frame, "floor")
             if axis.wraps and len(theta) > 2:
                 theta, r, fl = theta + theta[:1], r + r[:1], fl + fl[:1]
+                bounds = None if bounds is None else (bounds[0] + bounds[0][:1], bounds[1] + bounds[1][:1])
+                if floor_bounds is not None:
+                    floor_bounds = (floor_bounds[0] + floor_bounds[0][:1], floor_bounds[1] + floor_bounds[1][:1])
+            top = max([top, *(v for v in r + fl if v is not None)])
+            top = max([top, *(v for b in (bounds, floor_bounds) if b for v in b[1] if v is not None)])
             suffix = f" · {part}" if part else ""
             label = (f"{name}: " if multi else "") + key.replace("_", " ") + suffix
+            color = COLORS[i % len(COLORS)]
+            group = f"m{i}"
+            if bounds is not None:
+                band = _polar_band(theta, bounds, color=color, name=band_name(label, confidence), legendgroup=group)
+                if band is not None:
+                    fig.add_trace(band)
             fig.add_trace(
                 go.Scatterpolar(
                     theta=theta,
                     r=r,
                     mode="lines+markers",
                     name=label,
-                    line=dict(color=COLORS[i % len(COLORS)], width=2, dash="dash" if part else "solid"),
+                    legendgroup=group,
+                    line=dict(color=color, width=2, dash="dash" if part else "solid"),
                     marker=dict(size=4),
                     hovertemplate="%{theta}°: %{r:.4g}<extra></extra>",
                 )
             )
             if tuple(theta + fl) not in floors_drawn:
                 floors_drawn.add(tuple(theta + fl))
+                floor_name = "interpolation floor" + suffix + (f" ({name})" if multi else "")
+                if floor_bounds is not None:
+                    band = _polar_band(
+                        theta,
+                        floor_bounds,
+                        color=FLOOR_COLOR,
+                        name=band_name(floor_name, confidence),
+                        legendgroup="floor",
+                    )
+                    if band is not None:
+                        fig.add_trace(band)
                 fig.add_trace(
                     go.Scatterpolar(
                         theta=theta,
                         r=fl,
                         mode="lines",
-                        name="interpolation floor" + suffix,
+                        name=floor_name,
+                        legendgroup="floor",
                         line=dict(color=FLOOR_COLOR, dash="dash", width=1.5),
                         hovertemplate="%{theta}°: %{r:.4g}<extra>floor</extra>",
                     )
                 )
+    tol = _roundoff_scale(results)
+    top = 2 * tol if tol is not None else top * 1.05
+    ticks = nice_ticks(top)
     fig.update_layout(**_LAYOUT)
     fig.update_layout(
         height=420,
         legend_y=1.08,
         polar=dict(
             bgcolor="white",
+            domain=dict(x=[0, 0.84]),
             angularaxis=dict(
                 direction="counterclockwise",
                 rotation=0,
@@ -357,12 +570,30 @@ def polar_figure(results: AuditResult | Sequence[AuditResult], names: Sequence[s
                 gridcolor="#e5e7eb",
                 linecolor="#9ca3af",
             ),
-            radialaxis=dict(gridcolor="#e5e7eb", linecolor="#9ca3af", angle=90, tickangle=90),
+            radialaxis=dict(
+                gridcolor="#e5e7eb",
+                linecolor="#9ca3af",
+                angle=90,
+                range=[0, top] if top > 0 else None,
+                tickvals=ticks or None,
+                showticklabels=False,
+                ticks="",
+            ),
         ),
     )
-    tol = _roundoff_scale(results)
-    if tol is not None:
-        fig.update_polars(radialaxis_range=[0, 2 * tol])
+    if ticks:
+        fig.add_annotation(
+            text="rings (radius:<br>relative error)<br>" + "<br>".join(f"{t:.3g}" for t in ticks),
+            xref="paper",
+            yref="paper",
+            x=1.0,
+            y=0.5,
+            xanchor="right",
+            yanchor="middle",
+            align="right",
+            showarrow=False,
+            font=dict(size=11, color="#4b5563"),
+        )
     return fig
 
 
@@ -476,6 +707,7 @@ def tradeoff_figure(results: Sequence[AuditResult], names: Sequence[str] | None 
     errors = [r.summary.get(f"{error_key(r)}_mean") for r in results]
     qname = quality[0][0]
     base_p, base_q, base_e = params[0], quality[0][2], errors[0]
+    ref = names[0] if len(names[0]) <= SHORT_NAME else "the first model"  # long names would clip the titles
     fig = make_subplots(
         rows=2,
         cols=2,
@@ -484,81 +716,113 @@ def tradeoff_figure(results: Sequence[AuditResult], names: Sequence[str] | None 
         subplot_titles=(
             f"{qname} (hollow: untransformed, filled: mean over the group)",
             "error, mean over the group",
-            f"{qname} change vs {names[0]} (points)",
-            f"error relative to {names[0]}",
+            f"{qname} change vs {ref} (points)",
+            f"error relative to {ref}",
         ),
     )
     for i, (name, p, (_, q_ref, q_mean), e) in enumerate(zip(names, params, quality, errors, strict=True)):
-        color = COLORS[i % len(COLORS)]
-        common = dict(legendgroup=f"m{i}", marker=dict(color=color, size=12), mode="markers")
+        _add_absolute_points(fig, i, name, qname, p, q_ref, q_mean, e)
         p_rel = p / base_p if p and base_p else None
-        fig.add_trace(
-            go.Scatter(
-                x=[p],
-                y=[q_mean],
-                name=name,
-                hovertemplate=f"{name}: %{{x:,}} parameters, {qname} %{{y:.4g}}<extra></extra>",
-                **common,
-            ),
-            row=1,
-            col=1,
-        )
-        if q_ref is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[p, p],
-                    y=[q_ref, q_mean],
-                    mode="lines+markers",
-                    showlegend=False,
-                    legendgroup=f"m{i}",
-                    line=dict(color=color, width=1),
-                    marker=dict(color="white", size=[12, 0], line=dict(color=color, width=2)),
-                    hovertemplate=f"{name} untransformed: %{{y:.4g}}<extra></extra>",
-                ),
-                row=1,
-                col=1,
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=[p], y=[e], showlegend=False, hovertemplate=f"{name}: error %{{y:.4g}}<extra></extra>", **common
-            ),
-            row=1,
-            col=2,
-        )
         dq = None if q_mean is None or base_q is None else 100 * (q_mean - base_q)
         er = None if e is None or not base_e else e / base_e
-        fig.add_trace(
-            go.Scatter(
-                x=[p_rel],
-                y=[dq],
-                showlegend=False,
-                hovertemplate=f"{name}: %{{x:.3g}}× parameters, %{{y:+.2f}} points<extra></extra>",
-                **common,
-            ),
-            row=2,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=[p_rel],
-                y=[er],
-                showlegend=False,
-                hovertemplate=f"{name}: %{{x:.3g}}× parameters, %{{y:.3g}}× error<extra></extra>",
-                **common,
-            ),
-            row=2,
-            col=2,
-        )
+        _add_relative_points(fig, i, name, p_rel, dq, er)
     fig.update_layout(**_LAYOUT)
-    fig.update_layout(height=640)
+    # The legend sits above the subplot titles (not on them), with room for a second row of names.
+    fig.update_layout(height=680, margin=dict(t=96), legend=dict(y=1.1))
     fig.update_xaxes(**_AXIS, type="log")
     fig.update_yaxes(**_AXIS)
     for col in (1, 2):
         fig.update_xaxes(title_text="parameters", row=1, col=col)
-        fig.update_xaxes(title_text=f"parameters relative to {names[0]}", row=2, col=col)
+        fig.update_xaxes(title_text=f"parameters relative to {ref}", row=2, col=col)
     fig.update_yaxes(type="log", row=1, col=2)
     fig.update_yaxes(type="log", row=2, col=2)
     return fig
+
+
+def _tradeoff_marker(i: int) -> dict[str, Any]:
+    """The marker of model ``i``, the same in the four panels of :func:`tradeoff_figure`."""
+    return dict(legendgroup=f"m{i}", marker=dict(color=COLORS[i % len(COLORS)], size=12), mode="markers")
+
+
+def _add_absolute_points(
+    fig: go.Figure,
+    i: int,
+    name: str,
+    qname: str,
+    p: int | None,
+    q_ref: float | None,
+    q_mean: float | None,
+    e: float | None,
+) -> None:
+    """The top row of :func:`tradeoff_figure` for model ``i``: its quality (mean over the group, joined to the
+    untransformed value when known) and its error against its parameters ``p``."""
+    color = COLORS[i % len(COLORS)]
+    fig.add_trace(
+        go.Scatter(
+            x=[p],
+            y=[q_mean],
+            name=name,
+            hovertemplate=f"{name}: %{{x:,}} parameters, {qname} %{{y:.4g}}<extra></extra>",
+            **_tradeoff_marker(i),
+        ),
+        row=1,
+        col=1,
+    )
+    if q_ref is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[p, p],
+                y=[q_ref, q_mean],
+                mode="lines+markers",
+                showlegend=False,
+                legendgroup=f"m{i}",
+                line=dict(color=color, width=1),
+                marker=dict(color="white", size=[12, 0], line=dict(color=color, width=2)),
+                hovertemplate=f"{name} untransformed: %{{y:.4g}}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[p],
+            y=[e],
+            showlegend=False,
+            hovertemplate=f"{name}: error %{{y:.4g}}<extra></extra>",
+            **_tradeoff_marker(i),
+        ),
+        row=1,
+        col=2,
+    )
+
+
+def _add_relative_points(
+    fig: go.Figure, i: int, name: str, p_rel: float | None, dq: float | None, er: float | None
+) -> None:
+    """The bottom row of :func:`tradeoff_figure` for model ``i``: its quality change in points (``dq``) and its
+    error ratio (``er``) against its parameter ratio (``p_rel``), all relative to the first model."""
+    fig.add_trace(
+        go.Scatter(
+            x=[p_rel],
+            y=[dq],
+            showlegend=False,
+            hovertemplate=f"{name}: %{{x:.3g}}× parameters, %{{y:+.2f}} points<extra></extra>",
+            **_tradeoff_marker(i),
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[p_rel],
+            y=[er],
+            showlegend=False,
+            hovertemplate=f"{name}: %{{x:.3g}}× parameters, %{{y:.3g}}× error<extra></extra>",
+            **_tradeoff_marker(i),
+        ),
+        row=2,
+        col=2,
+    )
 
 
 def correctness_figure(matrix: CorrectnessMatrix) -> go.Figure:
@@ -584,6 +848,93 @@ def correctness_figure(matrix: CorrectnessMatrix) -> go.Figure:
     fig.update_layout(height=300, width=None, margin=dict(l=110, r=24, t=24, b=48))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category", side="top")
+    return fig
+
+
+# ---- a pytest session ----------------------------------------------------------------------------------------
+
+
+def _legend_rows(count: int, per_row: int = 5) -> int:
+    """Rows a horizontal legend of ``count`` short entries takes in a half-width chart (conservatively)."""
+    return max(1, math.ceil(count / per_row))
+
+
+def session_error_figure(results: Sequence[AuditResult], labels: Sequence[str]) -> go.Figure:
+    """The mean error per element of several checks (one colour per check, named by its short label), each
+    with its interval band and its own floor (dotted, same colour). One legend entry per check: its mirrored
+    series (dashed) and its floor go with it. The chart grows with its legend, so the plot area keeps its
+    height."""
+    results = list(results)
+    axis = element_axis(results)
+    fig = go.Figure()
+    for i, (result, label) in enumerate(zip(results, labels, strict=True)):
+        key = error_key(result)
+        color = COLORS[i % len(COLORS)]
+        confidence = confidence_of(result)
+        for k, (part, frame) in enumerate(series(result, axis)):
+            x = frame["_x"].tolist()
+            name = label + (f" · {part}" if part else "")
+            fig.add_traces(
+                _with_band(
+                    axis,
+                    x,
+                    _values(frame, key),
+                    _bounds(frame, key),
+                    color=color,
+                    dash="dash" if part else "solid",
+                    name=name,
+                    confidence=confidence,
+                    legendgroup=label,
+                    showlegend=k == 0,
+                    hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>{name}</extra>",
+                )
+            )
+            if "floor" in frame:
+                fig.add_trace(
+                    _trace(
+                        axis,
+                        x,
+                        _values(frame, "floor"),
+                        color=color,
+                        dash="dot",
+                        markers=False,
+                        name=f"{name} floor",
+                        legendgroup=label,
+                        showlegend=False,
+                        hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>{name}: interpolation floor</extra>",
+                    )
+                )
+    if axis.kind == "category":
+        fig.update_layout(barmode="group")
+    _style(fig, axis, "relative error (mean over images)")
+    fig.update_layout(height=360 + 24 * _legend_rows(len(results)))
+    return fig
+
+
+def session_margin_figure(
+    labels: Sequence[str], ratios: Sequence[float | None], passed: Sequence[bool], names: Sequence[str]
+) -> go.Figure:
+    """Per check, its largest error over its limit (the check's own ``max_error``; at most 1 holds), bars
+    coloured by what pytest decided, with the limit dashed. Log axis: round-off and gross failures both show."""
+    colors = [COLORS[2] if ok else COLORS[1] for ok in passed]
+    shown = [None if r is None else max(r, 1e-6) for r in ratios]
+    fig = go.Figure(
+        go.Bar(
+            x=list(labels),
+            y=shown,
+            marker_color=colors,
+            customdata=[[n, "passed" if ok else "failed"] for n, ok in zip(names, passed, strict=True)],
+            hovertemplate="%{customdata[0]}: %{y:.3g} of its limit (%{customdata[1]})<extra></extra>",
+            name="largest error ÷ limit",
+            showlegend=False,
+        )
+    )
+    fig.add_hline(
+        y=1, line_dash="dash", line_color=FLOOR_COLOR, annotation_text="limit", annotation_position="top left"
+    )
+    _style(fig, Axis("category"), "largest error ÷ its limit (log)")
+    fig.update_xaxes(title_text="check (see the table)", type="category")
+    fig.update_yaxes(type="log", rangemode=None)
     return fig
 
 
@@ -683,7 +1034,8 @@ def comparison_charts(results: Sequence[AuditResult], names: Sequence[str]) -> l
             "chart-error",
             f"Error by {_axis_words(axis)}",
             "Each model's invariance / equivariance error per element (mean over images); dashed: the "
-            "interpolation floor (drawn once when the models share it).",
+            "interpolation floor of each model (in the units of its own output), drawn once when the models "
+            "share it; shaded: the intervals.",
             error_figure(results, names),
         )
     ]

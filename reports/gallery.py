@@ -2,9 +2,12 @@
 
 * Classification: a grid per sample set (first images, and the images whose prediction changes most), one
   column per shown element: the transformed input the model saw, its predicted class and confidence.
-* Segmentation: per image a flip-book across the elements of the predicted mask mapped back onto the image
-  (blue: foreground, red: pixels that differ from the untransformed prediction).
-* Dense outputs: per image a flip-book of the error map ``|g⁻¹f(gx) − f(x)|``, one colour scale per image.
+* Segmentation: per image a flip-book across the elements of the predicted mask mapped back onto the image,
+  shown in grey so that the class colours stand out on any texture (class colour with a yellow-and-black
+  outline: foreground; red: pixels that differ from the untransformed prediction).
+* Dense outputs: per image a flip-book of the error map ``|g⁻¹f(gx) − f(x)|`` on one colour scale shared by
+  every image and element of the gallery (stated on the page), so that a small error never fills the scale;
+  when every error is at float round-off the scale's top is about ten times round-off, so noise stays dark.
 
 Everything shown comes from the result's samples as the audit kept them: the transformed inputs exactly as the
 model saw them (``views``), per-image scores and the compared region (``samples["region"]["mask"]``); nothing is
@@ -41,6 +44,7 @@ SEG_IMAGES = 4  # per sample set: flip-books are heavier than grid rows
 FOREGROUND = np.array([37, 99, 235], dtype=np.float64)
 CHANGED = np.array([220, 38, 38], dtype=np.float64)
 OUTLINE = np.array([250, 204, 21], dtype=np.float64)
+OUTLINE_OUTER = np.array([17, 24, 39], dtype=np.float64)  # dark line outside the yellow one: visible on any image
 CLASS_COLOURS = np.array(
     [
         [37, 99, 235],
@@ -118,6 +122,7 @@ class Gallery:
     flipbooks: list[Flipbook] = field(default_factory=list)
     note: str = ""
     colour_bar: bool = False  # error maps: show the colour scale
+    scale: str = ""  # error maps: what the top of the colour scale is
 
 
 # ---- pixels -----------------------------------------------------------------------------------------------
@@ -185,14 +190,25 @@ def _edges(labels: np.ndarray) -> np.ndarray:
     return (c != p[:-2, 1:-1]) | (c != p[2:, 1:-1]) | (c != p[1:-1, :-2]) | (c != p[1:-1, 2:])
 
 
+def _grey(image: np.ndarray) -> np.ndarray:
+    """A uint8 ``(H, W[, 3])`` image as ``(H, W, 3)`` float grey (luminance), so class colours read on any
+    texture (a blue overlay on a blue texture would vanish)."""
+    rgb = _rgb(image)
+    lum = rgb @ np.array([0.299, 0.587, 0.114])
+    return np.repeat(lum[..., None], 3, axis=-1)
+
+
 def mask_overlay(image: np.ndarray, seg: np.ndarray, ref: np.ndarray | None, valid: np.ndarray | None) -> np.ndarray:
-    """A label map over an image: class colours at half opacity with yellow outlines, pixels unlike ``ref``
-    red, outside ``valid`` dimmed. ``image`` is uint8 ``(H, W[, 3])`` at the label map's size."""
-    out = _rgb(image)
+    """A label map over an image shown in grey: class colours at 55% opacity, outlined yellow inside and dark
+    outside the region's edge (readable on light, dark and coloured textures), pixels unlike ``ref`` red,
+    outside ``valid`` dimmed. ``image`` is uint8 ``(H, W[, 3])`` at the label map's size."""
+    out = _grey(image)
     fg = seg > 0
     colours = CLASS_COLOURS[(np.maximum(seg, 1) - 1) % len(CLASS_COLOURS)]
-    out[fg] = 0.5 * out[fg] + 0.5 * colours[fg]
-    out[_edges(seg) & fg] = OUTLINE
+    out[fg] = 0.45 * out[fg] + 0.55 * colours[fg]
+    edges = _edges(seg)
+    out[edges & fg] = OUTLINE
+    out[edges & ~fg] = OUTLINE_OUTER
     if ref is not None:
         diff = seg != ref
         out[diff] = 0.25 * out[diff] + 0.75 * CHANGED
@@ -365,9 +381,77 @@ def segmentation_gallery(result: AuditResult, part: str, budget: Budget, gid: st
     return gallery
 
 
-def dense_gallery(result: AuditResult, part: str, budget: Budget, gid: str, title: str, caption: str) -> Gallery:
-    """Per image, a flip-book of the error map under each element, on one colour scale per image, captioned with
-    the audit's own per-image equivariance error (``samples[part]["error"]``)."""
+ROUNDOFF_SCALE = 10.0  # at round-off, the colour scale's top is about this many times the dtype's round-off
+
+
+def _floors(result: AuditResult) -> list[float | None]:
+    """Each element's mean floor (None where it is not measured)."""
+    if "floor" not in result.elements:
+        return [None] * len(result.elements)
+    return [None if v != v else float(v) for v in result.elements["floor"].astype(float)]
+
+
+def dense_scale(
+    result: AuditResult, maps: np.ndarray, errors: np.ndarray | None, valid: np.ndarray | None
+) -> tuple[float, str]:
+    """``(vmax, words)``: one colour scale for every error map of a gallery (``maps`` ``(N, G, h, w)``).
+
+    The top is the largest value inside the compared region, so images and elements compare at a glance and a
+    small error never fills the scale. When every error of the audit is at float round-off, the maps hold only
+    arithmetic noise; the top is then the difference at about ``ROUNDOFF_SCALE`` x round-off (the largest map
+    value scaled by that level over the largest relative error), so the noise stays dark instead of looking
+    like structure."""
+    from .verdict import roundoff
+
+    inside = maps[:, :, valid] if valid is not None else maps.reshape(maps.shape[0], maps.shape[1], -1)
+    top = float(np.nanmax(inside)) if inside.size else 0.0
+    key = "equivariance_error_max" if "equivariance_error_max" in result.elements else "equivariance_error"
+    largest = float(result.elements[key].max()) if key in result.elements else None
+    if errors is not None and errors.size:
+        largest = max(largest or 0.0, float(np.nanmax(errors)))
+    tol = roundoff(result.run.dtype, result.run.device)
+    if largest is not None and 0 < largest < ROUNDOFF_SCALE * tol and top > 0:
+        vmax = top * ROUNDOFF_SCALE * tol / largest
+        words = (
+            f"0 to {vmax:.3g}, shared by every image and element. Every error of this audit is at "
+            f"{result.run.dtype or 'float32'} round-off (largest relative error {largest:.2g}), so the top of the "
+            f"scale is the difference at about {ROUNDOFF_SCALE:g}× round-off ({ROUNDOFF_SCALE * tol:g}): "
+            "the maps hold only arithmetic noise and stay dark."
+        )
+        return vmax, words
+    if top <= 0:
+        return 1.0, "0 to 1, shared by every image and element: every map is exactly 0 (no difference at all)."
+    return (
+        top,
+        f"0 to {top:.3g} (the largest difference in these maps inside the compared region), shared by every "
+        "image and element.",
+    )
+
+
+def _dense_parts(result: AuditResult, parts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None, Any]:
+    """The maps and per-image errors the dense galleries of ``parts`` show, stacked (for one shared scale)."""
+    samples = result.samples or {}
+    chosen = [samples[p] for p in parts if samples.get(p) and len(samples[p].get("index", ())) > 0]
+    maps = np.concatenate([np.asarray(s["error_map"][:SEG_IMAGES], dtype=np.float32) for s in chosen])
+    errors = None
+    if all("error" in s for s in chosen):
+        errors = np.concatenate([np.asarray(s["error"][:SEG_IMAGES], dtype=np.float64) for s in chosen])
+    return maps, errors, _region(result, maps.shape[-2:])
+
+
+def dense_gallery(
+    result: AuditResult,
+    part: str,
+    budget: Budget,
+    gid: str,
+    title: str,
+    caption: str,
+    scale: tuple[float, str] | None = None,
+) -> Gallery:
+    """Per image, a flip-book of the error map under each element, on one colour scale shared by the gallery
+    (``scale``: ``(vmax, words)`` from :func:`dense_scale`, by default that of this gallery's own maps),
+    captioned with the audit's own per-image equivariance error (``samples[part]["error"]``) and the
+    element's floor."""
     s = result.samples[part]
     ctx = _context(result)
     gallery = Gallery(gid, title, caption, colour_bar=True)
@@ -376,14 +460,18 @@ def dense_gallery(result: AuditResult, part: str, budget: Budget, gid: str, titl
     valid = _region(result, size)
     errors = np.asarray(s["error"], dtype=np.float64) if "error" in s else None
     frames_idx = shown_elements(ctx["labels"], FLIPBOOK_MAX_FRAMES)
-    for n in range(min(SEG_IMAGES, len(s["index"]))):
+    shown = min(SEG_IMAGES, len(s["index"]))
+    vmax, gallery.scale = scale or dense_scale(result, *_dense_parts(result, [part]))
+    floors = _floors(result)
+    for n in range(shown):
         x = np.asarray(s["x"][n], dtype=np.float64)
         base = _resize(to_display(x, *display_range(x, ctx["normalisation"])[:2]), size)
-        inside = maps[n][:, valid] if valid is not None else maps[n]
-        vmax = float(inside.max()) if inside.size else float(maps[n].max())
         if errors is not None:
             values = [float(errors[n, j]) for j in frames_idx]
-            texts = [f"equivariance error {v:.3g}" for v in values]
+            texts = [
+                f"equivariance error {v:.3g}" + (f" (element floor {floors[j]:.3g})" if floors[j] else "")
+                for v, j in zip(values, frames_idx, strict=True)
+            ]
         else:  # a result without per-image errors (version 1): the map's mean inside the compared region
             values = [
                 float(maps[n, j][valid].mean()) if valid is not None and valid.any() else float(maps[n, j].mean())
@@ -399,13 +487,7 @@ def dense_gallery(result: AuditResult, part: str, budget: Budget, gid: str, titl
             for j, text in zip(frames_idx, texts, strict=True)
         )
         statics = (Cell(png_uri(base, FLIPBOOK_MAX_SIDE), "input", "input"),)
-        book = Flipbook(
-            f"{gid}-{n}",
-            f"image {int(s['index'][n])} · colour scale 0 to {vmax:.3g}",
-            frames,
-            statics,
-            start=int(np.argmax(values)),
-        )
+        book = Flipbook(f"{gid}-{n}", f"image {int(s['index'][n])}", frames, statics, start=int(np.argmax(values)))
         if budget.take(book.nbytes):
             gallery.flipbooks.append(book)
     return gallery
@@ -433,25 +515,29 @@ def report_galleries(result: AuditResult, budget: Budget) -> list[Gallery]:
             segmentation_gallery,
             " Drag the slider (or press play) to step through the "
             "elements: the mask predicted on the transformed image, mapped back onto the image. "
-            "Blue with a yellow outline: predicted foreground; red: pixels that differ from the "
-            "untransformed prediction; dimmed: outside the compared region. The slider starts at "
-            "the element with the lowest IoU.",
+            "The image in grey; class colour with a yellow-and-black outline: predicted foreground; "
+            "red: pixels that differ from the untransformed prediction; dimmed: outside the compared "
+            "region. The slider starts at the element with the lowest IoU.",
         ),
         "dense": (
             dense_gallery,
             " Drag the slider (or press play) to step through the elements: "
-            "the error map |g⁻¹f(gx) − f(x)| (mean over channels), bright is large; dimmed: outside "
-            "the compared region. The slider starts at the element with the largest error.",
+            "the error map |g⁻¹f(gx) − f(x)| (mean over channels), bright is large, on one colour "
+            "scale for every image and element (below); dimmed: outside the compared region. The "
+            "slider starts at the element with the largest error.",
         ),
     }
     build, extra = builders.get(result.task, (None, ""))
     if build is None:
         return []
     galleries = []
+    options: dict[str, Any] = {}
+    if build is dense_gallery and parts:  # one colour scale for both sample sets
+        options["scale"] = dense_scale(result, *_dense_parts(result, [p for p, _, _ in parts]))
     for i, (p, t, c) in enumerate(parts):
         # Each sample set gets an equal share of what is left, so the worst cases are never crowded out.
         share = Budget(budget.remaining // (len(parts) - i))
-        galleries.append(build(result, p, share, f"gallery-{p}", t, c + extra))
+        galleries.append(build(result, p, share, f"gallery-{p}", t, c + extra, **options))
         budget.remaining -= budget.remaining // (len(parts) - i) - share.remaining
         budget.omitted += share.omitted
     if budget.omitted:
@@ -476,7 +562,7 @@ def correctness_gallery(matrices: Sequence[CorrectnessMatrix], budget: Budget) -
         "gallery-correctness",
         "Correctness examples",
         "A few images from each cell of the correctness matrix, transformed as the models saw them, "
-        "with their true class.",
+        "with their true class and what each model predicted.",
     )
     for m in matrices:
         a, b = m.names
@@ -485,16 +571,16 @@ def correctness_gallery(matrices: Sequence[CorrectnessMatrix], budget: Budget) -
             if images is None or not len(images):
                 continue
             tiles = []
+            predictions = m.example_predictions.get(cell) or []
             for k, x in enumerate(np.asarray(images, dtype=np.float64)):
                 offset, scale = display_range(x, m.normalisation)[:2]
                 label = _class_name(m.class_names, m.example_labels[cell][k])
-                tiles.append(
-                    Cell(
-                        png_uri(to_display(x, offset, scale), GRID_MAX_SIDE),
-                        f"true {label}",
-                        f"image {m.examples[cell][k]}, true class {label}",
-                    )
-                )
+                caption, title = f"true {label}", f"image {m.examples[cell][k]}, true class {label}"
+                if k < len(predictions):
+                    said = [(n, _class_name(m.class_names, p)) for n, p in zip((a, b), predictions[k], strict=True)]
+                    caption += "".join(f" · {n}: {p}" for n, p in said)
+                    title += "; " + ", ".join(f"{n} predicted {p}" for n, p in said)
+                tiles.append(Cell(png_uri(to_display(x, offset, scale), GRID_MAX_SIDE), caption, title))
             if budget.take(sum(len(t.src) for t in tiles)):
                 gallery.rows.append(
                     Row(f"{m.element} · {text.format(a=a, b=b)} ({m.counts[cell]} images)", tuple(tiles))

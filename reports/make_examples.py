@@ -9,6 +9,9 @@ zoo's shipped models.
 * ``compare-cnn-gcnn-c4.html``: the two compared, with their correctness matrices upright and at 45°;
 * ``shapes-seg-group-unet-so2.html``: the C4 group U-Net on generated shapes under 24 rotations.
 
+Every audit also runs the noise probe (``probe="noise"``): the digits' black corners never vary, so the verdict
+needs inputs that vary everywhere to say what the models do there.
+
 ``--out`` (default ``examples`` in the current folder) may not lie inside the installed ``equiaudit`` package.
 Only the files named above, their results JSON and ``.samples.npz`` sidecars are replaced or removed there;
 anything else in the folder is left alone. Only audits run here (a minute on a CPU): the models are the
@@ -79,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
 
     for old in owned_files(out):  # only what is regenerated below: never other files in --out
         old.unlink(missing_ok=True)
-    cnn = audit("zoo:cnn", "digits", "so2", limit=300, samples=6, device="cpu")
-    gcnn = audit("zoo:gcnn-c4", "digits", "so2", limit=300, samples=6, device="cpu")
+    cnn = audit("zoo:cnn", "digits", "so2", limit=300, samples=6, device="cpu", probe="noise")
+    gcnn = audit("zoo:gcnn-c4", "digits", "so2", limit=300, samples=6, device="cpu", probe="noise")
     write_report(cnn, out / "digits-cnn-so2.html", title="Plain CNN (zoo:cnn) on digits under SO(2)")
     write_report(gcnn, out / "digits-gcnn-c4-so2.html", title="C4 group CNN (zoo:gcnn-c4) on digits under SO(2)")
     matrices = correctness_matrix(
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         title="Plain CNN vs C4 group CNN on rotated digits",
         matrices=matrices,
     )
-    seg = audit("zoo:group-unet-c4", "shapes-seg", "so2:24", limit=32, samples=2, device="cpu")
+    seg = audit("zoo:group-unet-c4", "shapes-seg", "so2:24", limit=32, samples=2, device="cpu", probe="noise")
     write_report(seg, out / "shapes-seg-group-unet-so2.html", title="C4 group U-Net on shapes-seg under SO(2)")
     for sidecar in owned_files(out):  # the pages hold the galleries; keep the repository small
         if sidecar.name.endswith(".samples.npz"):

@@ -7,6 +7,10 @@ so the same result always gives the same bytes.
 
 The page reports on itself for tests and tools: ``<div id="equiaudit-status" data-charts="N"
 data-rendered="M" data-errors="..." data-done="1">`` once every chart has been drawn (or failed to).
+
+Every number a chart shows is also in a plain HTML table (per element, with intervals; side by side in a
+comparison), and a ``<noscript>`` note says so where scripts are blocked (as under a CI server's default content
+policy): the page still shows its verdict, its cards and its tables.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from markupsafe import Markup
 
 from .figures import Chart, comparison_charts, report_charts
 from .gallery import Budget, Gallery, colour_bar_css, correctness_gallery, report_galleries
+from .tables import NumberTable, comparison_element_table, comparison_table, element_table
 from .verdict import fmt_num, fmt_pct, group_name, verdict
 
 if TYPE_CHECKING:
@@ -83,12 +88,39 @@ def _env() -> jinja2.Environment:
     return env
 
 
+def card_name(result: AuditResult) -> str | None:
+    """The name on the model's card (zoo models carry their card in ``result.model.info``), if any."""
+    info = result.model.info if isinstance(result.model.info, dict) else {}
+    name = info.get("name") if info.get("card_version") is not None else None
+    return name if isinstance(name, str) and name else None
+
+
 def model_name(result: AuditResult) -> str:
-    """A short name for a result's model: the file name, ``zoo:NAME`` or the module class."""
+    """A short name for a result's model: its model card's name, else the file name, the source string or the
+    module class."""
+    card = card_name(result)
+    if card is not None:
+        return card
     source = str(result.model.source or "model")
     if source.startswith("<module ") and source.endswith(">"):
         return source[8:-1]
     return Path(source).name if ("/" in source or "\\" in source) else source
+
+
+def default_title(result: AuditResult) -> str:
+    """``gcnn-c4 on digits under SO(2) rotations (36 angles)``: names in words (the raw specs are in the
+    subtitle and the details)."""
+    return f"{model_name(result)} on {result.data.spec} under {group_name(result.group.spec or '')}"
+
+
+def element_counts(result: AuditResult) -> str:
+    """``36 (4 exact, 32 interpolated)``, ``4 (all exact)``, ``8 (all interpolated)``."""
+    frame = result.elements
+    n = len(frame)
+    exact = int(frame["exact"].astype(bool).sum()) if "exact" in frame else (n if result.group.exact else 0)
+    if exact == n:
+        return f"{n} (all exact)"
+    return f"{n} (all interpolated)" if exact == 0 else f"{n} ({exact} exact, {n - exact} interpolated)"
 
 
 def _fmt_seconds(value: Any) -> str:
@@ -139,11 +171,7 @@ def details(result: AuditResult) -> list[tuple[str, list[tuple[str, str, str]]]]
             [
                 ("spec", group.spec, None),
                 ("name", group_name(group.spec or ""), None),
-                (
-                    "elements",
-                    f"{group.size} ({'all exact' if group.exact else 'interpolated'}): " + _shorten(elements),
-                    ", ".join(elements),
-                ),
+                ("elements", f"{element_counts(result)}: " + _shorten(elements), ", ".join(elements)),
                 ("kind", group.kind, None),
             ],
         ),
@@ -258,10 +286,24 @@ def render_report(
     # Gallery images are the samples' first and worst sets (per-image records alone show nothing).
     has_samples = any((result.samples or {}).get(part) for part in ("first", "worst"))
     galleries: list[Gallery] = report_galleries(result, _budget(charts, max_bytes)) if has_samples else []
+    tables = [element_table(result)]
+    if result.probe and result.probe.get("elements"):
+        import pandas as pd
+
+        count = (result.probe.get("data") or {}).get("count", "?")
+        tables.append(
+            element_table(
+                result,
+                frame=pd.DataFrame.from_records(result.probe["elements"]),
+                tid="numbers-probe",
+                title=f"Numbers per element on noise ({count} images)",
+            )
+        )
     return _page(
         "report.html.j2",
-        title=title or f"{model_name(result)} · {result.group.spec}",
+        title=title or default_title(result),
         result=result,
+        tables=tables,
         model_name=model_name(result),
         group_name=group_name(result.group.spec),
         verdict=verdict(result),
@@ -305,10 +347,12 @@ def render_comparison(
         for n, r in zip(names, results, strict=True)
     ]
     specs = sorted({r.group.spec for r in results})
+    tables: list[NumberTable] = [comparison_table(results, names), comparison_element_table(results, names)]
     return _page(
         "compare.html.j2",
         title=title or "Comparison: " + " vs ".join(names),
         rows=rows,
+        tables=tables,
         group_text=", ".join(f"{group_name(s)} ({s})" for s in specs),
         charts=chart_data,
         galleries=[g for g in galleries if g.rows],

@@ -131,7 +131,7 @@ def test_breaking_model_fails_with_the_numbers(project: pytest.Pytester) -> None
             "E*rot90: error * floor 0, tolerance 1e-05 (float32 round-off, exact element); max at image *, logit *",
             "E*rot180: error *",
             "E*rot-90: error *",
-            "E*If this is expected, raise max_error (now '2x floor')*",
+            "E*If this is expected, raise max_error (now 'floor')*",
         ]
     )
     out = result.stdout.str()
@@ -437,23 +437,92 @@ def test_session_report_is_written(project: pytest.Pytester) -> None:
 
 
 def test_session_report_of_invariant_and_equivariant_checks(project: pytest.Pytester) -> None:
+    """One page for both kinds (a section each), with the checks of the assert helpers in it."""
     project.makepyfile(test_ok=PASSING)
     result = project.runpytest("--equiaudit-report=eq.html")
     result.assert_outcomes(passed=3)
-    for kind, test in (("invariant", "test_model_is_c4_invariant"), ("equivariant", "test_blur_rotations")):
-        assert test in (project.path / f"eq-{kind}.html").read_text()
-    assert not (project.path / "eq.html").exists()
-
-
-def test_session_report_as_json(project: pytest.Pytester) -> None:
-    project.makepyfile(test_ok=PASSING)
-    result = project.runpytest("--equiaudit-report=eq.json")
-    result.assert_outcomes(passed=3)
-    summary = json.loads((project.path / "eq.json").read_text())
-    assert [c["test"] for c in summary["checks"]] == [
-        "test_ok.py::test_blur_rotations",
+    assert sorted(p.name for p in project.path.glob("eq*")) == ["eq.checks.json", "eq.html"]
+    html = (project.path / "eq.html").read_text()
+    assert 'id="section-invariant"' in html and 'id="section-equivariant"' in html
+    for test in (
         "test_ok.py::test_model_is_c4_invariant",
-    ]
+        "test_ok.py::test_blur_rotations",
+        "test_ok.py::test_helpers (assert_invariant)",
+        "test_ok.py::test_helpers (assert_equivariant)",
+    ):
+        assert f">{test}</td>" in html, test
+    result.stdout.fnmatch_lines(["equiaudit: wrote the report of 4 check(s) to *eq.html (summary: *eq.checks.json)"])
+
+
+TOLERANCES = """
+import pytest
+from equiaudit.testing import assert_invariant
+
+
+@pytest.mark.equivariance(group="c4", max_error=10.0)
+def test_plain_within_an_absolute_tolerance(equivariance, plain):
+    equivariance.check(plain)
+
+
+@pytest.mark.equivariance(group="so2:8", max_error="8x floor")
+def test_blur_within_eight_floors(equivariance, blur):
+    equivariance.check(blur, task="dense")
+
+
+def test_helper_with_its_own_tolerance(plain):
+    assert_invariant(plain, "c4", max_error=10.0)
+"""
+
+
+def _check_rows(html: str) -> dict[str, str]:
+    """``{test id: PASS | FAIL}`` from the session report's table of checks."""
+    table = html.split('id="checks"', 1)[1].split("</section>", 1)[0]
+    rows = {}
+    for row in table.split("<tr>")[2:]:
+        cells = [c.split(">", 1)[1].split("<", 1)[0] for c in row.split("<td")[1:]]
+        rows[cells[0]] = cells[5]
+    return rows
+
+
+def test_session_report_agrees_with_pytest_under_each_checks_tolerance(project: pytest.Pytester) -> None:
+    """Checks that pass under their own max_error (10, "8x floor") show PASS, as pytest and checks.json say,
+    although the report's default rule would fail both models."""
+    project.makepyfile(test_tol=TOLERANCES)
+    result = project.runpytest("--equiaudit-report=rep.html")
+    result.assert_outcomes(passed=3)
+    summary = json.loads((project.path / "rep.checks.json").read_text())
+    checks = {c["test"]: c for c in summary["checks"]}
+    assert {k: (c["passed"], c["max_error"], c["via"]) for k, c in checks.items()} == {
+        "test_tol.py::test_blur_within_eight_floors": (True, "8x floor", "fixture"),
+        "test_tol.py::test_helper_with_its_own_tolerance (assert_invariant)": (True, "10", "assert_invariant"),
+        "test_tol.py::test_plain_within_an_absolute_tolerance": (True, "10", "fixture"),
+    }
+    html = (project.path / "rep.html").read_text()
+    assert _check_rows(html) == dict.fromkeys(checks, "PASS")
+    assert "FAIL" not in html.split('id="checks"', 1)[1]
+    # the default rule would not let these models pass: the report did not judge them by it
+    from equiaudit.reports.verdict import verdict
+
+    for c in summary["checks"]:
+        cards = verdict(AuditResult.from_dict(c["result"])).headlines
+        assert next(h for h in cards if h.key.endswith("variance_error")).status != "pass", c["test"]
+
+
+def test_assert_helper_failures_reach_the_report(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_fail="""
+        from equiaudit.testing import assert_invariant
+
+        def test_plain(plain):
+            assert_invariant(plain, "c4")
+            assert_invariant(plain, "c4")  # never reached
+        """
+    )
+    result = project.runpytest("--equiaudit-report=rep.json")
+    result.assert_outcomes(failed=1)
+    (check,) = json.loads((project.path / "rep.json").read_text())["checks"]
+    assert check["test"] == "test_fail.py::test_plain (assert_invariant)" and not check["passed"]
+    assert [line.split(":", 1)[0] for line in check["failures"]] == ["rot90", "rot180", "rot-90"]
 
 
 def test_plugin_is_inert_without_use(pytester: pytest.Pytester) -> None:
@@ -478,13 +547,19 @@ def test_xdist_workers_merge_the_baseline_and_the_report(project: pytest.Pyteste
     body = BASELINE_TESTS.replace('equivariance.check(model, group="d4")\n', "")
     for i in range(4):
         project.makepyfile(**{f"test_x{i}": body.replace("test_model", f"test_model_{i}")})
+    project.makepyfile(
+        test_helper="from equiaudit.testing import assert_invariant\n\n\n"
+        "def test_helper(model):\n    assert_invariant(model, 'c4', max_error='3x floor')\n"
+    )
     args = ("-p", "xdist", "-n", "2", "--equiaudit-baseline=base.json", "--equiaudit-report=eq.json")
     result = project.runpytest(*args, "--equiaudit-update-baseline")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["equiaudit: recorded 4 baseline entries in *base.json"])
     assert set(_baseline(project)["entries"]) == {f"test_x{i}.py::test_model_{i}" for i in range(4)}
     summary = json.loads((project.path / "eq.json").read_text())
-    assert len(summary["checks"]) == 4 and all(c["passed"] for c in summary["checks"])
+    assert len(summary["checks"]) == 5 and all(c["passed"] for c in summary["checks"])
+    helper = next(c for c in summary["checks"] if c["via"] == "assert_invariant")  # measured on a worker
+    assert helper["test"] == "test_helper.py::test_helper (assert_invariant)" and helper["max_error"] == "3x floor"
 
 
 def test_xdist_bad_marker_errors(pytester: pytest.Pytester) -> None:
@@ -536,3 +611,29 @@ def test_plugin_module_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     )
     result = pytester.run(sys.executable, "-c", code)
     assert result.ret == 0 and result.outlines[-1] == "[]"
+
+
+def test_the_helpers_keep_nothing_unless_recording(tmp_path: Path) -> None:
+    from equiaudit import testing
+
+    code = (
+        "import sys, equiaudit.testing as t\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules), t.recorded_checks())"
+    )
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.strip() == "[] []"  # a light registry: nothing heavy, nothing kept by default
+    from torch import nn
+
+    blur = nn.Conv2d(1, 1, 1, bias=False)
+    testing.assert_equivariant(blur, "c4", torch.rand(2, 1, 8, 8))
+    assert testing.recorded_checks() == []
+    testing.record_checks(True)
+    try:
+        testing.assert_equivariant(blur, "c4", torch.rand(2, 1, 8, 8), max_error="3x floor")
+        (rec,) = testing.recorded_checks()
+        assert (rec.helper, rec.max_error, rec.passed) == ("assert_equivariant", "3x floor", True)
+        assert rec.report.group == "c4" and testing.recorded_checks() == []
+    finally:
+        testing.record_checks(False)

@@ -154,3 +154,96 @@ def test_flipbook_slider_steps_through_the_frames(chromium, pages, tmp_path):
     assert f'data-probe-src="{frames[0]["src"][:200]}"' in body
     start = int(re.search(rf'data-frames="{frames_id}".*?value="(\d+)"', html, re.S)[1])
     assert start != 0 and frames[start]["caption"] != frames[0]["caption"]  # the slider really moved
+
+
+def _probe_attrs(dom: str) -> dict[str, str]:
+    body = re.search(r"<body([^>]*)>", dom)[1]
+    return {k: html_unescape(v) for k, v in re.findall(r'(data-probe-[\w-]+)="([^"]*)"', body)}
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
+@pytest.mark.parametrize("name", ["so2", "compare"])
+def test_numbers_are_visible_with_scripts_blocked(chromium, pages, name, tmp_path):
+    """The report in a sandboxed frame without scripts (as under a strict content policy): the <noscript> note
+    shows, the empty chart boxes are hidden, and the numbers tables are rendered with their values."""
+    import shutil as _shutil
+
+    page = tmp_path / "report.html"
+    _shutil.copy(pages[name], page)
+    table = "numbers" if name == "so2" else "numbers-compare"
+    wrapper = tmp_path / "wrapper.html"
+    wrapper.write_text(
+        '<!DOCTYPE html><html><body><iframe id="f" sandbox="allow-same-origin" src="report.html" '
+        'style="width:1280px;height:1600px"></iframe><script>'
+        "document.getElementById('f').addEventListener('load', function () {"
+        "var d = this.contentDocument, w = d.defaultView, b = document.body;"
+        "var note = d.getElementById('noscript-note'), charts = d.querySelector('section.charts');"
+        f"var t = d.getElementById('{table}');"
+        "b.setAttribute('data-probe-note', note ? String(note.getBoundingClientRect().height > 0) : 'missing');"
+        "b.setAttribute('data-probe-charts', charts ? w.getComputedStyle(charts).display : 'missing');"
+        "b.setAttribute('data-probe-table', t ? String(t.getBoundingClientRect().height) : 'missing');"
+        "b.setAttribute('data-probe-text', t ? t.innerText.replace(/\\s+/g, ' ') : 'missing');"
+        "b.setAttribute('data-probe-scripts', d.getElementById('equiaudit-status').getAttribute('data-done'));"
+        "});</script></body></html>",
+        encoding="utf-8",
+    )
+    run = _browse(chromium, wrapper, tmp_path / "profile", "--dump-dom", "--allow-file-access-from-files")
+    assert run.returncode == 0, run.stderr[-2000:]
+    attrs = _probe_attrs(run.stdout)
+    assert attrs["data-probe-scripts"] == "0", "the page's scripts ran: the frame was not script-free"
+    assert attrs["data-probe-note"] == "true" and attrs["data-probe-charts"] == "none"
+    assert float(attrs["data-probe-table"]) > 100
+    text = attrs["data-probe-text"]
+    if name == "so2":
+        html = pages[name].read_text(encoding="utf-8")
+        cells = re.findall(r"<td[^>]*>([^<]*±[^<]*)</td>", html.split('id="numbers"')[1].split("</section>")[0])
+        assert cells and all(c in text for c in cells)  # every value with its interval is rendered
+    else:
+        assert "invariance error, mean over elements" in text and "cnn" in text and "averaged" in text
+
+
+def test_session_report_with_long_test_ids_squeezes_no_chart(
+    chromium, tmp_path, so2_result, c4_result, d4_result, scale_result, seg_result, dense_result
+):
+    """Real test ids are long: charts name checks by short labels (the ids are in the table), so no plot area
+    is squeezed by its legend, and the title stays on one line."""
+    from equiaudit.reports import SessionCheck, write_session_report
+
+    long = "tests/integration/models/test_equivariance_of_every_model_in_the_zoo.py::test_check[{}-float32-cpu]"
+    results = [so2_result, c4_result, d4_result, scale_result, seg_result, dense_result] * 2
+    checks = [
+        SessionCheck(long.format(f"{r.group.spec}-{i}-" + "x" * 30), i % 5 != 3, r, "8x floor" if i % 2 else "floor")
+        for i, r in enumerate(results)
+    ]
+    page = write_session_report(checks, tmp_path / "session.html")
+    probe = (
+        "<script>window.addEventListener('load', function () {"
+        "var timer = setInterval(function () {"
+        "var status = document.getElementById('equiaudit-status');"
+        "if (status.getAttribute('data-done') !== '1') return;"
+        "clearInterval(timer);"
+        "var sizes = Array.prototype.map.call(document.querySelectorAll('.chart .nsewdrag'), function (r) {"
+        "var box = r.getBoundingClientRect(); return Math.round(box.width) + 'x' + Math.round(box.height); });"
+        "var h1 = document.querySelector('h1'), line = parseFloat(getComputedStyle(h1).lineHeight);"
+        "document.body.setAttribute('data-probe-sizes', sizes.join(' '));"
+        "document.body.setAttribute('data-probe-title', String(h1.getBoundingClientRect().height / line));"
+        "document.body.setAttribute('data-probe-rendered', status.getAttribute('data-rendered'));"
+        "document.body.setAttribute('data-probe-errors', status.getAttribute('data-errors'));"
+        "}, 100);});</script></body>"
+    )
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", probe), encoding="utf-8")
+    run = _browse(chromium, probed, tmp_path / "profile", "--dump-dom", "--window-size=1280,1600")
+    assert run.returncode == 0, run.stderr[-2000:]
+    attrs = _probe_attrs(run.stdout)
+    assert attrs.get("data-probe-errors") == "", attrs
+    assert int(attrs["data-probe-rendered"]) == 4
+    sizes = [tuple(map(int, s.split("x"))) for s in attrs["data-probe-sizes"].split()]
+    assert len(sizes) == 4
+    assert all(w >= 300 and h >= 150 for w, h in sizes), sizes
+    assert float(attrs["data-probe-title"]) < 1.5  # one line
