@@ -214,27 +214,36 @@ def _error_bars(y: list[float | None], bounds: tuple[list, list], color: str) ->
     return dict(type="data", symmetric=False, array=up, arrayminus=down, color=color, thickness=1.2, width=4)
 
 
-def _band_trace(
-    x: list[Any], bounds: tuple[list, list], *, color: str, name: str, legendgroup: str, visible: bool | str = True
-) -> go.Scatter | None:
-    """A shaded band between the lower and upper bounds of a line (points without bounds are left out)."""
-    points = [(xi, a, b) for xi, a, b in zip(x, *bounds, strict=True) if a is not None and b is not None]
+def _band(
+    coords: list[Any], bounds: tuple[list, list], color: str
+) -> tuple[list[Any], list[Any], dict[str, Any]] | None:
+    """The closed outline between the lower and upper bounds of a curve (points without bounds are left out),
+    and the style every band shares; None when no point has bounds."""
+    points = [(c, a, b) for c, a, b in zip(coords, *bounds, strict=True) if a is not None and b is not None]
     if not points:
         return None
-    xs = [p[0] for p in points]
-    return go.Scatter(
-        x=xs + xs[::-1],
-        y=[p[2] for p in points] + [p[1] for p in points][::-1],
+    cs = [p[0] for p in points]
+    outline = [p[2] for p in points] + [p[1] for p in points][::-1]
+    style = dict(
         fill="toself",
         fillcolor=_rgba(color, 0.16),
         line=dict(width=0, color=_rgba(color, 0)),
         mode="lines",
         hoverinfo="skip",
         showlegend=False,
-        name=name,
-        legendgroup=legendgroup,
-        visible=visible,
     )
+    return cs + cs[::-1], outline, style
+
+
+def _band_trace(
+    x: list[Any], bounds: tuple[list, list], *, color: str, name: str, legendgroup: str, visible: bool | str = True
+) -> go.Scatter | None:
+    """A shaded band between the lower and upper bounds of a line."""
+    band = _band(x, bounds, color)
+    if band is None:
+        return None
+    xs, ys, style = band
+    return go.Scatter(x=xs, y=ys, name=name, legendgroup=legendgroup, visible=visible, **style)
 
 
 def _with_band(
@@ -463,22 +472,11 @@ def _polar_band(
     theta: list[Any], bounds: tuple[list, list], *, color: str, name: str, legendgroup: str
 ) -> go.Scatterpolar | None:
     """The ring between the lower and upper bounds of a closed (or open) curve around the circle."""
-    points = [(t, a, b) for t, a, b in zip(theta, *bounds, strict=True) if a is not None and b is not None]
-    if not points:
+    band = _band(theta, bounds, color)
+    if band is None:
         return None
-    ts = [p[0] for p in points]
-    return go.Scatterpolar(
-        theta=ts + ts[::-1],
-        r=[p[2] for p in points] + [p[1] for p in points][::-1],
-        fill="toself",
-        fillcolor=_rgba(color, 0.16),
-        line=dict(width=0, color=_rgba(color, 0)),
-        mode="lines",
-        hoverinfo="skip",
-        showlegend=False,
-        name=name,
-        legendgroup=legendgroup,
-    )
+    ts, rs, style = band
+    return go.Scatterpolar(theta=ts, r=rs, name=name, legendgroup=legendgroup, **style)
 
 
 def polar_figure(results: AuditResult | Sequence[AuditResult], names: Sequence[str] | None = None) -> go.Figure:

@@ -87,3 +87,19 @@ class FailsMidScan(SmallCNN):
         if self.calls > 3:
             raise RuntimeError("device lost\nsecond line")
         return super().forward(x)
+
+
+def single_conv(k: int, kind: str, seed: int = 3) -> nn.Module:
+    """One 1-channel convolution without bias: ``random`` weights, or ``iso`` (a Gaussian of the distance to
+    the centre, so equivariant to rotation up to resampling), or ``one`` (a 1x1 scaling)."""
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(1, 1, k, padding=k // 2, bias=False)
+    with torch.no_grad():
+        if kind == "random":
+            conv.weight.normal_()
+        elif kind == "iso":
+            r = torch.arange(k) - k // 2
+            conv.weight.copy_(torch.exp(-(r[:, None] ** 2 + r[None] ** 2).float() / 2)[None, None])
+        else:
+            conv.weight.fill_(0.7)
+    return conv.eval()

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _models import SmallCNN
+from _models import SmallCNN, single_conv
 from torch import nn
 from typer.testing import CliRunner
 
@@ -58,16 +58,7 @@ def test_a_1x1_convolution_with_a_bias_scores_its_floor(group: str) -> None:
     assert ratio.between(0.9, 1.1).all(), ratio.tolist()
 
 
-def _conv(k: int, kind: str) -> nn.Module:
-    torch.manual_seed(3)
-    conv = nn.Conv2d(1, 1, k, padding=k // 2, bias=False)
-    with torch.no_grad():
-        if kind == "random":
-            conv.weight.normal_()
-        else:  # isotropic: a Gaussian of the distance to the centre
-            r = torch.arange(k) - k // 2
-            conv.weight.copy_(torch.exp(-(r[:, None] ** 2 + r[None] ** 2).float() / 2)[None, None])
-    return conv
+_conv = single_conv
 
 
 ANGLES = "rot:1,2,5,10,20,45"
@@ -168,9 +159,11 @@ def test_one_worst_element_everywhere() -> None:
     frame = res.elements[res.elements["label"] != "identity"]
     assert worst["invariance_error"] == frame.loc[frame["invariance_error"].idxmax(), "label"]
     assert worst["agreement"] == frame.loc[frame["agreement"].idxmin(), "label"]
-    assert res.summary["worst_element"] == worst["invariance_error"] == json.loads(res.to_json())["worst_elements"][
-        "invariance_error"
-    ]
+    assert (
+        res.summary["worst_element"]
+        == worst["invariance_error"]
+        == json.loads(res.to_json())["worst_elements"]["invariance_error"]
+    )
     report = equivariance_error(model, "so2:8", "digits")
     assert report.worst.label == worst["invariance_error"] or report.result.data.count != 40
     report40 = equivariance_error(model, "so2:8", load_data("digits", limit=40))

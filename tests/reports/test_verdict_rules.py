@@ -9,23 +9,14 @@ import json
 import pandas as pd
 import pytest
 import torch
+from _models import single_conv
 from equiaudit.reports import verdict as vd
 from torch import nn
 
 from equiaudit.engine import audit
 from equiaudit.result import AuditResult
 
-
-def _conv(k: int, kind: str) -> nn.Module:
-    torch.manual_seed(3)
-    conv = nn.Conv2d(1, 1, k, padding=k // 2, bias=False)
-    with torch.no_grad():
-        if kind == "random":
-            conv.weight.normal_()
-        else:  # isotropic: a Gaussian of the distance to the centre
-            r = torch.arange(k) - k // 2
-            conv.weight.copy_(torch.exp(-(r[:, None] ** 2 + r[None] ** 2).float() / 2)[None, None])
-    return conv.eval()
+_conv = single_conv
 
 
 def _card(v: vd.Verdict, key: str) -> vd.Headline:
