@@ -123,6 +123,9 @@ def _intervals(
     if "error" in records:
         name = "invariance_error" if sums is not None else "equivariance_error"
         put(name, bootstrap_mean(records["error"], c), BOOTSTRAP)
+    for name in ("kl", "iou_consistency"):  # the other means over images
+        if name in records:
+            put(name, bootstrap_mean(records[name], c), BOOTSTRAP)
     if floors is not None and len(floors):
         put("floor", bootstrap_mean(floors, c), BOOTSTRAP)
     images = int(engine.images)

@@ -395,29 +395,34 @@ class WorstLocator(Observer):
 
 
 class ImageRecord(Observer):
-    """A compact per-image record: the headline error of every image under every element (``(N, G)``), and for
-    classifiers the predicted class and, with labels, whether it is right. For intervals, correctness matrices
-    and per-image analysis; float32 / int16 / bool, so 10,000 images x 36 elements take about 2 MB."""
+    """A compact per-image record: the headline error of every image under every element (``(N, G)``), the
+    other per-image means (KL for classifiers, IoU consistency for segmentation), and for classifiers the
+    predicted class and, with labels, whether it is right. For intervals, correctness matrices and per-image
+    analysis; float32 / int16 / bool, so 10,000 images x 36 elements take a few MB."""
 
     name = "records"
+    FIELDS = ("index", "error", "kl", "iou_consistency", "pred", "correct")
 
     def setup(self, setup: Setup) -> None:
         self.classify = setup.task == "classify"
-        for name in ("index", "error", "pred", "correct"):
+        for name in self.FIELDS:
             self.add_state(name, [], "cat")
 
     def update(self, batch: ObservedBatch) -> None:
+        s = batch.scores
         self.index.append(torch.arange(batch.offset, batch.offset + batch.size))
         self.error.append(batch.error.T.float().cpu())
+        for name in ("kl", "iou_consistency"):
+            if name in s:
+                getattr(self, name).append(s[name].T.float().cpu())
         if self.classify:
-            s = batch.scores
             self.pred.append(s["pred"].T.to(torch.int16).cpu())
             if "correct" in s:
                 self.correct.append(s["correct"].T.cpu())
 
     def compute(self) -> dict[str, np.ndarray]:
         out = {}
-        for name in ("index", "error", "pred", "correct"):
+        for name in self.FIELDS:
             parts = getattr(self, name)
             if parts:
                 out[name] = torch.cat(parts).numpy()

@@ -168,3 +168,13 @@ def test_one_worst_element_everywhere() -> None:
     assert report.worst.label == worst["invariance_error"] or report.result.data.count != 40
     report40 = equivariance_error(model, "so2:8", load_data("digits", limit=40))
     assert report40.worst.label == worst["invariance_error"]
+
+
+def test_every_mean_over_images_has_a_bootstrap_interval() -> None:
+    cls = audit(_seeded(SmallCNN()), "digits", "so2:4", limit=40, samples=0)
+    seg = audit("zoo:unet", "shapes-seg", "rot:0,30", limit=6, samples=0)
+    for res, metrics in ((cls, ("kl", "invariance_error")), (seg, ("iou_consistency", "equivariance_error"))):
+        for m in metrics:
+            rows = res.elements
+            assert (rows[f"{m}_low"] <= rows[m] + 1e-12).all() and (rows[m] <= rows[f"{m}_high"] + 1e-12).all(), m
+            assert res.intervals["methods"][m].startswith("bootstrap")
