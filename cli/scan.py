@@ -79,13 +79,13 @@ def _thresholds(items: list[str], flag: str) -> dict[str, float]:
 
 def _cell(row: Any, col: str) -> str:
     """``0.33 ±0.065`` where the metric has an interval (the larger half-width), else the value."""
+    from equiaudit.intervals import half_width
+
     value = row[col]
     if value != value:
         return "-"
-    low, high = row.get(f"{col}_low"), row.get(f"{col}_high")
-    if low is None or high is None or low != low or high != high or high - low <= 0:
-        return f"{value:.4g}"
-    return f"{value:.4g} ±{max(high - value, value - low):.2g}"
+    hw = half_width(value, row.get(f"{col}_low"), row.get(f"{col}_high"))
+    return f"{value:.4g}" if hw is None else f"{value:.4g} ±{hw:.2g}"
 
 
 def _print_table(result: Any) -> None:

@@ -28,7 +28,7 @@ from .observers import (
     Setup,
     WorstLocator,
 )
-from .result import AuditResult, DataInfo, GroupInfo, ModelInfo, RunInfo, record_from, worst_element
+from .result import AuditResult, DataInfo, GroupInfo, ModelInfo, RunInfo, non_identity, record_from, worst_element
 from .spec import AuditSpec
 
 
@@ -50,8 +50,7 @@ class PassState(Protocol):
 
 def summarize(frame: pd.DataFrame, extra: dict[str, float]) -> dict[str, Any]:
     """The summary scalars over the non-identity elements (all of them when the identity is alone)."""
-    rest = frame[frame["label"] != "identity"]
-    rest = rest if len(rest) else frame
+    rest = non_identity(frame)
     out: dict[str, Any] = {}
 
     def stat(col: str, how: str, name: str | None = None) -> None:

@@ -8,7 +8,9 @@ that a result is reproducible.
 
 from __future__ import annotations
 
+import math
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +18,18 @@ BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 WILSON = "wilson"
 BOOTSTRAP = f"bootstrap-percentile ({BOOTSTRAP_RESAMPLES} resamples of the images, seed {BOOTSTRAP_SEED})"
+
+
+def half_width(value: Any, low: Any, high: Any) -> float | None:
+    """The larger half-width of the interval ``[low, high]`` around ``value``: what a ``±`` shows (None when
+    one of them is missing or not finite, or the interval is empty)."""
+    try:
+        v, lo, hi = float(value), float(low), float(high)
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(t) for t in (v, lo, hi)) or hi - lo <= 0:
+        return None
+    return max(hi - v, v - lo, 0.0)
 
 
 def z_value(confidence: float) -> float:

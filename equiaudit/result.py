@@ -481,13 +481,18 @@ def upgrade_v1(doc: dict[str, Any], source: str = "document") -> dict[str, Any]:
     return upgraded
 
 
+def non_identity(frame: pd.DataFrame) -> pd.DataFrame:
+    """The element rows that measure something: every one but the identity (all of them when it is alone)."""
+    rest = frame[frame["label"] != "identity"]
+    return rest if len(rest) else frame
+
+
 def worst_element(frame: pd.DataFrame, metric: str) -> str | None:
     """The one worst element of ``metric``, by the one rule used everywhere (CLI, JSON, report, plugin): among
     the non-identity elements (all of them when the identity is alone), the largest mean error, or the smallest
     mean for a metric where higher is better (agreement, accuracy, IoU); ties go to the first in group order.
     None when the metric is not measured."""
-    rest = frame[frame["label"] != "identity"]
-    rest = rest if len(rest) else frame
+    rest = non_identity(frame)
     if metric not in rest or not rest[metric].notna().any():
         return None
     values = rest[metric]

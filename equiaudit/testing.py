@@ -198,14 +198,17 @@ class EquivarianceReport:
     def worst(self) -> ElementError:
         """The worst element by the rule used everywhere (CLI, JSON, report): the largest mean error among the
         non-identity elements (the identity only if it is the sole element), ties to the first in group order."""
-        rest = [e for e in self.elements if e.label != "identity"] or list(self.elements)
-        return max(rest, key=lambda e: e.error_mean)  # max() keeps the first of equal keys
+        return max(self._measured, key=lambda e: e.error_mean)  # max() keeps the first of equal keys
 
     @property
     def max_error(self) -> float:
         """The largest error over the elements and the inputs."""
-        rest = [e for e in self.elements if e.label != "identity"] or list(self.elements)
-        return max(e.error for e in rest)
+        return max(e.error for e in self._measured)
+
+    @property
+    def _measured(self) -> list[ElementError]:
+        """Every element but the identity (all of them when it is alone)."""
+        return [e for e in self.elements if e.label != "identity"] or list(self.elements)
 
     def errors(self) -> dict[str, float]:
         """``{label: error}`` (max over the inputs), in group order."""

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from equiaudit.result import HIGHER_IS_BETTER, worst_element
+from equiaudit.intervals import half_width
+from equiaudit.result import HIGHER_IS_BETTER, non_identity, worst_element
 from equiaudit.testing import FLOAT_TOLERANCE
 
 if TYPE_CHECKING:
@@ -177,14 +178,6 @@ def _num(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def half_width(value: Any, low: Any, high: Any) -> float | None:
-    """The larger half-width of the interval ``[low, high]`` around ``value`` (None without an interval)."""
-    v, lo, hi = _num(value), _num(low), _num(high)
-    if v is None or lo is None or hi is None or hi - lo <= 0:
-        return None
-    return max(hi - v, v - lo, 0.0)
-
-
 def fmt_interval(value: Any, low: Any = None, high: Any = None, *, percent: bool = False) -> str:
     """``0.574 ±0.031`` or ``74.2% ±3.1%`` (the larger half-width, as the command line prints it); the value
     alone without an interval."""
@@ -192,7 +185,7 @@ def fmt_interval(value: Any, low: Any = None, high: Any = None, *, percent: bool
     if v is None:
         return "n/a"
     text = fmt_pct(v) if percent else fmt_num(v)
-    hw = half_width(v, low, high)
+    hw = half_width(v, low, high)  # the command line's ± too
     if hw is None:
         return text
     return f"{text} ±{100 * hw:.2g}%" if percent else f"{text} ±{hw:.2g}"
@@ -228,12 +221,6 @@ class Judged:
     criterion: str  # what value is: "mean error", "largest single-image error"
 
 
-def _rest(frame: pd.DataFrame) -> pd.DataFrame:
-    """The non-identity elements (the identity measures nothing)."""
-    rest = frame[frame["label"] != "identity"]
-    return rest if len(rest) else frame
-
-
 def has_intervals(frame: pd.DataFrame) -> bool:
     """Whether the element table has the floor's interval (results before version 2 have none)."""
     return "floor_high" in frame and pd.to_numeric(frame["floor_high"], errors="coerce").notna().any()
@@ -264,7 +251,7 @@ def judge_elements(
     fail."""
     from equiaudit.testing import ElementError, float_tolerance
 
-    rows = _rest(frame).to_dict(orient="records")
+    rows = non_identity(frame).to_dict(orient="records")
     intervals = has_intervals(frame)
     out = []
     for row in rows:
@@ -380,7 +367,7 @@ def _sentence(parts: Sequence[str]) -> str:
 def _error_headline(
     frame: pd.DataFrame, key: str, ctx: _Context, tolerance: Tolerance | None = None, title: str | None = None
 ) -> Headline | None:
-    rest = _rest(frame)
+    rest = non_identity(frame)
     judged = judge_elements(frame, key, dtype=ctx.dtype, device=ctx.device, tolerance=tolerance)
     if not judged:
         return None
@@ -457,13 +444,13 @@ def _error_headline(
 
 def _error_proven(headline: Headline | None, frame: pd.DataFrame) -> bool:
     """Whether every non-identity element is exact and matched to round-off (predictions then cannot change)."""
-    rest = _rest(frame)
+    rest = non_identity(frame)
     exact = all(_is_exact(r) for r in rest.to_dict(orient="records"))
     return headline is not None and headline.status == "pass" and exact
 
 
 def _agreement_headline(frame: pd.DataFrame, ctx: _Context, proven: bool) -> Headline | None:
-    row = _worst_row(_rest(frame), "agreement")
+    row = _worst_row(non_identity(frame), "agreement")
     if row is None:
         return None
     agree = float(row["agreement"])
@@ -505,7 +492,7 @@ def _agreement_headline(frame: pd.DataFrame, ctx: _Context, proven: bool) -> Hea
 def _accuracy_headlines(result: AuditResult, ctx: _Context) -> list[Headline]:
     s = result.summary
     ref = s.get("accuracy_reference")
-    row = _worst_row(_rest(result.elements), "accuracy")
+    row = _worst_row(non_identity(result.elements), "accuracy")
     if ref is None or row is None:
         return []
     acc = float(row["accuracy"])
@@ -555,7 +542,7 @@ def _accuracy_headlines(result: AuditResult, ctx: _Context) -> list[Headline]:
 
 def _iou_headlines(result: AuditResult, ctx: _Context) -> list[Headline]:
     out = []
-    rest = _rest(result.elements)
+    rest = non_identity(result.elements)
     row = _worst_row(rest, "iou_consistency")
     if row is not None:
         worst = float(row["iou_consistency"])
