@@ -23,6 +23,7 @@ maps; the mean over images is what the result shows. At a small angle ``e`` the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,7 +102,9 @@ class LieProbe:
 
         handles = [self.named[n].register_forward_hook(hook(n)) for n in self.layers]
         try:
-            return torch.func.jvp(f, (x,), (v,))
+            with warnings.catch_warnings():  # torch.func scripts a helper on first use and warns about it
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+                return torch.func.jvp(f, (x,), (v,))
         finally:
             for h in handles:
                 h.remove()
