@@ -415,3 +415,27 @@ def layer_sections(observers: Sequence[Observer], images: int, dtype: str) -> di
     if isinstance(layer_obs, LayerObserver) and images:
         layers = layer_obs.report(dtype, layer_obs_lie)
     return {"layers": layers, "lie": lie}
+
+
+def breaking_lines(section: dict[str, Any] | None) -> list[str]:
+    """What a failing check adds when layers were measured: the first layer that breaks, with its numbers, and
+    the layers before it that hold (empty without a ``layers`` section)."""
+    if not section:
+        return []
+    first = section.get("first_breaking")
+    rows = section.get("layers") or []
+    if first is None:
+        return [f"  every one of the {len(rows)} layers measured holds ({section.get('selection')})"]
+    at = next(i for i, r in enumerate(rows) if r["name"] == first)
+    row = rows[at]
+    text = (
+        f"  first layer that breaks: {first} ({row['module']}, action {row['action']}): error "
+        f"{_fmt(row['error_worst'])} under {row['worst_element']}, floor {_fmt(row['floor_worst'])}; breaks at "
+        f"{', '.join(row['breaks_at'])}"
+    )
+    held = [r["name"] for r in rows[:at] if r["holds"]]
+    return [text] + ([f"  layers before it hold: {', '.join(held)}"] if held else [])
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -247,3 +247,34 @@ def test_cli_prints_the_layer_table_and_exits_2_on_a_bad_layer() -> None:
     assert "lie derivative" in ok.stdout
     bad = runner.invoke(app, ["scan", "zoo:cnn", "--limit", "4", "-g", "c4", "--layers", "feature.0"])
     assert bad.exit_code == 2 and "did you mean features.0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_failing_check_names_the_first_layer_that_breaks() -> None:
+    from equiaudit.testing import assert_invariant
+
+    with pytest.raises(AssertionError) as info:
+        assert_invariant(Broken(), "c4", digits(2), layers="auto")
+    text = str(info.value)
+    assert "first layer that breaks: conv2 (Conv2d, action spatial)" in text
+    assert "layers before it hold: conv1" in text
+    assert_invariant(Broken(break_middle=False), "c4", digits(2), layers="auto")  # holds: no message
+
+
+def test_the_pytest_marker_takes_layers(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        import torch
+        from torch import nn
+
+        @pytest.mark.equivariance(group="c4", layers="0,2")
+        def test_plain(equivariance):
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                                  nn.Flatten(), nn.Linear(4 * 12 * 12, 3))
+            equivariance.check(model, inputs=torch.rand(2, 1, 12, 12))
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*first layer that breaks: 0 (Conv2d, action spatial)*"])
