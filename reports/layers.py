@@ -75,7 +75,8 @@ def layer_charts(result: AuditResult) -> list[Chart]:
             f"Per layer (execution order): ||ρ(g)⁻¹ Φ(T_g x) − Φ(x)|| / ||Φ(x)|| with each layer's action on its "
             f"feature map ({section.get('action')}; the table says which one each layer got), mean over "
             f"{section.get('images')} images, for the worst element and over all elements; dashed grey: the "
-            "layer's interpolation floor (its map resampled there and back). The red cross marks the first layer "
+            "layer's largest interpolation floor (its map resampled there and back; exact elements have none). "
+            "The red cross marks the first layer "
             "that breaks; the layers before it hold.",
             depth_figure(result),
             wide=len(_rows(result)) > 12,
