@@ -47,6 +47,7 @@ LAYER_RULE = (
 )
 # Auto keeps a regular action only when it fits clearly better than the spatial one on the exact elements.
 AUTO_MARGIN = 0.5
+AUTO_IMAGES = 8  # images the choice is made on
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -245,18 +246,28 @@ class LayerObserver(Observer):
         for name in ("err_max", "floor_max"):
             self.add_state(name, torch.zeros((n_l, g), dtype=torch.float64, device=dev), "max")
         self.masks = [self._mask(info) for info in self.recorder.layers]
+        # Maps are measured in the forwards' row order (the reference, then the moved elements): no gather.
+        self.row_elements = (GroupElement(), *(setup.elements[j] for j in setup.moved))
+        self.group_of_row = [-1, *setup.moved]
+        at = {j: 1 + i for i, j in enumerate(setup.moved)}  # the identity's row is the reference, row 0
+        self.rows = torch.tensor([at.get(j, 0) for j in range(g)], dtype=torch.long, device=dev)
 
     def _mask(self, info: LayerInfo) -> torch.Tensor | None:
         size = spatial_size(info.shape)
-        return None if size is None else valid_mask(self.s.elements, size, self.s.mask, self.s.device)
+        if size is None:
+            return None
+        mask = valid_mask(self.s.elements, size, self.s.mask, self.s.device)
+        return None if bool(mask.all()) else mask  # no mask: two passes less over every map
 
-    def _build(self, spec: ActionSpec, info: LayerInfo) -> FeatureAction:
+    def _build(
+        self, spec: ActionSpec, info: LayerInfo, elements: Sequence[GroupElement] | None = None
+    ) -> FeatureAction:
         if spatial_size(info.shape) is None:
             spec = ActionSpec("trivial")
         s = self.s
         return FeatureAction(
-            spec, s.elements, info.shape, interpolation=s.interpolation, padding=s.padding, device=s.device,
-            dtype=s.out_dtype, layout=self.layout, field_type=info.field_type,
+            spec, self.row_elements if elements is None else elements, info.shape, interpolation=s.interpolation,
+            padding=s.padding, device=s.device, dtype=s.out_dtype, layout=self.layout, field_type=info.field_type,
         )  # fmt: skip
 
     def _choose(self, info: LayerInfo, outputs: torch.Tensor, ref: torch.Tensor, mask: Any) -> None:
@@ -273,30 +284,27 @@ class LayerObserver(Observer):
             return
         spatial = self._build(ActionSpec("spatial"), info)
         cand = regular_candidate(self.s.elements)
-        exact = [i for i, g in enumerate(self.s.elements) if not g.is_identity and g.exact]
+        exact = [r for r, g in enumerate(self.row_elements) if r and g.exact]
         channels = int(torch.tensor(info.shape[:-2]).prod()) if spatial_size(info.shape) else 0
         if spatial.size is None or cand is None or not exact or channels % cand.axis:
             self.actions.append(spatial)
             self.evidence.append(None)
             return
-        regular = self._build(cand, info)
+        picked = [self.row_elements[r] for r in exact]
         fits = {}
-        for act in (spatial, regular):
-            err = relative_error(act.undo(outputs)[exact], act.flat(ref), mask)
-            fits[act.spec.name] = float(err.nanmean())
+        for spec in (ActionSpec("spatial"), cand):  # on the exact elements and the first AUTO_IMAGES images
+            act = self._build(spec, info, picked)
+            err = relative_error(act.undo(outputs[:, :AUTO_IMAGES][exact]), act.flat(ref[:AUTO_IMAGES]), mask)
+            fits[spec.name] = float(err.nanmean())
         better = fits[cand.name] < AUTO_MARGIN * fits["spatial"]
-        self.actions.append(regular if better else spatial)
+        self.actions.append(self._build(cand, info) if better else spatial)
         self.evidence.append(fits)
 
     def _outputs(self, batch: ObservedBatch, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``i``'s ``(G, B, *shape)`` outputs in group order and its reference ``(B, *shape)``."""
-        s, info = self.s, self.recorder.layers[i]
-        y = batch.layers[info.name].view(len(s.moved) + 1, batch.size, *info.shape)
-        ref = y[0]
-        out = ref.expand(len(s.elements), *ref.shape).clone()
-        if s.moved:
-            out[s.moved] = y[1:]
-        return out, ref
+        """Layer ``i``'s ``(R, B, *shape)`` outputs in row order (:attr:`row_elements`) and its reference."""
+        info = self.recorder.layers[i]
+        y = batch.layers[info.name].view(len(self.row_elements), batch.size, *info.shape)
+        return y, y[0]
 
     def choose_actions(self, batch: ObservedBatch) -> list[str]:
         """Fix every layer's action on the first chunk (see :meth:`_choose`); their kinds."""
@@ -315,14 +323,14 @@ class LayerObserver(Observer):
             out, ref = self._outputs(batch, i)
             act = self.actions[i]
             flat_ref = act.flat(ref)
-            err = relative_error(act.undo(out), flat_ref, self.masks[i]).double()
+            err = relative_error(act.undo(out), flat_ref, self.masks[i]).double().index_select(0, self.rows)
             self.err_sum[i] += err.sum(-1)
             self.err_max[i] = torch.maximum(self.err_max[i], err.amax(-1))
             fill = info.fill if s.padding == "zeros" else None
             trips = act.round_trip(ref, None if fill is None else fill.to(ref.device))
             if trips is not None:
                 floor = relative_error(trips, flat_ref, self.masks[i]).double()
-                rows_at = torch.tensor(act.sampled_index, device=floor.device)
+                rows_at = torch.tensor([self.group_of_row[r] for r in act.sampled_index], device=floor.device)
                 self.floor_sum[i, rows_at] += floor.sum(-1)
                 self.floor_max[i, rows_at] = torch.maximum(self.floor_max[i, rows_at], floor.amax(-1))
         self.count += b
