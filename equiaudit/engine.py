@@ -343,7 +343,7 @@ def _noise_probe(loaded: LoadedModel, data: AuditData, spec: AuditSpec, result: 
         "noise", input_shape=tuple(data.input_shape), limit=PROBE_IMAGES, mean=norm.get("mean"), std=norm.get("std")
     )
     task = result.task or spec.task
-    probe = audit(loaded, noise, spec=spec.replace(probe="none", samples=0, task=task))
+    probe = audit(loaded, noise, spec=spec.replace(probe="none", samples=0, task=task, layers=None, lie=False))
     return {
         "data": {"spec": "noise", "count": probe.data.count, "input_shape": probe.data.input_shape},
         "summary": probe.summary,
@@ -485,6 +485,8 @@ class Engine:
 
             self.layer_recorder = LayerRecorder(inner(self.module), spec.layers)
             self.layer_recorder.probe(self.module, x)
+            if spec.batch_size is None:  # a chunk's recorded maps stay within a budget, like its activations
+                self.forward_batch = self.layer_recorder.cap_batch(self.forward_batch, self.device)
             found.append(LayerObserver(self.layer_recorder, spec.layer_action, spec.channel_layout))
         if spec.lie:
             from .lie import LieObserver, LieProbe

@@ -24,6 +24,7 @@ not is where the model breaks.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ LAYER_RULE = (
 # Auto keeps a regular action only when it fits clearly better than the spatial one on the exact elements.
 AUTO_MARGIN = 0.5
 AUTO_IMAGES = 8  # images the choice is made on
+# Bytes the recorded feature maps of one chunk may take (see LayerRecorder.cap_batch).
+RECORD_BYTES = {"cpu": 128 << 20, "other": 2 << 30}
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -178,6 +181,13 @@ class LayerRecorder:
             raise EquiauditError(f"layer {name!r} runs {entry[1]} times per forward; pick a module that runs once")
         if entry[2] is None:
             raise EquiauditError(f"layer {name!r} outputs {type(entry[4]).__name__}, not one batched tensor")
+
+    def cap_batch(self, forward_batch: int, device: torch.device) -> int:
+        """The forward batch with which a chunk's recorded maps (up to four forwards' rows, every chosen layer)
+        stay within ``RECORD_BYTES``: the chunk's feature maps are the only per-layer memory."""
+        per_row = sum(math.prod(info.shape) * info.fill.element_size() for info in self.layers)
+        budget = RECORD_BYTES["cpu" if device.type == "cpu" else "other"]
+        return max(1, min(forward_batch, int(budget / (4 * max(1, per_row)))))
 
     @contextmanager
     def recording(self, rows: int) -> Iterator[None]:
