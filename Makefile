@@ -32,6 +32,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench_scan.py
+	$(BIN)/python benchmarks/bench_layers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo

@@ -22,6 +22,7 @@ from equiaudit.spec import spec_fields
 
 from .console import EXIT_FAILED, RescuedWrite, err, fail, out, rescue_path, save_or_rescue
 from .extras import require_reports
+from .layers import print_layers, print_lie
 
 _TYPES = {
     "int": int,
@@ -314,6 +315,8 @@ def _finish(
         sys.stdout.write(result.to_json() + "\n")
     else:
         _print_table(result)
+        print_lie(result)
+        print_layers(result)
         if saved and show:
             err.print(f"results: {saved}")
     for line in failures:

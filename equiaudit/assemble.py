@@ -196,6 +196,8 @@ def assemble(engine: PassState, loaded: LoadedModel, wall: float, partial: bool)
         transformed_images_per_s=n_img * len(grp) / wall if wall > 0 else None,
         partial=partial,
     )
+    from .layers import layer_sections
+
     return AuditResult(
         frame,
         summary,
@@ -207,4 +209,5 @@ def assemble(engine: PassState, loaded: LoadedModel, wall: float, partial: bool)
         locations=locations,
         intervals=intervals,
         samples=samples or None,
+        **layer_sections(engine.observers, engine.images, run.dtype),
     )

@@ -7,6 +7,7 @@ model -> undo -> scores (:mod:`equiaudit.metrics`) -> observers -> :class:`~equi
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Callable, Sequence
@@ -342,7 +343,7 @@ def _noise_probe(loaded: LoadedModel, data: AuditData, spec: AuditSpec, result: 
         "noise", input_shape=tuple(data.input_shape), limit=PROBE_IMAGES, mean=norm.get("mean"), std=norm.get("std")
     )
     task = result.task or spec.task
-    probe = audit(loaded, noise, spec=spec.replace(probe="none", samples=0, task=task))
+    probe = audit(loaded, noise, spec=spec.replace(probe="none", samples=0, task=task, layers=None, lie=False))
     return {
         "data": {"spec": "noise", "count": probe.data.count, "input_shape": probe.data.input_shape},
         "summary": probe.summary,
@@ -402,6 +403,8 @@ class Engine:
         self.to_inputs: ElementPlan | None = None  # the moved elements on the input
         self.undo: ElementPlan | None = None  # every element's inverse on the output (dense)
         self.floor_index: list[int] = []  # the sampled elements, whose floor is not 0 (see _prepare_floor)
+        self.layer_recorder: Any = None  # --layers (equiaudit.layers.LayerRecorder)
+        self.lie_probe: Any = None  # --lie (equiaudit.lie.LieProbe)
 
     @property
     def task(self) -> str | None:
@@ -470,8 +473,28 @@ class Engine:
             floor_rows=list(self.floor_index),
         )
         self.observers = [element_observer(found.task), *default_observers(spec.samples), *self.extra]
+        self.observers += self._layer_observers(x)
         for obs in self.observers:
             obs.setup(self.setup)
+
+    def _layer_observers(self, x: torch.Tensor) -> list[Observer]:
+        """With ``layers``: hooks on the chosen modules and their observer; with ``lie``: the Lie derivative's."""
+        spec, found = self.spec, []
+        if spec.layers:
+            from .layers import LayerObserver, LayerRecorder
+
+            self.layer_recorder = LayerRecorder(inner(self.module), spec.layers)
+            self.layer_recorder.probe(self.module, x)
+            if spec.batch_size is None:  # a chunk's recorded maps stay within a budget, like its activations
+                self.forward_batch = self.layer_recorder.cap_batch(self.forward_batch, self.device)
+            found.append(LayerObserver(self.layer_recorder, spec.layer_action, spec.channel_layout))
+        if spec.lie:
+            from .lie import LieObserver, LieProbe
+
+            names = [info.name for info in self.layer_recorder.layers] if self.layer_recorder else []
+            self.lie_probe = LieProbe(self.module, inner(self.module), self.setup, names)
+            found.append(LieObserver(self.lie_probe))
+        return found
 
     def _prepare_floor(self, x: torch.Tensor, size: tuple[int, int], classify: bool, kw: dict[str, Any]) -> None:
         """The floor's transforms: the round trip ``T_g^-1 T_g`` of every sampled element at ``size``.
@@ -515,9 +538,21 @@ class Engine:
             )
             observed.floor_ref, floor_out = ref, self._dense_floor(ref)
         observed.floor_out = floor_out if floor_out is not None else observed.floor_ref.new_empty((0, *ref.shape))
+        if self.layer_recorder is not None:
+            observed.layers = self.layer_recorder.take()
+        if self.lie_probe is not None:
+            self._lie_kinds(observed)
+            observed.lie = self.lie_probe(x, max(1, self.forward_batch // 2))
         for obs in self.observers:
             obs.update(observed)
         self.images += x.shape[0]
+
+    def _lie_kinds(self, observed: ObservedBatch) -> None:
+        """The Lie derivative of a layer needs its action's kind, which the layer observer fixes on the first
+        chunk."""
+        layers = next((o for o in self.observers if o.name == "layers"), None)
+        if layers is not None:
+            self.lie_probe.kinds = layers.choose_actions(observed)
 
     def _floor_images(self, b: int) -> int:
         """How many of the next ``b`` images still enter the classifier's floor (``floor_images``, 0: all)."""
@@ -551,7 +586,8 @@ class Engine:
         if floor_n:  # the sampled copies head the buffer, in floor order
             trips = self.floor_back(inputs[1 : 1 + s, :floor_n])
             rows = torch.cat([rows, trips.reshape(s * floor_n, c, h, w)])
-        with torch.inference_mode():
+        recording = self.layer_recorder.recording((m + 1) * b) if self.layer_recorder else contextlib.nullcontext()
+        with torch.inference_mode(), recording:
             y = _forward(self.module, rows, self.forward_batch)
         if not torch.isfinite(y).all():
             raise InputMismatchError(f"the model output NaN or inf on images {self.images}..{self.images + b - 1}")

@@ -68,6 +68,10 @@ class ObservedBatch:
     # for a dense model T_g^-1 T_g f(x) against f(x) on every image.
     floor_out: torch.Tensor | None = None  # (S, B_f, ...)
     floor_ref: torch.Tensor | None = None  # (B_f, ...)
+    # --layers: each chosen module's outputs of this chunk, rows as the forwards' ((M + 1) * B, ...), see
+    # equiaudit.layers; --lie: the per-image Lie derivatives, see equiaudit.lie.
+    layers: dict[str, torch.Tensor] | None = None
+    lie: dict[str, dict[str, torch.Tensor]] | None = None
 
     @property
     def size(self) -> int:

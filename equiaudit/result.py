@@ -252,6 +252,8 @@ class AuditResult:
     locations: list[dict[str, Any] | None] | None = None  # per element: where its largest error is
     intervals: dict[str, Any] | None = None  # confidence, images and method of the *_low / *_high values
     probe: dict[str, Any] | None = None  # --probe noise: the same audit on noise (data, summary, elements)
+    layers: dict[str, Any] | None = None  # --layers: per-layer errors, floors, verdicts (equiaudit.layers)
+    lie: dict[str, Any] | None = None  # --lie: the output's Lie derivative per generator (equiaudit.lie)
     samples: dict[str, Any] | None = field(default=None, repr=False)  # gallery and per-image records (sidecar)
 
     @property
@@ -288,6 +290,8 @@ class AuditResult:
             "intervals": _clean(self.intervals),
             "probe": _clean(self.probe),
             "per_class": _clean(self.per_class),
+            "layers": _clean(self.layers),
+            "lie": _clean(self.lie),
         }
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
@@ -319,7 +323,7 @@ class AuditResult:
                 raise ResultFormatError(f"{source} is missing {key!r}")
             parts[key] = record_from(kind, doc[key], f"{source}: {key!r}")
         frame = pd.DataFrame.from_records(elements)
-        extras = {k: doc.get(k) for k in ("per_class", "locations", "intervals", "probe")}
+        extras = {k: doc.get(k) for k in ("per_class", "locations", "intervals", "probe", "layers", "lie")}
         return cls(frame, summary, **extras, **parts)
 
     @classmethod
@@ -455,6 +459,10 @@ def upgrade_v1(doc: dict[str, Any], source: str = "document") -> dict[str, Any]:
         "fill": "mean" if (meta.get("data") or {}).get("normalisation") else "zeros",
         "max_elements": 4096,
         "force": False,
+        "layers": None,  # version 1 had no per-layer audit nor Lie derivative
+        "layer_action": "auto",
+        "channel_layout": "cg",
+        "lie": False,
     }
     run = {
         "spec": spec,

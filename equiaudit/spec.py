@@ -18,8 +18,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .actions import LAYOUTS, parse_action
 from .errors import EquiauditError, OptionError
 from .groups import Group, parse_group
+from .layers import parse_layers
 from .transforms import INPUT_MASKS, INTERPOLATIONS, MASKS, PADDINGS
 
 TASKS = ("auto", "classify", "segment", "dense")
@@ -109,6 +111,26 @@ class AuditSpec:
         4096, "Largest group audited without --force (every element is one more forward of every image).", min=1
     )
     force: bool = _option(False, "Audit a group with more than --max-elements elements.")
+    # ---- per-layer equivariance and the Lie derivative (equiaudit.layers, equiaudit.actions, equiaudit.lie)
+    layers: str | None = _option(
+        None,
+        "Per-layer equivariance: auto (every convolution / block, no activations), all, or NAME[,NAME...] "
+        "(module names); off by default.",
+    )
+    layer_action: str = _option(
+        "auto",
+        "How the group acts on feature maps: auto (an e2cnn output's field type, else spatial or regular, "
+        "whichever fits the exact elements), trivial, spatial, regular:N (C_N group axis) or regular:dN (D_N).",
+    )
+    channel_layout: str = _option(
+        "cg",
+        "Where a regular action's group axis sits in the channels: cg (c*N + g, the group innermost, as e2cnn's "
+        "regular fields and (B, C, G, H, W) maps) or gc (g*C + c).",
+        LAYOUTS,
+    )
+    lie: bool = _option(
+        False, "Also measure the Lie derivative (rotation / scale at the identity) of the output and of each layer."
+    )
 
     def __post_init__(self) -> None:
         group = self.group
@@ -142,6 +164,14 @@ class AuditSpec:
         _positive_int(self.max_elements, "max elements")
         if not isinstance(self.force, bool):
             raise EquiauditError(f"force must be True or False, got {self.force!r}")
+        self._check_layer_options()
+
+    def _check_layer_options(self) -> None:
+        object.__setattr__(self, "layers", parse_layers(self.layers))
+        object.__setattr__(self, "layer_action", parse_action(self.layer_action).name)
+        _choice(self.channel_layout, "channel layout", LAYOUTS)
+        if not isinstance(self.lie, bool):
+            raise EquiauditError(f"lie must be True or False, got {self.lie!r}")
 
     @property
     def parsed_group(self) -> Group:

@@ -471,9 +471,17 @@ def format_failure(
         f"{len(report.elements)} elements fail; {report.dtype} on {report.device}; inputs: {report.inputs})"
     ]
     lines += [f"  {f.line()}" for f in failures]
+    lines += _layer_lines(report)
     if hint:
         lines.append(hint)
     return "\n".join(lines)
+
+
+def _layer_lines(report: EquivarianceReport) -> list[str]:
+    """With ``layers``: which layer breaks first (see :func:`equiaudit.layers.breaking_lines`)."""
+    from .layers import breaking_lines
+
+    return breaking_lines(getattr(report.result, "layers", None))
 
 
 def _subject(model: Any) -> str:

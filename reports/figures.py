@@ -1019,7 +1019,9 @@ def report_charts(result: AuditResult) -> list[Chart]:
                 max_abs_figure(result),
             )
         )
-    return charts
+    from .layers import layer_charts
+
+    return charts + layer_charts(result)
 
 
 def comparison_charts(results: Sequence[AuditResult], names: Sequence[str]) -> list[Chart]:

@@ -299,6 +299,9 @@ def render_report(
                 title=f"Numbers per element on noise ({count} images)",
             )
         )
+    from .layers import layer_table
+
+    tables += [t for t in (layer_table(result),) if t is not None]
     return _page(
         "report.html.j2",
         title=title or default_title(result),

@@ -706,6 +706,11 @@ def verdict(result: AuditResult, tolerance: Tolerance | str | float | None = Non
         headlines.append(err)
     headlines += [h for h in (_probe_headline(result, ctx, tolerance), _coverage_headline(result, ctx)) if h]
     status, sentence = _overall(result, ctx, headlines)
+    from .layers import layer_headlines
+
+    added = layer_headlines(result)
+    headlines += added
+    sentence += "".join(f" {h.short}" for h in added if h.key == "layers" and h.short)
     if result.run.partial:
         sentence += f" (partial: the scan stopped after {result.summary.get('images', '?')} images)"
     return Verdict(status, sentence, tuple(headlines))

@@ -161,7 +161,10 @@ def test_json_round_trip_and_schema(tmp_path) -> None:
         "worst_elements",
         "probe",
         "per_class",
+        "layers",  # --layers (None here)
+        "lie",  # --lie (None here)
     }
+    assert doc["layers"] is None and doc["lie"] is None
     first = doc["elements"][1]
     for key in (
         "id",

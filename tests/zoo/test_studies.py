@@ -95,3 +95,18 @@ def test_full_mode_does_not_reuse_a_checkpoint_of_another_recipe(tmp_path: Path,
     ctx.model("cnn@test")
     assert ctx.models["cnn@test"]["origin"].startswith("trained now")
     assert ctx.models["cnn@test"]["epochs"] == 1
+
+
+def test_scale_study_reads_the_feature_map_error_from_the_per_layer_audit() -> None:
+    from equiaudit.zoo.studies.scale import feature_error_by_scale
+
+    from equiaudit import audit
+
+    model = create("cnn", tiny=True)
+    res = audit(model, torch.rand(3, 1, 28, 28), "scale:0.5,1,2", layers="auto", samples=0)
+    by_scale = feature_error_by_scale(res)
+    assert list(by_scale) == [0.5, 1.0, 2.0] and by_scale[1.0] == 0.0
+    rows = res.layers["layers"]
+    assert len(rows) == 2  # the tiny CNN's two convolutions
+    j = res.layers["elements"].index("scale2")
+    assert by_scale[2.0] == sum(r["error"][j] for r in rows) / 2 and by_scale[2.0] > 0.05

@@ -206,10 +206,19 @@ class StudyContext:
         return evaluate(model, data, split="test", limit=self.limit, device=self.device, **recipe.data_options)
 
     def audit(
-        self, key: str, model: nn.Module, recipe: Recipe, data: str, group: str, limit: int, quick_group: str
+        self,
+        key: str,
+        model: nn.Module,
+        recipe: Recipe,
+        data: str,
+        group: str,
+        limit: int,
+        quick_group: str,
+        **options: Any,
     ) -> AuditResult:
         """Audit ``model`` (``group``, ``limit`` test images of ``data``; in quick mode ``quick_group`` on a
-        few images) and save the result as ``FOLDER/KEY.json``."""
+        few images; ``options``: further spec options such as ``layers``) and save the result as
+        ``FOLDER/KEY.json``."""
         from equiaudit.engine import audit
         from equiaudit.result import save
 
@@ -217,7 +226,9 @@ class StudyContext:
         n = QUICK_AUDIT_IMAGES if self.quick else limit
         self.status(f"auditing {key} under {group} on {n} images of {data}")
         with _audit_progress(self.log, key) as progress:
-            result = audit(model, data, group, limit=n, device=self.device, progress=progress, **recipe.data_options)
+            result = audit(
+                model, data, group, limit=n, device=self.device, progress=progress, **recipe.data_options, **options
+            )
         path = save(result, self.folder / f"{key}.json")
         self.audits[key] = result
         self.files[f"audit:{key}"] = str(path)
