@@ -109,6 +109,13 @@ class AuditSpec:
         4096, "Largest group audited without --force (every element is one more forward of every image).", min=1
     )
     force: bool = _option(False, "Audit a group with more than --max-elements elements.")
+    search: str = _option(
+        "grid",
+        "Worst case per image: grid (the group's elements), random:K (worst of K elements drawn per image from "
+        "the group's parameter box), refine (from each image's worst grid element, between its grid neighbours); "
+        "comma-separated to compare, e.g. random:10,refine. Classifiers.",
+    )
+    search_budget: int = _option(24, "Extra forwards per image that --search refine may spend.", min=1)
 
     def __post_init__(self) -> None:
         group = self.group
@@ -142,6 +149,10 @@ class AuditSpec:
         _positive_int(self.max_elements, "max elements")
         if not isinstance(self.force, bool):
             raise EquiauditError(f"force must be True or False, got {self.force!r}")
+        from .search import parse_search
+
+        parse_search(self.search)
+        _positive_int(self.search_budget, "search budget")
 
     @property
     def parsed_group(self) -> Group:
