@@ -81,8 +81,8 @@ def _cell(row: Any, col: str) -> str:
     """``0.33 ±0.065`` where the metric has an interval (the larger half-width), else the value."""
     from equiaudit.intervals import half_width
 
-    value = row[col]
-    if value != value:
+    value = row.get(col)
+    if value is None or value != value:
         return "-"
     hw = half_width(value, row.get(f"{col}_low"), row.get(f"{col}_high"))
     return f"{value:.4g}" if hw is None else f"{value:.4g} ±{hw:.2g}"
@@ -115,6 +115,28 @@ def _print_table(result: Any) -> None:
         "summary: "
         + ", ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys)
     )
+    if result.search:
+        _print_search(result.search)
+
+
+def _print_search(search: dict[str, Any]) -> None:
+    """The worst case per search method, side by side (``--search``)."""
+    table = Table(title=f"worst case per image (objective: {search['objective']})", title_justify="left")
+    cols = ("method", "elements/image", "accuracy (mean)", "worst-case accuracy", "worst-case error",
+            "extra forwards/image", "seconds")  # fmt: skip
+    for i, col in enumerate(cols):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for m in search["methods"]:
+        table.add_row(
+            m["method"],
+            str(m["elements_per_image"]),
+            _cell(m, "accuracy_mean"),
+            _cell(m, "worst_case_accuracy"),
+            _cell(m, "worst_case_error"),
+            f"{m['extra_forwards_per_image']:.4g}",
+            f"{m['seconds']:.3g}",
+        )
+    out.print(table)
 
 
 def _data_options(

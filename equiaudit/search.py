@@ -18,9 +18,11 @@ The objective, per image, is the **margin** (true-class logit minus the largest 
 labels, else minus the invariance error (the relative change of the centred logits). For every method the
 result holds worst-case accuracy (with its Wilson interval), worst-case error (the mean over images of each
 image's largest invariance error over the elements the method evaluated), the per-image worst element, the
-extra forwards and the time spent. Each method's worst element of every image also gets its interpolation
-floor (one more forward per image: the round trip ``T_g^-1 T_g x``), so checks can judge it like any sampled
-element. Searches run on classifiers.
+extra forwards and the time spent. Per image and method, the JSON keeps the worst element (``angle``, ``scale``,
+``reflect``, ``dx``, ``dy``), its ``objective``, the invariance error under it (``chosen_error``), the largest
+error over the evaluated elements (``error``) and the worst element's ``floor``: random and refine spend one
+more forward per image on the round trip ``T_g^-1 T_g x`` of the worst element, so checks can judge it like any
+sampled element (the grid's floors are the audit's own). Searches run on classifiers.
 
 ``consistency`` (every classifier audit): the fraction of pairs of distinct elements ``(g, h)`` of the group
 under which an image's predicted classes agree, averaged over the images, with a bootstrap interval. This is
@@ -111,6 +113,7 @@ def _angle_axis(angles: list[float]) -> Axis:
     if len(turns) > 2 and max(gaps) - min(gaps) < 1e-6:
         return Axis("angle", tuple(turns), 0.0, 360.0, circular=True)
     start = turns[(int(np.argmax(gaps)) + 1) % len(turns)]
+    start = start - 360.0 if start > 180.0 else start  # rot:-30..30 spans [-30, 30], not [330, 390]
     unrolled = sorted(((t - start) % 360.0) + start for t in turns)
     return Axis("angle", tuple(unrolled), unrolled[0], unrolled[-1])
 
@@ -236,6 +239,7 @@ class Found:
     forwards: int
     seconds: float
     mean_correct: torch.Tensor | None = None  # random: the fraction of draws right, per image
+    chosen_error: torch.Tensor | None = None  # the invariance error under the worst element itself
 
 
 class SearchObserver(Observer):
@@ -270,6 +274,7 @@ class SearchObserver(Observer):
         err = batch.scores["invariance_error"].double()
         correct = None if labels is None else batch.scores["correct"].all(0) & batch.scores["ref_correct"]
         grid = Found([self.elements[int(i)] for i in worst], obj.min(0).values, correct, err.amax(0), 0, 0.0)
+        grid.chosen_error = err.gather(0, worst[None])[0]
         grid.seconds = time.perf_counter() - t0
         found = {"grid": grid}
         if self.plan.random:
@@ -304,7 +309,10 @@ class SearchObserver(Observer):
             right = obj > 0
             correct, mean_correct = right.all(0), right.double().mean(0)
         chosen = [drawn[i][int(worst[i])] for i in range(b)]
-        return Found(chosen, obj.min(0).values, correct, err.amax(0), b * k, time.perf_counter() - t0, mean_correct)
+        seconds = time.perf_counter() - t0
+        return Found(
+            chosen, obj.min(0).values, correct, err.amax(0), b * k, seconds, mean_correct, err.gather(0, worst[None])[0]
+        )
 
     def _refine(self, batch: ObservedBatch, grid: Found) -> Found:
         """Rounds of one step down and up each axis from each image's best point so far, halving the steps."""
@@ -313,9 +321,10 @@ class SearchObserver(Observer):
         best = grid.objective.clone()
         correct = None if grid.all_correct is None else grid.all_correct.clone()
         error = grid.error.clone()
+        chosen_error = grid.chosen_error.clone()
         chosen = list(grid.elements)
         if not d:
-            return Found(chosen, best, correct, error, 0, time.perf_counter() - t0)
+            return Found(chosen, best, correct, error, 0, time.perf_counter() - t0, chosen_error=chosen_error)
         points = np.stack([_point(self.axes, g) for g in chosen])
         steps = np.stack([_neighbour_steps(self.axes, p) for p in points])  # (B, D, 2)
         reflect = [g.reflect for g in chosen]
@@ -327,11 +336,14 @@ class SearchObserver(Observer):
             elems = [_element(self.axes, cands[i, j], reflect[i]) for i in range(b) for j in range(2 * d)]
             logits = self._logits(batch.x.repeat_interleave(2 * d, 0), elems).reshape(b, 2 * d, -1).transpose(0, 1)
             obj = objective(logits, batch.ref, batch.labels)  # (2D, B)
-            error = torch.maximum(error, relative_error(centred(logits), centred(batch.ref)).double().amax(0))
+            err = relative_error(centred(logits), centred(batch.ref)).double()
+            error = torch.maximum(error, err.amax(0))
             if correct is not None:
                 correct = correct & (obj > 0).all(0)
             low, j = obj.min(0)
-            moved = (low < best).cpu().numpy()
+            better = low < best
+            chosen_error = torch.where(better, err.gather(0, j[None])[0], chosen_error)
+            moved = better.cpu().numpy()
             best = torch.minimum(best, low)
             j = j.cpu().numpy()
             for i in np.flatnonzero(moved):
@@ -340,7 +352,8 @@ class SearchObserver(Observer):
                 a, side = divmod(int(j[i]), 2)
                 steps[i, a, :] = steps[i, a, side]  # the new bracket along the axis it moved on
             steps = steps / 2
-        return Found(chosen, best, correct, error, b * 2 * d * self.rounds, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        return Found(chosen, best, correct, error, b * 2 * d * self.rounds, seconds, chosen_error=chosen_error)
 
     def _record(self, batch: ObservedBatch, f: Found) -> dict[str, Any]:
         """What is kept per image, with the worst element's floor (one round-trip forward per image)."""
@@ -362,6 +375,7 @@ class SearchObserver(Observer):
             "correct": None if f.all_correct is None else f.all_correct.cpu().numpy(),
             "mean_correct": None if f.mean_correct is None else f.mean_correct.cpu().numpy(),
             "error": f.error.cpu().numpy(),
+            "chosen_error": f.chosen_error.cpu().numpy(),
             "floor": floor.numpy(),
             "forwards": forwards,
             "seconds": f.seconds + time.perf_counter() - t0,
@@ -377,7 +391,7 @@ class SearchObserver(Observer):
             parts = getattr(self, _key(m, "found"))
             res: dict[str, Any] = {"forwards": sum(p["forwards"] for p in parts)}
             res["seconds"] = sum(p["seconds"] for p in parts)
-            for name in ("params", "objective", "correct", "mean_correct", "error", "floor"):
+            for name in ("params", "objective", "correct", "mean_correct", "error", "chosen_error", "floor"):
                 if parts[0][name] is not None:
                     res[name] = np.concatenate([p[name] for p in parts])[order]
             out[m] = res
@@ -468,7 +482,7 @@ def _section(obs: SearchObserver, summary: dict[str, Any], spec: Any) -> dict[st
     for m, f in found.items():
         cols = {p: f["params"][:, i].round(6).tolist() for i, p in enumerate(_PARAMS)}
         cols["reflect"] = [bool(v) for v in cols["reflect"]]
-        cols.update(objective=f["objective"].tolist(), error=f["error"].tolist(), floor=f["floor"].tolist())
+        cols.update({k: f[k].tolist() for k in ("objective", "error", "chosen_error", "floor")})
         worst[m] = cols
     return {
         "methods": methods,
