@@ -139,7 +139,8 @@ def test_unlabelled_search_maximises_the_error_and_follows_the_schema() -> None:
     res = audit(SmallCNN(), x, "rot:-30..30:5*translate:-2..2:3", search="random:4,refine", search_budget=6)
     assert res.search["objective"] == "invariance_error" and res.search["rounds"] == 1
     grid, rnd, refine = res.search["methods"]
-    assert "worst_case_accuracy" not in grid
+    assert "worst_case_accuracy" not in grid and "accuracy_mean" not in rnd  # no labels
+    assert (rnd["extra_forwards"], refine["extra_forwards"]) == (3 * (4 + 1), 3 * (1 * 2 * 3 + 1))
     # refine starts from the grid's worst and only keeps improvements: never below the grid's error there
     g_err, r_err = res.search["worst"]["grid"]["chosen_error"], res.search["worst"]["refine"]["chosen_error"]
     assert all(r >= g - 1e-6 for g, r in zip(g_err, r_err, strict=True))
