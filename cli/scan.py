@@ -394,17 +394,15 @@ def groups(
     table = Table(
         title=f"{grp.spec}: {len(grp)} elements ({'exact' if grp.exact else 'interpolated'})", title_justify="left"
     )
-    for col in ("id", "label", "angle", "scale", "reflect", "exact", "matrix (centred, y down)"):
+    shifts = any(g.shifted for g in grp)
+    cols = ("id", "label", "angle", "scale", "reflect", *(("shift (px)",) if shifts else ()), "exact")
+    for col in (*cols, "matrix (centred, y down)"):
         table.add_column(col)
     for i, g in enumerate(grp):
-        m = g.matrix()[:, :2]
-        table.add_row(
-            str(i),
-            g.label,
-            f"{g.angle:g}",
-            f"{g.scale:g}",
-            str(g.reflect),
-            str(g.exact),
-            f"[{m[0, 0]:+.3f} {m[0, 1]:+.3f}; {m[1, 0]:+.3f} {m[1, 1]:+.3f}]",
-        )
+        m = g.matrix()
+        shift = (f"({g.shift[0]:g}, {g.shift[1]:g})",) if shifts else ()
+        matrix = f"[{m[0, 0]:+.3f} {m[0, 1]:+.3f}; {m[1, 0]:+.3f} {m[1, 1]:+.3f}]"
+        if shifts:  # p -> L p + L t: the translation column too
+            matrix = f"[{m[0, 0]:+.3f} {m[0, 1]:+.3f} {m[0, 2]:+.3f}; {m[1, 0]:+.3f} {m[1, 1]:+.3f} {m[1, 2]:+.3f}]"
+        table.add_row(str(i), g.label, f"{g.angle:g}", f"{g.scale:g}", str(g.reflect), *shift, str(g.exact), matrix)
     out.print(table)

@@ -44,7 +44,8 @@ class AuditSpec:
 
     group: str = _option(
         "so2",
-        "Group spec: so2, so2:N, rot:A..B:N, c4, d4, flip, scale:0.5..2:7, products like c4*scale:0.8,1,1.25.",
+        "Group spec: so2, so2:N, rot:A..B:N, c4, d4, flip, scale:0.5..2:7, shift:DX,DY, translate:-3..3:7, "
+        "translate-x:/-y:, products like c4*scale:0.8,1,1.25 or rot:-30..30:31*translate:-3..3:7.",
         flag="-g",
     )
     steps: int | None = _option(None, "Angles for so2 (default 36).", flag="-n", min=1)

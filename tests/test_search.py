@@ -187,3 +187,62 @@ def test_plugin_check_with_search(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*worst of refine: error*"])
+
+
+# ---- where it shows: the command line and the report ---------------------------------------------------------
+
+
+def test_cli_prints_the_search_table_and_rejects_a_bad_search(tmp_path) -> None:
+    from equiaudit.cli import app
+    from typer.testing import CliRunner
+
+    torch.manual_seed(0)
+    path = tmp_path / "cnn.pt"
+    torch.save(SmallCNN().state_dict(), path)
+    common = ["scan", str(path), "--arch", "_models:SmallCNN", "--limit", "4", "--samples", "0"]
+    runner = CliRunner()
+    res = runner.invoke(app, [*common, "-g", "rot:-10..10:3*translate-x:-1..1:3", "--search", "random:3,refine"])
+    assert res.exit_code == 0, res.stderr
+    assert "worst case per image" in res.stdout and "random:3" in res.stdout and "consistency=" in res.stdout
+    bad = runner.invoke(app, [*common, "--search", "best"])
+    assert bad.exit_code == 2 and "unknown search 'best'" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    doc = json.loads(runner.invoke(app, [*common, "-g", "c4", "--search", "refine", "--json"]).stdout)
+    assert doc["run"]["spec"]["search"] == "refine" and doc["search"]["methods"][1]["method"] == "refine"
+
+
+def test_report_heatmap_and_search_charts_show_the_result_numbers() -> None:
+    from equiaudit.reports.spatial import heatmap_figure, search_charts, search_table
+
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    data = AuditData.from_tensors(x, torch.tensor([0, 1, 2, 3]))
+    res = audit(SmallCNN(), data, "rot:-20..20:3*translate:-1..1:3", search="random:2,refine", search_budget=6)
+    fig = heatmap_figure(res)
+    (heat,) = fig.data
+    assert list(heat.x) == [-20.0, 0.0, 20.0] and len(heat.y) == 9
+    frame = res.elements
+    for r, label in enumerate(heat.y):
+        dx, dy = (float(v) for v in label.strip("()").split(","))
+        for c, angle in enumerate(heat.x):
+            row = frame[(frame["angle"] == angle) & (frame["dx"] == dx) & (frame["dy"] == dy)]
+            assert heat.z[r][c] == pytest.approx(float(row["accuracy"].iloc[0]))
+    ids = [c.id for c in search_charts(res)]
+    assert ids == ["chart-heatmap", "chart-search", "chart-worst-elements"]
+    table = search_table(res)
+    assert [row[0].text for row in table.rows] == ["grid", "random:2", "refine"]
+    # translations alone: dx across, dy down; a group without shifts has no heatmap
+    only = audit(SmallCNN(), data, "translate:-1..1:3", samples=0)
+    assert heatmap_figure(only).data[0].x == (-1.0, 0.0, 1.0)
+    assert heatmap_figure(audit(SmallCNN(), data, "c4", samples=0)) is None
+
+
+def test_report_renders_offline_with_the_search(tmp_path) -> None:
+    from equiaudit.reports import write_report
+
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    res = audit(SmallCNN(), AuditData.from_tensors(x, torch.tensor([1, 2, 3])), "rot:-10,0,10*translate-x:-1,0,1",
+                search="refine", search_budget=4, samples=1)  # fmt: skip
+    html = write_report(res, tmp_path / "r.html").read_text()
+    for needle in ("chart-heatmap", "chart-search", "chart-worst-elements", "numbers-search", "refine"):
+        assert needle in html
+    assert "cdn.plot.ly" not in html and '<script src="http' not in html
