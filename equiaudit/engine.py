@@ -343,7 +343,7 @@ def _noise_probe(loaded: LoadedModel, data: AuditData, spec: AuditSpec, result: 
         "noise", input_shape=tuple(data.input_shape), limit=PROBE_IMAGES, mean=norm.get("mean"), std=norm.get("std")
     )
     task = result.task or spec.task
-    probe = audit(loaded, noise, spec=spec.replace(probe="none", samples=0, task=task))
+    probe = audit(loaded, noise, spec=spec.replace(probe="none", samples=0, task=task, search="grid"))
     return {
         "data": {"spec": "noise", "count": probe.data.count, "input_shape": probe.data.input_shape},
         "summary": probe.summary,

@@ -142,8 +142,8 @@ def _point(axes: Sequence[Axis], g: GroupElement) -> np.ndarray:
     point = []
     for a in axes:
         v = _value(g, a.name)
-        if a.name == "angle" and not a.circular:  # onto the arc the axis unrolls
-            v = ((v - a.lo) % 360.0) + a.lo
+        if a.name == "angle":  # onto the circle [0, 360) or the arc the axis unrolls
+            v = v % 360.0 if a.circular else ((v - a.lo) % 360.0) + a.lo
         point.append(v)
     return np.array(point, dtype=np.float64)
 
@@ -217,7 +217,8 @@ class ConsistencyObserver(Observer):
         self.add_state("per_image", [], "cat")
 
     def update(self, batch: ObservedBatch) -> None:
-        self.per_image.append(pair_agreement(batch.scores["pred"], self.num_classes).cpu())
+        if batch.scores["pred"].shape[0] > 1:  # one element has no pairs
+            self.per_image.append(pair_agreement(batch.scores["pred"], self.num_classes).cpu())
 
     def compute(self) -> np.ndarray:
         """``(N,)`` per-image consistency."""

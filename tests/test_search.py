@@ -75,6 +75,24 @@ def test_parameter_boxes() -> None:
     assert names == ["angle", "dx", "dy"]
 
 
+def test_refine_starts_between_the_right_neighbours() -> None:
+    from equiaudit.groups import GroupElement
+    from equiaudit.search import _neighbour_steps, _point
+
+    (full,) = parameter_box(parse_group("so2:36"))
+    point = _point([full], GroupElement(-170.0))
+    assert point.tolist() == [190.0] and _neighbour_steps([full], point).tolist() == [[5.0, 5.0]]
+    edge = parameter_box(parse_group("rot:-30..30:7*translate-x:-2..2:5"))
+    point = _point(edge, GroupElement(-30.0, shift=(1, 0)))
+    assert point.tolist() == [-30.0, 1.0]
+    assert _neighbour_steps(edge, point).tolist() == [[0.0, 5.0], [0.5, 0.5]]  # nothing below the box's edge
+
+
+def test_consistency_needs_two_elements() -> None:
+    res = audit(SmallCNN(), torch.rand(2, 1, 28, 28), "id", samples=0)
+    assert "consistency" not in res.summary
+
+
 def test_random_draws_are_reproducible_and_stay_in_the_box() -> None:
     axes = parameter_box(parse_group("rot:-30..30:31*translate:-3..3:7"))
     a = random_elements(axes, [False], index=5, k=200)
@@ -246,3 +264,17 @@ def test_report_renders_offline_with_the_search(tmp_path) -> None:
     for needle in ("chart-heatmap", "chart-search", "chart-worst-elements", "numbers-search", "refine"):
         assert needle in html
     assert "cdn.plot.ly" not in html and '<script src="http' not in html
+
+
+def test_consistency_from_the_pass_matches_the_predictions_pair_by_pair() -> None:
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+    model = SmallCNN()
+    runs = [audit(model, x, "rot:-40..40:5*translate-x:-2,0,2", batch_size=b, samples=1) for b in (4, 64)]
+    pred = runs[0].records["pred"]  # (N, G) the predicted class of every image under every element
+    g = pred.shape[1]
+    by_hand = np.mean([np.mean([pred[n, i] == pred[n, j] for i in range(g) for j in range(g) if i != j])
+                       for n in range(len(pred))])  # fmt: skip
+    assert runs[0].summary["consistency"] == pytest.approx(by_hand, abs=1e-12)
+    assert runs[1].summary["consistency"] == runs[0].summary["consistency"]  # independent of the batch size
+    lo, hi = runs[0].summary["consistency_low"], runs[0].summary["consistency_high"]
+    assert 0 <= lo <= by_hand <= hi <= 1
