@@ -262,7 +262,6 @@ class SearchObserver(Observer):
         d = max(1, len(self.axes))
         self.rounds = max(1, self.budget // (2 * d)) if self.axes else 0
         self.add_state("index", [], "cat")
-        self.add_state("labelled", [], "cat")
         for m in self.plan.methods:
             self.add_state(_key(m, "found"), [], "cat")
 
@@ -283,7 +282,6 @@ class SearchObserver(Observer):
         if self.plan.refine:
             found["refine"] = self._refine(batch, grid)
         self.index.append(torch.arange(batch.offset, batch.offset + batch.size))
-        self.labelled.append(torch.tensor([labels is not None]))
         for name, f in found.items():
             getattr(self, _key(name, "found")).append(self._record(batch, f))
 
