@@ -82,8 +82,8 @@ def _cell(row: Any, col: str) -> str:
     """``0.33 ±0.065`` where the metric has an interval (the larger half-width), else the value."""
     from equiaudit.intervals import half_width
 
-    value = row[col]
-    if value != value:
+    value = row.get(col)
+    if value is None or value != value:
         return "-"
     hw = half_width(value, row.get(f"{col}_low"), row.get(f"{col}_high"))
     return f"{value:.4g}" if hw is None else f"{value:.4g} ±{hw:.2g}"
@@ -116,6 +116,28 @@ def _print_table(result: Any) -> None:
         "summary: "
         + ", ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys)
     )
+    if result.search:
+        _print_search(result.search)
+
+
+def _print_search(search: dict[str, Any]) -> None:
+    """The worst case per search method, side by side (``--search``)."""
+    table = Table(title=f"worst case per image (objective: {search['objective']})", title_justify="left")
+    cols = ("method", "elements/image", "accuracy (mean)", "worst-case accuracy", "worst-case error",
+            "extra forwards/image", "seconds")  # fmt: skip
+    for i, col in enumerate(cols):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for m in search["methods"]:
+        table.add_row(
+            m["method"],
+            str(m["elements_per_image"]),
+            _cell(m, "accuracy_mean"),
+            _cell(m, "worst_case_accuracy"),
+            _cell(m, "worst_case_error"),
+            f"{m['extra_forwards_per_image']:.4g}",
+            f"{m['seconds']:.3g}",
+        )
+    out.print(table)
 
 
 def _data_options(
@@ -375,17 +397,15 @@ def groups(
     table = Table(
         title=f"{grp.spec}: {len(grp)} elements ({'exact' if grp.exact else 'interpolated'})", title_justify="left"
     )
-    for col in ("id", "label", "angle", "scale", "reflect", "exact", "matrix (centred, y down)"):
+    shifts = any(g.shifted for g in grp)
+    cols = ("id", "label", "angle", "scale", "reflect", *(("shift (px)",) if shifts else ()), "exact")
+    for col in (*cols, "matrix (centred, y down)"):
         table.add_column(col)
     for i, g in enumerate(grp):
-        m = g.matrix()[:, :2]
-        table.add_row(
-            str(i),
-            g.label,
-            f"{g.angle:g}",
-            f"{g.scale:g}",
-            str(g.reflect),
-            str(g.exact),
-            f"[{m[0, 0]:+.3f} {m[0, 1]:+.3f}; {m[1, 0]:+.3f} {m[1, 1]:+.3f}]",
-        )
+        m = g.matrix()
+        shift = (f"({g.shift[0]:g}, {g.shift[1]:g})",) if shifts else ()
+        matrix = f"[{m[0, 0]:+.3f} {m[0, 1]:+.3f}; {m[1, 0]:+.3f} {m[1, 1]:+.3f}]"
+        if shifts:  # p -> L p + L t: the translation column too
+            matrix = f"[{m[0, 0]:+.3f} {m[0, 1]:+.3f} {m[0, 2]:+.3f}; {m[1, 0]:+.3f} {m[1, 1]:+.3f} {m[1, 2]:+.3f}]"
+        table.add_row(str(i), g.label, f"{g.angle:g}", f"{g.scale:g}", str(g.reflect), *shift, str(g.exact), matrix)
     out.print(table)

@@ -29,6 +29,7 @@ from .observers import (
     WorstLocator,
 )
 from .result import AuditResult, DataInfo, GroupInfo, ModelInfo, RunInfo, non_identity, record_from, worst_element
+from .search import search_results
 from .spec import AuditSpec
 
 
@@ -176,6 +177,7 @@ def assemble(engine: PassState, loaded: LoadedModel, wall: float, partial: bool)
             extra["constant_input_fraction"] = obs.compute()
     summary = summarize(frame, extra) if engine.observers else {}
     intervals = _intervals(frame, summary, engine, records, floors) if engine.images else None
+    search = search_results(engine.observers, summary, intervals, spec) if engine.images else None
     n_img = summary["images"] = engine.images
     d = data.describe()
     run = RunInfo(
@@ -210,4 +212,5 @@ def assemble(engine: PassState, loaded: LoadedModel, wall: float, partial: bool)
         intervals=intervals,
         samples=samples or None,
         **layer_sections(engine.observers, engine.images, run.dtype),
+        search=search,
     )

@@ -28,8 +28,9 @@ from .observers import ObservedBatch, Observer, Setup, default_observers, elemen
 from .preprocess import merge as merge_preprocess
 from .preprocess import pipeline_record
 from .result import AuditResult
+from .search import search_observers
 from .spec import SPEC_FIELDS, AuditSpec
-from .transforms import ElementPlan, input_region, sampling_dtype, uses_exact_path, valid_mask
+from .transforms import ElementPlan, at_resolution, input_region, sampling_dtype, uses_exact_path, valid_mask
 
 Progress = Callable[[int, int], None]
 # Keywords of audit() that go to load_data when ``data`` is a spec string.
@@ -343,7 +344,9 @@ def _noise_probe(loaded: LoadedModel, data: AuditData, spec: AuditSpec, result: 
         "noise", input_shape=tuple(data.input_shape), limit=PROBE_IMAGES, mean=norm.get("mean"), std=norm.get("std")
     )
     task = result.task or spec.task
-    probe = audit(loaded, noise, spec=spec.replace(probe="none", samples=0, task=task, layers=None, lie=False))
+    probe = audit(
+        loaded, noise, spec=spec.replace(probe="none", samples=0, task=task, layers=None, lie=False, search="grid")
+    )
     return {
         "data": {"spec": "noise", "count": probe.data.count, "input_shape": probe.data.input_shape},
         "summary": probe.summary,
@@ -449,10 +452,11 @@ class Engine:
         floor_size = in_size
         if not classify:
             floor_size = out_size = (found.out_shape[-2], found.out_shape[-1])
-            out_mask = valid_mask(elems, out_size, spec.mask, self.device)
+            out_elems = at_resolution(elems, in_size, out_size)  # shifts in output pixels
+            out_mask = valid_mask(out_elems, out_size, spec.mask, self.device, spec.padding)
             kw["dtype"] = sampling_dtype(found.out_dtype)  # outputs are undone in their own precision
-            self.undo = ElementPlan(elems, out_size, inverse=True, **kw)
-        self._prepare_floor(x, floor_size, classify, kw)
+            self.undo = ElementPlan(out_elems, out_size, inverse=True, **kw)
+        self._prepare_floor(x, floor_size, classify, kw, None if classify else out_elems)
         self.setup = Setup(
             task=found.task,
             elements=elems,
@@ -465,14 +469,15 @@ class Engine:
             interpolation=spec.interpolation,
             padding=spec.padding,
             mask=spec.mask,
-            in_mask=valid_mask(elems, in_size, spec.mask, self.device),
-            in_region=input_region(elems, in_size, spec.input_mask, self.device),
+            in_mask=valid_mask(elems, in_size, spec.mask, self.device, spec.padding),
+            in_region=input_region(elems, in_size, spec.input_mask, self.device, spec.padding),
             out_mask=out_mask,
             num_classes=max(2, found.out_shape[0]),
             floor_images=spec.floor_images,
             floor_rows=list(self.floor_index),
         )
-        self.observers = [element_observer(found.task), *default_observers(spec.samples), *self.extra]
+        searches = search_observers(spec.search, spec.search_budget, found.task, self._search_forward)
+        self.observers = [element_observer(found.task), *default_observers(spec.samples), *searches, *self.extra]
         self.observers += self._layer_observers(x)
         for obs in self.observers:
             obs.setup(self.setup)
@@ -496,7 +501,14 @@ class Engine:
             found.append(LieObserver(self.lie_probe))
         return found
 
-    def _prepare_floor(self, x: torch.Tensor, size: tuple[int, int], classify: bool, kw: dict[str, Any]) -> None:
+    def _prepare_floor(
+        self,
+        x: torch.Tensor,
+        size: tuple[int, int],
+        classify: bool,
+        kw: dict[str, Any],
+        elements: Sequence[GroupElement] | None = None,
+    ) -> None:
         """The floor's transforms: the round trip ``T_g^-1 T_g`` of every sampled element at ``size``.
 
         A classifier's floor is the change of its own output when its input is only resampled there and back
@@ -505,8 +517,9 @@ class Engine:
         output's forward half fills with the model's own output on a zero image, not with 0: an exactly
         equivariant model outputs that (its bias, say) where the input was padded.
         """
-        self.floor_index = [i for i, g in enumerate(self.elements) if not uses_exact_path(g, size)]
-        picked = [self.elements[i] for i in self.floor_index]
+        elements = self.elements if elements is None else elements  # dense: as they act on the output
+        self.floor_index = [i for i, g in enumerate(elements) if not uses_exact_path(g, size)]
+        picked = [elements[i] for i in self.floor_index]
         self.floor_back = ElementPlan(picked, size, inverse=True, **kw)
         self.floor_there = None if classify else ElementPlan(picked, size, **kw)
         self.out_fill = None
@@ -553,6 +566,14 @@ class Engine:
         layers = next((o for o in self.observers if o.name == "layers"), None)
         if layers is not None:
             self.lie_probe.kinds = layers.choose_actions(observed)
+
+    def _search_forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """Logits of extra rows a search asked for (:mod:`equiaudit.search`), in the audit's forward batches."""
+        with torch.inference_mode():
+            y = _forward(self.module, rows, self.forward_batch)
+        if not torch.isfinite(y).all():
+            raise InputMismatchError(f"the model output NaN or inf on a searched element near image {self.images}")
+        return y
 
     def _floor_images(self, b: int) -> int:
         """How many of the next ``b`` images still enter the classifier's floor (``floor_images``, 0: all)."""

@@ -66,6 +66,7 @@ HIGHER_IS_BETTER = frozenset(
         "accuracy_mean",
         "accuracy_min",
         "worst_case_accuracy",
+        "consistency",
         "accuracy_reference",
         "agreement_min",
         "agreement_mean",
@@ -83,7 +84,7 @@ SUMMARY_METRICS = frozenset(
         "agreement_mean", "agreement_min", "flip_rate_max", "kl_mean", "kl_max", "max_abs_error_mean",
         "max_abs_error_max", "iou_consistency_mean", "iou_consistency_min", "iou_truth_mean", "iou_truth_min",
         "accuracy_drop_max", "error_to_floor_max", "accuracy_reference", "accuracy_mean", "accuracy_min",
-        "worst_case_accuracy", "iou_truth_reference", "constant_input_fraction",
+        "worst_case_accuracy", "iou_truth_reference", "constant_input_fraction", "consistency",
         # X_mean: mean over elements; X_worst: the worst element's mean; X_max: the worst image anywhere
         *(f"{m}_{how}" for m in ("invariance_error", "equivariance_error", "floor")
           for how in ("mean", "worst", "max")),
@@ -255,6 +256,7 @@ class AuditResult:
     layers: dict[str, Any] | None = None  # --layers: per-layer errors, floors, verdicts (equiaudit.layers)
     lie: dict[str, Any] | None = None  # --lie: the output's Lie derivative per generator (equiaudit.lie)
     samples: dict[str, Any] | None = field(default=None, repr=False)  # gallery and per-image records (sidecar)
+    search: dict[str, Any] | None = None  # --search: worst case per method and per image (equiaudit.search)
 
     @property
     def task(self) -> str:
@@ -292,6 +294,7 @@ class AuditResult:
             "per_class": _clean(self.per_class),
             "layers": _clean(self.layers),
             "lie": _clean(self.lie),
+            **({"search": _clean(self.search)} if self.search is not None else {}),
         }
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
@@ -323,7 +326,7 @@ class AuditResult:
                 raise ResultFormatError(f"{source} is missing {key!r}")
             parts[key] = record_from(kind, doc[key], f"{source}: {key!r}")
         frame = pd.DataFrame.from_records(elements)
-        extras = {k: doc.get(k) for k in ("per_class", "locations", "intervals", "probe", "layers", "lie")}
+        extras = {k: doc.get(k) for k in ("per_class", "locations", "intervals", "probe", "layers", "lie", "search")}
         return cls(frame, summary, **extras, **parts)
 
     @classmethod
@@ -463,6 +466,8 @@ def upgrade_v1(doc: dict[str, Any], source: str = "document") -> dict[str, Any]:
         "layer_action": "auto",
         "channel_layout": "cg",
         "lie": False,
+        "search": "grid",  # version 1 had no search
+        "search_budget": 24,
     }
     run = {
         "spec": spec,

@@ -46,7 +46,8 @@ class AuditSpec:
 
     group: str = _option(
         "so2",
-        "Group spec: so2, so2:N, rot:A..B:N, c4, d4, flip, scale:0.5..2:7, products like c4*scale:0.8,1,1.25.",
+        "Group spec: so2, so2:N, rot:A..B:N, c4, d4, flip, scale:0.5..2:7, shift:DX,DY, translate:-3..3:7, "
+        "translate-x:/-y:, products like c4*scale:0.8,1,1.25 or rot:-30..30:31*translate:-3..3:7.",
         flag="-g",
     )
     steps: int | None = _option(None, "Angles for so2 (default 36).", flag="-n", min=1)
@@ -131,6 +132,13 @@ class AuditSpec:
     lie: bool = _option(
         False, "Also measure the Lie derivative (rotation / scale at the identity) of the output and of each layer."
     )
+    search: str = _option(
+        "grid",
+        "Worst case per image: grid (the group's elements), random:K (worst of K elements drawn per image from "
+        "the group's parameter box), refine (from each image's worst grid element, between its grid neighbours); "
+        "comma-separated to compare, e.g. random:10,refine. Classifiers.",
+    )
+    search_budget: int = _option(24, "Extra forwards per image that --search refine may spend.", min=1)
 
     def __post_init__(self) -> None:
         group = self.group
@@ -165,6 +173,7 @@ class AuditSpec:
         if not isinstance(self.force, bool):
             raise EquiauditError(f"force must be True or False, got {self.force!r}")
         self._check_layer_options()
+        self._check_search_options()
 
     def _check_layer_options(self) -> None:
         object.__setattr__(self, "layers", parse_layers(self.layers))
@@ -172,6 +181,12 @@ class AuditSpec:
         _choice(self.channel_layout, "channel layout", LAYOUTS)
         if not isinstance(self.lie, bool):
             raise EquiauditError(f"lie must be True or False, got {self.lie!r}")
+
+    def _check_search_options(self) -> None:
+        from .search import parse_search
+
+        parse_search(self.search)
+        _positive_int(self.search_budget, "search budget")
 
     @property
     def parsed_group(self) -> Group:

@@ -348,6 +348,8 @@ def _measure(loaded: LoadedModel, inputs: Any, input_shape: Any, spec_options: d
     if result.probe is not None:  # --probe noise: its elements enter the checks, named as such
         rows = [r for r in result.probe["elements"] if r["label"] != "identity"]
         elements += _element_errors(rows, task, " on noise")
+    if result.search is not None:  # search="random:K" / "refine": each method's per-image worst elements
+        elements += _search_errors(result.search, spec.confidence)
     mode = "invariant" if task == "classify" else "equivariant"
     return EquivarianceReport(spec.group, mode, result.run.dtype, result.run.device, described, elements, result)
 
@@ -366,6 +368,33 @@ def _element_errors(rows: Sequence[Mapping[str, Any]], task: str, suffix: str = 
         )
         for row in rows
     )
+
+
+def _search_errors(search: Mapping[str, Any], confidence: float) -> tuple[ElementError, ...]:
+    """One judged entry per search beyond the grid, labelled ``worst of <method>``: the invariance error under
+    each image's worst element (max and mean over the images) against that element's own floor."""
+    import numpy as np
+
+    from .intervals import bootstrap_mean
+
+    out = []
+    for method, cols in search["worst"].items():
+        if method == "grid":  # the grid's elements are judged one by one already
+            continue
+        err, floor = np.asarray(cols["chosen_error"], float), np.asarray(cols["floor"], float)
+        high = float(bootstrap_mean(floor[:, None], confidence)[1][0])
+        out.append(
+            ElementError(
+                f"worst of {method}",
+                False,
+                float(err.max()),
+                float(err.mean()),
+                float(floor.max()),
+                float(floor.mean()),
+                floor_high=high,
+            )
+        )
+    return tuple(out)
 
 
 def _with_locations(report: EquivarianceReport, labels: Sequence[str] | None = None) -> EquivarianceReport:

@@ -7,8 +7,18 @@ at ``(2i+1)/W - 1`` in normalised coordinates), so a 90 degree turn of a square 
 pixel centres and the grid path agrees with ``torch.rot90``. Outside the image the ``padding`` mode applies
 (``zeros`` by default). The transformed image is ``T_g[x](p) = x(g^-1 p)``.
 
-Elements with ``exact=True`` (multiples of 90 degrees without scaling, optionally mirrored) go through
-``torch.flip`` / ``torch.rot90`` and are bit-exact; quarter turns of non-square images fall back to sampling.
+Elements with ``exact=True`` (multiples of 90 degrees without scaling, optionally mirrored, after an integer
+shift) go through a pixel shift and ``torch.flip`` / ``torch.rot90`` and are bit-exact; quarter turns of
+non-square images fall back to sampling.
+
+Shifts (``T(dx, dy)``, content moves right / down by positive values) and the padding: an integer shift is a
+roll of the pixel grid whose shifted-in pixels are what the sampler would read there: ``zeros`` 0, ``border``
+the nearest edge pixel, ``reflection`` the mirror image about the edge (``-1 -> 0``, ``-2 -> 1``, as
+``grid_sample`` with ``align_corners=False``), ``circular`` the pixels that left on the other side
+(``torch.roll``). Sub-pixel shifts, and every element with ``circular`` padding that is not exact, go through
+the same grid sampling, with coordinates wrapped onto the torus for ``circular``. Only ``circular`` makes
+integer shifts a true group action (``T(a) T(b) = T(a + b)`` exactly, and ``T(-a) T(a)`` the identity): with
+the other paddings the pixels shifted out are lost.
 """
 
 from __future__ import annotations
@@ -24,7 +34,8 @@ from .errors import EquiauditError
 from .groups import Group, GroupElement, parse_group
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-PADDINGS = ("zeros", "border", "reflection")
+PADDINGS = ("zeros", "border", "reflection", "circular")
+_WRAP_PAD = 2  # pixels of circular padding around an image sampled with padding="circular" (bicubic reads 2)
 MASKS = ("auto", "disk", "none")
 INPUT_MASKS = ("auto", "disk", "none")
 
@@ -55,10 +66,61 @@ def sampling_theta(elements: Sequence[GroupElement], size: tuple[int, int], inve
     d_inv = np.diag([w / 2.0, h / 2.0])
     thetas = np.zeros((len(elements), 2, 3))
     for i, g in enumerate(elements):
-        forward = g.inverse() if inverse else g
-        # T_g samples the input at g^-1 p; rotation and scale are about the centre, so no translation.
-        thetas[i, :, :2] = d @ forward.inverse().linear() @ d_inv
+        # T_g samples the input at g^-1 p (centred pixel coordinates; normalised ones are d @ p).
+        back = (g if inverse else g.inverse()).matrix()
+        thetas[i, :, :2] = d @ back[:, :2] @ d_inv
+        thetas[i, :, 2] = d @ back[:, 2]
     return thetas
+
+
+def wrap_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A sampling grid for an image of ``size`` moved onto the torus: coordinates taken modulo the image and
+    re-expressed in the image circularly padded by :data:`_WRAP_PAD` pixels (see :func:`circular_pad`), so
+    every interpolation tap reads the periodic image."""
+    h, w = size
+    out = torch.empty_like(grid)
+    for axis, n in ((0, w), (1, h)):
+        pix = (grid[..., axis] + 1) * n / 2 - 0.5  # pixel coordinate, align_corners=False
+        pix = torch.remainder(pix + 0.5, n) - 0.5  # in [-0.5, n - 0.5)
+        out[..., axis] = (2 * (pix + _WRAP_PAD) + 1) / (n + 2 * _WRAP_PAD) - 1
+    return out
+
+
+def circular_pad(x: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` padded periodically by :data:`_WRAP_PAD` pixels on each side (for :func:`wrap_grid`)."""
+    p = _WRAP_PAD
+    x = torch.cat([x[..., -p:, :], x, x[..., :p, :]], -2)
+    return torch.cat([x[..., -p:], x, x[..., :p]], -1)
+
+
+def _shift_index(n: int, d: int, padding: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Source indices of an integer shift by ``d`` along an axis of ``n`` pixels (output ``i`` reads ``i - d``)
+    mapped by the padding, and for ``zeros`` which of them are inside."""
+    i = torch.arange(n, device=device) - d
+    if padding == "circular":
+        return torch.remainder(i, n), None
+    if padding == "border":
+        return i.clamp(0, n - 1), None
+    if padding == "reflection":
+        m = torch.remainder(i, 2 * n)
+        return torch.where(m >= n, 2 * n - 1 - m, m), None
+    return i.clamp(0, n - 1), (i >= 0) & (i < n)
+
+
+def shift_pixels(x: torch.Tensor, dx: int, dy: int, padding: str = "zeros") -> torch.Tensor:
+    """``x`` ``(..., H, W)`` with its content moved ``dx`` pixels right and ``dy`` down, exactly (no
+    resampling); shifted-in pixels follow ``padding`` (see the module docstring)."""
+    if dx == 0 and dy == 0:
+        return x
+    h, w = x.shape[-2:]
+    if padding == "circular":
+        return torch.roll(x, (dy, dx), dims=(-2, -1))
+    iy, keep_y = _shift_index(h, dy, padding, x.device)
+    ix, keep_x = _shift_index(w, dx, padding, x.device)
+    out = x.index_select(-2, iy).index_select(-1, ix)
+    if keep_y is not None and keep_x is not None:
+        out = out * (keep_y[:, None] & keep_x[None, :]).to(x.dtype)
+    return out
 
 
 def sampling_grid(
@@ -73,6 +135,14 @@ def sampling_grid(
     theta = torch.from_numpy(sampling_theta(elements, size, inverse))
     grid = F.affine_grid(theta, [len(elements), 1, *size], align_corners=False)
     return grid.to(device=device, dtype=dtype)
+
+
+def grid_sample(x: torch.Tensor, grid: torch.Tensor, interpolation: str, padding: str) -> torch.Tensor:
+    """``F.grid_sample`` with ``align_corners=False``, and ``padding="circular"`` read on the torus (the grid as
+    made by :func:`sampling_grid`, wrapped here)."""
+    if padding == "circular":
+        x, grid, padding = circular_pad(x), wrap_grid(grid, (x.shape[-2], x.shape[-1])), "zeros"
+    return F.grid_sample(x, grid, mode=interpolation, padding_mode=padding, align_corners=False)
 
 
 def sampling_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -115,11 +185,13 @@ class ElementPlan:
         self.interpolation, self.padding = interpolation, padding
         exact = [uses_exact_path(g, self.size) for g in self.elements]
         self.sampled = [i for i, e in enumerate(exact) if not e]
-        self.exact: list[tuple[int, int, bool]] = []  # (index, quarter turns, mirror first) of the applied element
+        # (index, quarter turns, mirror, integer shift (dx, dy) first) of the applied element
+        self.exact: list[tuple[int, int, bool, tuple[int, int]]] = []
         for i, g in enumerate(self.elements):
             if exact[i]:
                 h = g.inverse() if inverse else g
-                self.exact.append((i, h.quarter_turns or 0, h.reflect))
+                shift = (round(h.shift[0]), round(h.shift[1]))
+                self.exact.append((i, h.quarter_turns or 0, h.reflect, shift))
         # a contiguous run of sampled elements is read and written through views instead of gathered copies
         s = self.sampled
         self._run = slice(s[0], s[-1] + 1) if s and s[-1] - s[0] + 1 == len(s) else None
@@ -152,9 +224,7 @@ class ElementPlan:
             # Fold the batch into channels: one grid per element, one grid_sample call for all of them.
             src = x if not stacked or s == n else x[self._run] if self._run is not None else x[self.sampled]
             src = src.reshape(s, b * c, *size) if stacked else src.reshape(1, b * c, *size).expand(s, b * c, *size)
-            res = F.grid_sample(
-                src, self.grid, mode=self.interpolation, padding_mode=self.padding, align_corners=False
-            ).reshape(s, b, c, *size)
+            res = grid_sample(src, self.grid, self.interpolation, self.padding).reshape(s, b, c, *size)
             if s == n and out is None:
                 return res
         if out is None:
@@ -164,8 +234,8 @@ class ElementPlan:
                 out[self._run].copy_(res)
             else:
                 out[self.sampled] = res
-        for i, k, mirror in self.exact:
-            src = x[i] if stacked else x
+        for i, k, mirror, (dx, dy) in self.exact:
+            src = shift_pixels(x[i] if stacked else x, dx, dy, self.padding)
             if mirror:
                 src = torch.flip(src, dims=(-1,))
             out[i] = torch.rot90(src, k, dims=(-2, -1)) if k else src
@@ -219,13 +289,19 @@ def transform(x: torch.Tensor, element: GroupElement, **kwargs) -> torch.Tensor:
 
 
 def valid_mask(
-    elements: Sequence[GroupElement], size: tuple[int, int], kind: str = "auto", device: torch.device | str = "cpu"
+    elements: Sequence[GroupElement],
+    size: tuple[int, int],
+    kind: str = "auto",
+    device: torch.device | str = "cpu",
+    padding: str = "zeros",
 ) -> torch.Tensor:
     """``(H, W)`` bool mask of the pixels compared by default.
 
     ``auto``: pixels ``p`` with ``g(p)`` inside the image (pixel centres, so bilinear taps stay inside) for every
     sampled element: undoing ``g`` on an output reads it at ``g(p)``. For many rotations this is the inscribed
-    disk; for scales > 1 the common visible centre. ``disk``: the inscribed disk. ``none``: every pixel.
+    disk; for scales > 1 the common visible centre; for shifts the pixels whose shifted position stays inside.
+    With ``padding="circular"`` the image is a torus, so shifts keep every pixel: only the elements' linear parts
+    count. ``disk``: the inscribed disk. ``none``: every pixel.
     """
     if kind not in MASKS:
         raise EquiauditError(f"unknown mask {kind!r}; valid: {', '.join(MASKS)}")
@@ -239,7 +315,9 @@ def valid_mask(
     elif kind == "auto":
         eps = 1e-6
         for g in elements:
-            if uses_exact_path(g, size):
+            if padding == "circular":
+                g = g.linear_part
+            if uses_exact_path(g, size) and not g.shifted:  # a permutation of the pixel grid
                 continue
             q = g.matrix(size) @ pts
             keep &= (q[0] >= -eps) & (q[0] <= w - 1 + eps) & (q[1] >= -eps) & (q[1] <= h - 1 + eps)
@@ -247,7 +325,11 @@ def valid_mask(
 
 
 def input_region(
-    elements: Sequence[GroupElement], size: tuple[int, int], kind: str = "auto", device: torch.device | str = "cpu"
+    elements: Sequence[GroupElement],
+    size: tuple[int, int],
+    kind: str = "auto",
+    device: torch.device | str = "cpu",
+    padding: str = "zeros",
 ) -> torch.Tensor | None:
     """``(H, W)`` bool region an input is restricted to before any element is applied, or None (unmasked).
 
@@ -255,14 +337,46 @@ def input_region(
     content: nothing that one view shows is cut away or padded in another. ``auto``: the pixels that every
     sampled element keeps inside the image (:func:`valid_mask`'s ``auto`` region: the inscribed disk for many
     rotations, the common centre for zooms in), and None when no sampled element moves content across the
-    border (exact groups such as ``c4`` or flips, zooms out only). ``disk``: the inscribed disk. ``none``: None.
+    border (exact groups such as ``c4`` or flips, zooms out only, shifts with circular padding). ``disk``: the
+    inscribed disk. ``none``: None.
     """
     if kind not in INPUT_MASKS:
         raise EquiauditError(f"unknown input mask {kind!r}; valid: {', '.join(INPUT_MASKS)}")
     if kind == "none":
         return None
-    region = valid_mask(elements, size, "disk" if kind == "disk" else "auto", device)
+    region = valid_mask(elements, size, "disk" if kind == "disk" else "auto", device, padding)
     return None if kind == "auto" and bool(region.all()) else region
+
+
+def at_resolution(
+    elements: Sequence[GroupElement], in_size: tuple[int, int], out_size: tuple[int, int]
+) -> tuple[GroupElement, ...]:
+    """The elements as they act on an output of ``out_size`` computed from an input of ``in_size``: shifts in
+    output pixels (a stride-2 output sees a 2 px input shift as 1 px), the linear part unchanged (both images
+    share the centre under ``align_corners=False``)."""
+    fy, fx = out_size[0] / in_size[0], out_size[1] / in_size[1]
+    return tuple(g.at_resolution(fx, fy) if g.shifted else g for g in elements)
+
+
+def apply_per_row(
+    x: torch.Tensor,
+    elements: Sequence[GroupElement],
+    *,
+    interpolation: str = "bilinear",
+    padding: str = "zeros",
+) -> torch.Tensor:
+    """Apply ``elements[i]`` to row ``i`` of ``x`` ``(N, C, H, W)``: one batched grid (one theta per row) and one
+    grid sampling call, with the conventions of :class:`ElementPlan`'s sampled path. For searches that draw a
+    different element per image."""
+    _check_rank(x)
+    if x.dim() != 4 or x.shape[0] != len(elements):
+        raise EquiauditError(f"apply_per_row needs (N, C, H, W) with N = {len(elements)}, got {tuple(x.shape)}")
+    check_options(interpolation, padding)
+    dtype = sampling_dtype(x.dtype)
+    size = (x.shape[-2], x.shape[-1])
+    grid = sampling_grid(elements, size, device=x.device, dtype=dtype)
+    res = grid_sample(x.to(dtype), grid, interpolation, padding)
+    return res.to(x.dtype)
 
 
 class GroupTransform(nn.Module):

@@ -104,7 +104,7 @@ def element_axis(results: AuditResult | Sequence[AuditResult]) -> Axis:
     wraps = True
     for r in _as_list(results):
         frame = r.elements
-        varying = {c for c in ("angle", "scale", "reflect") if frame[c].nunique() > 1}
+        varying = {c for c in ("angle", "scale", "reflect", "dx", "dy") if c in frame and frame[c].nunique() > 1}
         if varying <= {"angle", "reflect"} and "angle" in varying:
             kinds.add("angle")
         elif varying == {"scale"}:

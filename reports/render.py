@@ -29,6 +29,7 @@ from markupsafe import Markup
 
 from .figures import Chart, comparison_charts, report_charts
 from .gallery import Budget, Gallery, colour_bar_css, correctness_gallery, report_galleries
+from .spatial import search_charts, search_table
 from .tables import NumberTable, comparison_element_table, comparison_table, element_table
 from .verdict import fmt_num, fmt_pct, group_name, verdict
 
@@ -282,11 +283,12 @@ def render_report(
 ) -> str:
     """The HTML of a single-audit report."""
     check_result(result)
-    charts = _charts_json(report_charts(result))
+    charts = _charts_json([*report_charts(result), *search_charts(result)])
     # Gallery images are the samples' first and worst sets (per-image records alone show nothing).
     has_samples = any((result.samples or {}).get(part) for part in ("first", "worst"))
     galleries: list[Gallery] = report_galleries(result, _budget(charts, max_bytes)) if has_samples else []
     tables = [element_table(result)]
+    tables += [t for t in (search_table(result),) if t is not None]
     if result.probe and result.probe.get("elements"):
         import pandas as pd
 

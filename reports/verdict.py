@@ -125,7 +125,8 @@ def display_angle(angle: float, wraps: bool) -> float:
 def element_name(row: Mapping[str, Any], wraps: bool = True) -> str:
     """An element as a reader says it: ``45°``, ``1.25×``, else its label (``identity``, ``hflip*rot90``)."""
     angle, scale, reflect = float(row["angle"]), float(row["scale"]), bool(row["reflect"])
-    if row["label"] == "identity" or reflect:
+    shifted = any(float(row.get(k) or 0.0) != 0.0 for k in ("dx", "dy"))  # translations read as their label
+    if row["label"] == "identity" or reflect or shifted:
         return str(row["label"])
     if abs(scale - 1.0) < 1e-9:
         return f"{display_angle(angle, wraps):g}°"

@@ -80,6 +80,11 @@ def test_marker_keys_and_testing_helpers_are_the_spec_fields() -> None:
         ({"dtype": "bfloat16"}, "unknown dtype 'bfloat16'"),
         ({"group": "c 4x"}, "unknown group"),
         ({"group": 4}, "group must be a spec string"),
+        ({"search": "worst"}, "unknown search 'worst'"),
+        ({"search": "random:0"}, "unknown search 'random:0'"),
+        ({"search_budget": 0}, "search budget must be a positive integer"),
+        ({"group": "translate:-3..3"}, "a range needs a count"),
+        ({"group": "shift:1"}, "shift takes two numbers"),
     ],
 )
 def test_spec_validates_every_option_in_one_line(options: dict, message: str) -> None:
