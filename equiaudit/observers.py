@@ -68,6 +68,8 @@ class ObservedBatch:
     # for a dense model T_g^-1 T_g f(x) against f(x) on every image.
     floor_out: torch.Tensor | None = None  # (S, B_f, ...)
     floor_ref: torch.Tensor | None = None  # (B_f, ...)
+    # --precision bf16 / fp16 / tf32: the exact fp32 output on the first images of the floor (equiaudit.precision)
+    precision_ref: torch.Tensor | None = None  # (B_p, ...)
 
     @property
     def size(self) -> int:
@@ -109,6 +111,16 @@ class Observer:
     def reset(self) -> None:
         for name, default in self._defaults.items():
             setattr(self, name, list(default) if isinstance(default, list) else default.clone())
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the states (lists are copied, not their tensors, which updates never modify in place)."""
+        return {name: (list(v) if isinstance(v, list) else v.clone()) for name in self._reductions
+                for v in (getattr(self, name),)}  # fmt: skip
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Go back to a :meth:`snapshot`."""
+        for name, value in snapshot.items():
+            setattr(self, name, value)
 
     def merge(self, other: Observer) -> Observer:
         """Fold another shard's state into this one: sums add, maxima and minima combine, lists concatenate."""
@@ -288,7 +300,7 @@ class FloorObserver(Observer):
             self.floor_sum[self.rows] += err.sum(-1)
             self.floor_max[self.rows] = torch.maximum(self.floor_max[self.rows], err.amax(-1))
             per_image[:, self.rows] = err.T
-        self.per_image.append(per_image.float().cpu())
+        self.per_image.append(per_image.float())  # on the device until the end
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {"floor": (self.floor_sum / self.count.clamp_min(1)).cpu(), "floor_max": self.floor_max.cpu()}
@@ -297,7 +309,7 @@ class FloorObserver(Observer):
         """``(N_f, G)`` the floor of every image it was measured on."""
         if not self.per_image:
             return np.zeros((0, self.num_elements), dtype=np.float32)
-        return torch.cat(self.per_image).numpy()
+        return torch.cat([p.cpu() for p in self.per_image]).numpy()
 
 
 # ---- where the errors are -----------------------------------------------------------------------------------
@@ -410,22 +422,23 @@ class ImageRecord(Observer):
 
     def update(self, batch: ObservedBatch) -> None:
         s = batch.scores
+        # on the device until compute(): no copy (and no wait) per batch
         self.index.append(torch.arange(batch.offset, batch.offset + batch.size))
-        self.error.append(batch.error.T.float().cpu())
+        self.error.append(batch.error.T.float())
         for name in ("kl", "iou_consistency"):
             if name in s:
-                getattr(self, name).append(s[name].T.float().cpu())
+                getattr(self, name).append(s[name].T.float())
         if self.classify:
-            self.pred.append(s["pred"].T.to(torch.int16).cpu())
+            self.pred.append(s["pred"].T.to(torch.int16))
             if "correct" in s:
-                self.correct.append(s["correct"].T.cpu())
+                self.correct.append(s["correct"].T)
 
     def compute(self) -> dict[str, np.ndarray]:
         out = {}
         for name in self.FIELDS:
             parts = getattr(self, name)
             if parts:
-                out[name] = torch.cat(parts).numpy()
+                out[name] = torch.cat([p.cpu() for p in parts]).numpy()
         if "index" in out:  # shards may arrive in any order
             order = np.argsort(out["index"], kind="stable")
             out = {k: v[order] for k, v in out.items()}
@@ -492,6 +505,12 @@ class Gallery(Observer):
 
     def reset(self) -> None:
         self.first, self.worst = [], []
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"first": list(self.first), "worst": list(self.worst)}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.first, self.worst = list(snapshot["first"]), list(snapshot["worst"])
 
     def _payload(self, batch: ObservedBatch) -> dict[str, torch.Tensor]:
         """``(G, B, ...)`` or ``(1, B, ...)`` tensors, one slice per image."""

@@ -219,6 +219,11 @@ class RunInfo:
     partial: bool = False
     checks: dict[str, Any] | None = None  # --fail-above / --fail-below and their outcome
     samples: dict[str, str] | None = None  # the gallery sidecar's SHA-256
+    precision: dict[str, Any] | None = None  # --precision and the backend flags in force (equiaudit.precision)
+    stop_reason: str | None = None  # why a partial run stopped: sigint, sigterm or error (None: it did not)
+    stop_detail: str | None = None  # the error's one line, when stop_reason is error
+    processes: int = 1  # torchrun processes that shared the audit
+    shard: dict[str, Any] | None = None  # --shard K/N: index, count and the images [start, stop) of total
 
     @property
     def action(self) -> str | None:
@@ -253,6 +258,7 @@ class AuditResult:
     intervals: dict[str, Any] | None = None  # confidence, images and method of the *_low / *_high values
     probe: dict[str, Any] | None = None  # --probe noise: the same audit on noise (data, summary, elements)
     samples: dict[str, Any] | None = field(default=None, repr=False)  # gallery and per-image records (sidecar)
+    state: dict[str, Any] | None = field(default=None, repr=False)  # a shard's observer states (equiaudit merge)
 
     @property
     def task(self) -> str:
@@ -288,6 +294,7 @@ class AuditResult:
             "intervals": _clean(self.intervals),
             "probe": _clean(self.probe),
             "per_class": _clean(self.per_class),
+            **({} if self.state is None else {"state": self.state}),
         }
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
@@ -319,7 +326,7 @@ class AuditResult:
                 raise ResultFormatError(f"{source} is missing {key!r}")
             parts[key] = record_from(kind, doc[key], f"{source}: {key!r}")
         frame = pd.DataFrame.from_records(elements)
-        extras = {k: doc.get(k) for k in ("per_class", "locations", "intervals", "probe")}
+        extras = {k: doc.get(k) for k in ("per_class", "locations", "intervals", "probe", "state")}
         return cls(frame, summary, **extras, **parts)
 
     @classmethod
@@ -455,6 +462,8 @@ def upgrade_v1(doc: dict[str, Any], source: str = "document") -> dict[str, Any]:
         "fill": "mean" if (meta.get("data") or {}).get("normalisation") else "zeros",
         "max_elements": 4096,
         "force": False,
+        "precision": "fp32",  # version 1 ran float32 with the backend's default flags (not recorded)
+        "shard": None,
     }
     run = {
         "spec": spec,
