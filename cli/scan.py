@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import ProgressColumn
 from rich.table import Table
 from rich.text import Text
@@ -41,7 +42,7 @@ def _spec_parameter(f: dataclasses.Field) -> inspect.Parameter:
     meta = f.metadata
     help_text = meta["help"]
     if meta.get("choices"):
-        help_text += f" [{'|'.join(meta['choices'])}]"
+        help_text += escape(f" [{'|'.join(meta['choices'])}]")  # escaped: rich would read [a|b] as markup
     names = [f"--{f.name.replace('_', '-')}"] + ([meta["flag"]] if meta.get("flag") else [])
     option = typer.Option(*names, help=help_text, show_default=f.default is not None, min=meta.get("min"))
     return inspect.Parameter(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -420,6 +420,10 @@ class Engine:
     masks, prepared transforms and observers; every :meth:`step` then costs one input transform, the forwards,
     the undo of dense outputs, one scoring and the observers' updates."""
 
+    # Chunks per read of the NaN / inf flag: 1 on a CPU (free, and before the observers see the chunk); on an
+    # accelerator each read waits for the device, so it is read every 8 chunks (a hit restores the observers).
+    CHECK_EVERY: ClassVar[dict[str, int]] = {"cpu": 1}
+
     def __init__(
         self,
         module: nn.Module,
@@ -443,7 +447,7 @@ class Engine:
         self.start = 0  # index of this pass's first image in the data (a shard's or a rank's part)
         # NaN / inf outputs: a device flag, read every `check_every` chunks (each read waits for the device); on
         # a hit the observers go back to their state before the window, so nothing poisoned is kept.
-        self.check_every = 1 if device.type == "cpu" else 8
+        self.check_every = self.CHECK_EVERY.get(device.type, 8)
         self._nonfinite: torch.Tensor | None = None
         self._window: tuple[int, list[Any]] | None = None  # (images, observer snapshots) at the window's start
         self._steps = 0

@@ -3,7 +3,7 @@
 Convention:
 
 * ``fp32``: float32 arithmetic with TF32 off for CUDA matmuls and convolutions (the default: CPU and CUDA
-  results then agree to float32 round-off);
+  results then agree to float32 round-off; torch's own default has TF32 convolutions on);
 * ``tf32``: TF32 on for CUDA matmuls and convolutions (no effect on a CPU);
 * ``bf16`` / ``fp16``: the model's forward under :func:`torch.autocast` with that dtype (TF32 off for what stays
   float32); outputs are cast back to the audit's dtype before anything is scored.
@@ -37,26 +37,41 @@ def reduced(precision: str) -> bool:
     return precision != "fp32"
 
 
+def _new_api() -> bool:
+    """torch >= 2.9 sets TF32 per backend with ``fp32_precision`` ("ieee" / "tf32"); mixing it with the legacy
+    ``allow_tf32`` flags is an error there, so only one of the two is ever used."""
+    return hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv")
+
+
+def _raw_flags() -> tuple[Any, Any]:
+    if _new_api():
+        return torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def _set_raw(matmul: Any, conv: Any) -> None:
+    if _new_api():
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv
+    else:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+
+
+def _set_tf32(on: bool) -> None:
+    if _new_api():
+        _set_raw(*(("tf32" if on else "ieee"),) * 2)
+    else:
+        _set_raw(on, on)
+
+
 def backend_flags() -> dict[str, Any]:
-    """The global flags that decide float32 matmul / convolution precision, as they are now."""
+    """The flags that decide float32 matmul / convolution precision on CUDA, as they are now: whether TF32 is
+    allowed, and the raw ``fp32_precision`` values where torch has them (None: the legacy flags)."""
+    matmul, conv = _raw_flags()
+    new = _new_api()
     return {
-        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
-
-
-def _set_flags(flags: dict[str, Any]) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = flags["cuda_matmul_allow_tf32"]
-    torch.backends.cudnn.allow_tf32 = flags["cudnn_allow_tf32"]
-    torch.set_float32_matmul_precision(flags["float32_matmul_precision"])
-
-
-def _flags_for(tf32: bool) -> dict[str, Any]:
-    return {
-        "cuda_matmul_allow_tf32": tf32,
-        "cudnn_allow_tf32": tf32,
-        "float32_matmul_precision": "high" if tf32 else "highest",
+        "cuda_matmul_allow_tf32": matmul == "tf32" if new else bool(matmul),
+        "cudnn_allow_tf32": conv == "tf32" if new else bool(conv),
+        "fp32_precision": {"cuda.matmul": matmul, "cudnn.conv": conv} if new else None,
     }
 
 
@@ -64,12 +79,12 @@ def _flags_for(tf32: bool) -> dict[str, Any]:
 def precision_flags(precision: str) -> Iterator[dict[str, Any]]:
     """Set the TF32 flags for ``precision`` (on for ``tf32`` only) and restore the previous ones on exit; yields
     the record of ``run.precision``."""
-    before = backend_flags()
-    _set_flags(_flags_for(precision == "tf32"))
+    before = _raw_flags()
+    _set_tf32(precision == "tf32")
     try:
         yield {"precision": precision, "autocast": _autocast_name(precision), **backend_flags()}
     finally:
-        _set_flags(before)
+        _set_raw(*before)
 
 
 def _autocast_name(precision: str) -> str | None:
@@ -88,13 +103,13 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 @contextlib.contextmanager
 def exact_fp32() -> Iterator[None]:
     """Float32 as exact as the backend has it: autocast off, TF32 off (restored on exit)."""
-    before = backend_flags()
-    _set_flags(_flags_for(False))
+    before = _raw_flags()
+    _set_tf32(False)
     try:
         with torch.autocast(device_type="cpu", enabled=False), torch.autocast(device_type="cuda", enabled=False):
             yield
     finally:
-        _set_flags(before)
+        _set_raw(*before)
 
 
 class PrecisionFloor(Observer):
