@@ -231,6 +231,13 @@ class RunInfo:
         return None if self.task is None else ("trivial" if self.task == "classify" else "spatial")
 
     @property
+    def arithmetic(self) -> str:
+        """The dtype the model's forward computed in: the autocast dtype of ``--precision bf16 / fp16``, else
+        ``dtype`` (its round-off is what exact elements are held to)."""
+        autocast = (self.precision or {}).get("autocast")
+        return str(autocast or self.dtype or "float32")
+
+    @property
     def interpolation(self) -> str:
         return str(self.spec.get("interpolation", "bilinear"))
 

@@ -99,3 +99,20 @@ def test_cli_precision_in_the_json_and_no_bfloat16_dtype_listed() -> None:
     assert "precision_floor=" in text.stdout
     helped = runner.invoke(app, ["scan", "--help"], env={"COLUMNS": "200"})
     assert "fp32|tf32|bf16|fp16" in helped.stdout and "bfloat16" not in helped.stdout
+
+
+def test_a_reduced_precision_is_judged_by_its_own_round_off_in_reports() -> None:
+    pytest.importorskip("plotly")
+    from equiaudit.reports.render import details
+    from equiaudit.reports.verdict import roundoff
+
+    from equiaudit.testing import FLOAT_TOLERANCE
+
+    torch.manual_seed(0)
+    res = audit(SmallCNN(), _digits(16), "c4", precision="bf16", samples=0)
+    # exact elements are held to the round-off of the arithmetic the forward used, not of the float32 weights
+    assert res.run.arithmetic == "bfloat16" and res.run.dtype == "float32"
+    assert roundoff(res.run.arithmetic, res.run.device) == FLOAT_TOLERANCE["bfloat16"]
+    assert audit(SmallCNN(), _digits(4), "c4", samples=0).run.arithmetic == "float32"
+    shown = dict(row[:2] for _, rows in details(res) for row in rows)
+    assert shown["precision"].startswith("bf16 (TF32 off, autocast bfloat16); precision floor ")
