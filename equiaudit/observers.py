@@ -161,7 +161,7 @@ class ClassificationSums(Observer):
         self.add_state("class_agree", _zeros(dev, g, k), "sum")  # agreement per element and reference class
 
     def update(self, batch: ObservedBatch) -> None:
-        s, k = batch.scores, self.num_classes
+        s = batch.scores
         per_image = torch.stack([s["agreement"], s["kl"], s["invariance_error"]]).double()
         sums = per_image.sum(-1)
         self.count += batch.size
@@ -169,7 +169,8 @@ class ClassificationSums(Observer):
         self.kl_sum += sums[1]
         self.err_sum += sums[2]
         self.err_max = torch.maximum(self.err_max, per_image[2].amax(-1))
-        self.pred_count += torch.bincount(s["ref_pred"], minlength=k)
+        ones = per_image.new_ones(batch.size)
+        self.pred_count.index_add_(0, s["ref_pred"], ones)  # not bincount: on CUDA it waits to size its output
         self.class_agree.index_add_(1, s["ref_pred"], per_image[0])
         if "correct" in s:
             correct, labels = s["correct"], batch.labels
@@ -177,7 +178,7 @@ class ClassificationSums(Observer):
             self.correct += correct.sum(-1)
             self.correct_ref += s["ref_correct"].sum()
             self.all_correct += (correct.all(0) & s["ref_correct"]).sum()
-            self.class_count += torch.bincount(labels, minlength=k)
+            self.class_count.index_add_(0, labels, ones)
             self.class_correct.index_add_(1, labels, correct.double())
 
     def compute(self) -> dict[str, torch.Tensor]:

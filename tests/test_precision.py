@@ -3,6 +3,7 @@ testable on a CPU) reports its own floor, checked against a float64 reference co
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -116,3 +117,38 @@ def test_a_reduced_precision_is_judged_by_its_own_round_off_in_reports() -> None
     assert audit(SmallCNN(), _digits(4), "c4", samples=0).run.arithmetic == "float32"
     shown = dict(row[:2] for _, rows in details(res) for row in rows)
     assert shown["precision"].startswith("bf16 (TF32 off, autocast bfloat16); precision floor ")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pass_is_device_resident_and_agrees_with_the_cpu() -> None:
+    """On CUDA the chunks run without a host sync (torch's sync debug mode raises on one) between the NaN reads,
+    and fp32 with TF32 off gives the CPU's numbers to float32 round-off."""
+    from equiaudit.engine import Engine
+
+    x = _digits(64)
+    torch.manual_seed(0)
+    model = SmallCNN()
+    cpu = audit(copy.deepcopy(model), x, "so2:8", samples=0, batch_size=64, device="cpu")
+    step = Engine.step
+
+    def strict_step(self: Engine, batch) -> None:
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            if self._steps % self.check_every != self.check_every - 1:  # the flag read itself is a sync
+                return step(self, batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return step(self, batch)
+
+    Engine.step = strict_step  # type: ignore[method-assign]
+    try:
+        gpu = audit(model, x, "so2:8", samples=0, batch_size=64, device="cuda")
+    finally:
+        Engine.step = step  # type: ignore[method-assign]
+    assert gpu.run.precision["cudnn_allow_tf32"] is False and gpu.summary["images"] == 64
+    for col in ("invariance_error", "kl", "floor"):
+        torch.testing.assert_close(
+            torch.tensor(gpu.elements[col].values), torch.tensor(cpu.elements[col].values), rtol=1e-4, atol=1e-6
+        )
+    bf16 = audit(model, x, "so2:8", samples=0, device="cuda", precision="bf16")
+    assert bf16.summary["precision_floor"] > 0
