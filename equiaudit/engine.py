@@ -329,6 +329,8 @@ def _scan(
 ) -> AuditResult:
     """The pass over this process's images (all of them, a ``--shard`` or a torchrun rank's part), combined with
     the other processes' when ``shared``."""
+    if shared and spec.shard is not None:
+        raise OptionError("--shard splits the data between independent jobs; under torchrun the ranks split it")
     rank, size = distributed.world() if shared else shard_of(spec.shard)
     full = len(dataset)
     start, stop = distributed.span(full, rank, size)
@@ -385,7 +387,7 @@ def _noise_probe(loaded: LoadedModel, data: AuditData, spec: AuditSpec, result: 
         "noise", input_shape=tuple(data.input_shape), limit=PROBE_IMAGES, mean=norm.get("mean"), std=norm.get("std")
     )
     task = result.task or spec.task
-    probe = audit(loaded, noise, spec=spec.replace(probe="none", samples=0, task=task))
+    probe = audit(loaded, noise, spec=spec.replace(probe="none", samples=0, task=task, shard=None))  # whole
     return {
         "data": {"spec": "noise", "count": probe.data.count, "input_shape": probe.data.input_shape},
         "summary": probe.summary,

@@ -64,7 +64,8 @@ def test_shards_merge_into_the_single_process_result(task: str) -> None:
     torch.manual_seed(0)
     if task == "classify":
         model, data = SmallCNN().eval(), "digits"
-        options = {"limit": 45, "floor_images": 20}  # the floor's 20 images end inside the first of 3 shards
+        # the floor's 20 images end inside the first of 3 shards; the noise probe is audited whole by each
+        options = {"limit": 45, "floor_images": 20, "probe": "noise"}
     else:
         model = torch.nn.Conv2d(1, 2, 3, padding=1)
         data = (torch.rand(13, 1, 16, 16),)
@@ -76,6 +77,7 @@ def test_shards_merge_into_the_single_process_result(task: str) -> None:
     merged = merge_results(shards[::-1])  # any order
     _same(merged, whole)
     assert merged.run.shard is None and merged.run.processes == 3 and merged.state is None
+    assert merged.probe == whole.probe
     np.testing.assert_array_equal(merged.records["index"], np.arange(whole.summary["images"]))
     np.testing.assert_array_equal(merged.records["error"], whole.records["error"])  # per image, bit for bit
     for part in ("first", "worst"):  # the gallery: the same images, in the same order
