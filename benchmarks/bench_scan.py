@@ -8,16 +8,27 @@
    Also printed: how much a second thread speeds up a large forward right now, since batched work gains from
    both cores and batches of 4 barely do.
 3. peak memory scanning 1,000 vs 10,000 images (each in a fresh process): must not grow with the count.
+4. precision: throughput and numeric floor of fp32 / tf32 / bf16 (issue 12), the floor being the identity's
+   error under that precision against exact fp32 on the same images.
+5. processes: the same scan by 1 and by N torchrun processes (gloo on CPU, NCCL on CUDA), the audit's own wall
+   time (run.wall_time_s of rank 0, without the start-up) and whether the results agree.
 
-Usage: python benchmarks/bench_scan.py [--images N] [--skip-memory] [--skip-segmentation] [--json]
+With ``--device cuda`` the throughput table adds torchvision's ResNet-50 at 224x224 (random weights), and the
+classifier and U-Net loops run on the GPU. Targets (issue 12): CUDA ResNet-50 >= 0.90 of the bare forward, small
+CNN >= 0.60, U-Net >= 20x the seed's loop; CPU >= 0.90 of the bare forward.
+
+Usage: python benchmarks/bench_scan.py [--device cpu|cuda] [--images N] [--skip-memory] [--skip-segmentation]
+       [--skip-processes] [--processes N] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -56,11 +67,18 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def best_of(fn, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -82,7 +100,8 @@ def bench_throughput(
     sampled = [g for g in group.elements if not uses_exact_path(g, tuple(x.shape[-2:]))]
     trips = apply_elements(apply_elements(x[:floor_n], sampled), sampled, inverse=True)
     rows = [apply_elements(x, group).reshape(-1, *x.shape[1:]), trips.reshape(-1, *x.shape[1:])]
-    bare_inputs = torch.cat(rows).contiguous()
+    device = next(model.parameters()).device
+    bare_inputs = torch.cat(rows).contiguous().to(device)
 
     def run_bare() -> None:
         with torch.inference_mode():
@@ -124,12 +143,13 @@ def bench_naive_loop(
     model on them and on the originals, compare predictions (agreement, KL)."""
     group = parse_group("so2", steps)
     angles = [e.angle for e in group]
+    device = next(model.parameters()).device
 
     def run_naive() -> None:
         with torch.inference_mode():
             for angle in angles:
                 for i in range(0, x.shape[0], 4):
-                    batch = x[i : i + 4]
+                    batch = x[i : i + 4].to(device)
                     ref = model(batch)
                     out = model(rotate(batch, angle, interpolation=InterpolationMode.BILINEAR))
                     (out.argmax(-1) == ref.argmax(-1)).float().mean()
@@ -147,17 +167,19 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union, dtype=torch.float32))
 
 
-def bench_naive_segmentation(steps: int, images: int, batch_size: int | None, repeats: int = 2) -> dict[str, float]:
+def bench_naive_segmentation(
+    steps: int, images: int, batch_size: int | None, repeats: int = 2, device: str = "cpu"
+) -> dict[str, float]:
     """The butterfly study's loop itself: a U-Net on 64x64 foreground images; for each angle, batches of 4 are
     rotated with torchvision, segmented, the prediction rotated back and compared with the unrotated prediction
     and the true mask (IoU). The audit computes the same IoUs and more."""
     from equiaudit.zoo import create
 
     torch.manual_seed(0)
-    model = create("unet").eval()  # timing does not depend on the weights
+    model = create("unet").eval().to(device)  # timing does not depend on the weights
     data = load_data("shapes-seg", split="test", limit=images)
     batch = data.read(0, len(data))
-    x, truth = batch.x, batch.mask[:, 0] > 0.5
+    x, truth = batch.x.to(device), batch.mask[:, 0].to(device) > 0.5
     group = parse_group("so2", steps)
     angles = [e.angle for e in group]
     bilinear = InterpolationMode.BILINEAR
@@ -173,12 +195,13 @@ def bench_naive_segmentation(steps: int, images: int, batch_size: int | None, re
                     _iou(seg, ref).mean(), _iou(seg, tb).mean()
 
     def run_audit() -> None:  # from the same in-memory tensors as the naive loop
-        audit(model, (x, None, batch.mask), group, task="segment", batch_size=batch_size, samples=0)
+        audit(model, (batch.x, None, batch.mask), group, task="segment", batch_size=batch_size, samples=0)
 
-    used = audit(model, (x, None, batch.mask), group, task="segment", batch_size=batch_size, samples=0).run.batch_size
+    seg = (batch.x, None, batch.mask)
+    used = audit(model, seg, group, task="segment", batch_size=batch_size, samples=0).run.batch_size
     # The bound: the naive loop runs two forwards per image and angle in batches of 4, the audit one at its own
     # batch; with nothing else costing time the speed-up would be 2 x (time per image at 4 / at the audit's).
-    rows = apply_elements(x[:8], group).reshape(-1, *x.shape[1:]).contiguous()
+    rows = apply_elements(x[:8].cpu(), group).reshape(-1, *x.shape[1:]).contiguous().to(device)
 
     def per_image(size: int) -> Callable[[], None]:
         def run() -> None:
@@ -220,6 +243,68 @@ def bench_thread_scaling(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     return {"thread_scaling": times[1] / times[threads]}
 
 
+def bench_precision(model: nn.Module, x: torch.Tensor, steps: int, repeats: int = 3) -> dict[str, float]:
+    """Audit throughput and the numeric floor of each precision, in one run (interleaved, best of ``repeats``)."""
+    group = parse_group("so2", steps)
+    names = ("fp32", "tf32", "bf16")
+    runs = {p: (lambda p=p: audit(model, x, group, precision=p, samples=0)) for p in names}
+    floors = {p: runs[p]().summary.get("precision_floor", 0.0) for p in names}  # and a warm-up
+    best = dict.fromkeys(names, float("inf"))
+    for _ in range(repeats):
+        for p in names:
+            best[p] = min(best[p], best_of(runs[p], 1))
+    out: dict[str, float] = {}
+    for p in names:
+        out[f"precision_{p}_s"] = best[p]
+        out[f"precision_{p}_images_per_s"] = x.shape[0] / best[p]
+        out[f"precision_{p}_speedup"] = best["fp32"] / best[p]
+        out[f"precision_{p}_floor"] = floors[p]
+    return out
+
+
+def bench_resnet50(images: int, steps: int, device: str) -> dict[str, float]:
+    """torchvision ResNet-50 (random weights) at 224x224: audit / bare forward on the same transformed images."""
+    from torchvision.models import resnet50
+
+    torch.manual_seed(0)
+    model = resnet50(weights=None).eval().to(device)
+    x = torch.rand(images, 3, 224, 224)
+    res = bench_throughput(model, x, steps, None, repeats=3)
+    return {f"resnet50_{k}": v for k, v in res.items()}
+
+
+def _scan_processes(n: int, args: list[str], out: str, device: str) -> tuple[float, dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // n))}
+    base = [sys.executable, "-m", "equiaudit", "scan", *args, "--device", device, "--out", out, "-q"]
+    if n > 1:
+        base[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), "-m", "equiaudit"]
+    subprocess.run(base, check=True, capture_output=True, text=True, env=env)
+    with open(out) as f:
+        doc = json.load(f)
+    return doc["run"]["wall_time_s"], doc
+
+
+def bench_processes(n: int, images: int, steps: int, device: str) -> dict[str, float]:
+    """The same scan by 1 and by ``n`` torchrun processes: rank 0's audit wall time, and whether the results
+    agree (every count exactly, the summary to 1e-6 relative)."""
+    args = ["zoo:cnn", "--data", "digits", "--split", "all", "--limit", str(images), "-g", f"so2:{steps}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        t1, one = _scan_processes(1, args, f"{tmp}/one.json", device)
+        tn, many = _scan_processes(n, args, f"{tmp}/many.json", device)
+    worst = max(
+        abs(v - many["summary"][k]) / max(abs(v), 1e-12) for k, v in one["summary"].items() if isinstance(v, float)
+    )
+    same_counts = one["summary"]["images"] == many["summary"]["images"] and one["intervals"] == many["intervals"]
+    return {
+        "processes": n,
+        "processes_1_s": t1,
+        "processes_n_s": tn,
+        "processes_speedup": t1 / tn,
+        "processes_summary_rel_diff": worst,
+        "processes_counts_equal": bool(same_counts),
+    }
+
+
 def _peak_rss_child(count: int) -> tuple[float, float]:
     """(peak RSS after imports and a warm-up scan, peak RSS after scanning ``count`` images), in MiB."""
     code = (
@@ -256,26 +341,57 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="the audit's forward batch (default: automatic)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-segmentation", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--resnet-images", type=int, default=64, help="ResNet-50 images (CUDA only)")
+    parser.add_argument("--skip-precision", action="store_true")
+    parser.add_argument("--skip-processes", action="store_true")
+    parser.add_argument("--processes", type=int, default=None, help="N for 1 vs N (default: 2 on CPU, GPUs)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     torch.manual_seed(0)
-    model = SmallCNN().eval()
+    model = SmallCNN().eval().to(args.device)
     data = load_data("digits", split="all", limit=args.images)
     x = data.read(0, len(data)).x
-    res = {"torch_threads": torch.get_num_threads(), **bench_thread_scaling(model, x)}
+    res: dict = {"device": args.device, "torch_threads": torch.get_num_threads()}
+    if not cuda:
+        res.update(bench_thread_scaling(model, x))
     res.update(bench_throughput(model, x, args.steps, args.batch_size))
     res.update(bench_naive_loop(model, x, args.steps, args.batch_size))
+    if cuda:
+        res.update(bench_resnet50(args.resnet_images, args.steps, args.device))
     if not args.skip_segmentation:
-        res.update(bench_naive_segmentation(args.steps, args.seg_images, args.batch_size))
-    if not args.skip_memory:
+        res.update(bench_naive_segmentation(args.steps, args.seg_images, args.batch_size, device=args.device))
+    if not args.skip_precision:
+        if cuda:
+            from torchvision.models import resnet50
+
+            heavy = resnet50(weights=None).eval().to(args.device)
+            res.update(bench_precision(heavy, torch.rand(args.resnet_images, 3, 224, 224), args.steps))
+        else:
+            res.update(bench_precision(model, x, args.steps))
+    if not args.skip_processes:
+        n = args.processes or (torch.cuda.device_count() if cuda else 2)
+        res.update(bench_processes(n, 1000, args.steps, args.device))
+    if not args.skip_memory and not cuda:
         res.update(bench_memory())
     if args.json:
         print(json.dumps(res, indent=2))
         return
-    print(f"thread scaling now: {res['thread_scaling']:.2f}x from {res['torch_threads']} threads (2 = both cores free)")
+    _print(res, args)
+
+
+def _print(res: dict, args: argparse.Namespace) -> None:
+    """The tables of the issue, in words."""
+    cuda = res["device"].startswith("cuda")
+    x_count = res["images"]
+    if "thread_scaling" in res:
+        print(f"thread scaling now: {res['thread_scaling']:.2f}x from {res['torch_threads']} threads (2 = both cores)")
     print(
-        f"throughput ratio (audit / bare forward, so2:{args.steps}, {len(x)} digits, forward batch "
-        f"{res['forward_batch']}): {res['throughput_ratio']:.3f}   target >= 0.90"
+        f"[{res['device']}] throughput ratio (audit / bare forward, small CNN, so2:{args.steps}, {x_count} digits, "
+        f"forward batch {res['forward_batch']}): {res['throughput_ratio']:.3f}   target >= {0.6 if cuda else 0.9:.2f}"
     )
     print(f"  audit {res['audit_transformed_per_s']:.0f} transformed img/s, bare {res['bare_forward_per_s']:.0f} img/s")
     print(
@@ -291,7 +407,27 @@ def main() -> None:
             f"  bound on this machine: {res['segmentation_speedup_bound']:.1f}x (2 forwards per image and angle at "
             f"batch 4 against 1 at batch {res['segmentation_forward_batch']})"
         )
-    if not args.skip_memory:
+    if "resnet50_throughput_ratio" in res:
+        print(
+            f"[{res['device']}] throughput ratio, torchvision ResNet-50 at 224 ({res['resnet50_images']} images): "
+            f"{res['resnet50_throughput_ratio']:.3f} (audit {res['resnet50_audit_s']:.3f} s, bare "
+            f"{res['resnet50_bare_forward_s']:.3f} s)   target >= 0.90"
+        )
+    if "precision_fp32_s" in res:
+        print(f"[{res['device']}] precision ({'ResNet-50' if cuda else 'small CNN'}): images/s, speed-up, floor")
+        for p in ("fp32", "tf32", "bf16"):
+            print(
+                f"  {p:5s} {res[f'precision_{p}_images_per_s']:9.1f} img/s  {res[f'precision_{p}_speedup']:.2f}x  "
+                f"floor {res[f'precision_{p}_floor']:.3g}"
+            )
+    if "processes_speedup" in res:
+        print(
+            f"[{res['device']}] 1 vs {res['processes']} processes (torchrun, zoo:cnn, 1000 digits): "
+            f"{res['processes_1_s']:.2f} s vs {res['processes_n_s']:.2f} s, speed-up {res['processes_speedup']:.2f}x; "
+            f"counts equal: {res['processes_counts_equal']}, summary max rel diff "
+            f"{res['processes_summary_rel_diff']:.1e}"
+        )
+    if not args.skip_memory and not cuda:
         print(
             f"peak RSS 10,000 vs 1,000 images: {res['peak_rss_10000_mib']:.0f} MiB vs "
             f"{res['peak_rss_1000_mib']:.0f} MiB, ratio {res['memory_ratio_10k_vs_1k']:.3f}   target ~1.0"

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import reports, scan, zoo
+from . import merge, reports, scan, zoo
 from .console import EXIT_OK, EXIT_USAGE, err, fail, out
 
 __all__ = ["app", "err", "fail", "main", "out"]
@@ -27,6 +27,7 @@ app.command("scan")(scan.scan)
 app.command("groups")(scan.groups)
 app.command("report")(reports.report)
 app.command("compare")(reports.compare)
+app.command("merge")(merge.merge)
 app.add_typer(zoo.app, name="zoo")
 
 # click's base exception as typer raises it (typer may vendor click), found through a public typer name

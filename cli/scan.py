@@ -9,13 +9,17 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.progress import ProgressColumn
 from rich.table import Table
+from rich.text import Text
 
 from equiaudit.errors import EquiauditError, ScanInterrupted
 from equiaudit.spec import spec_fields
@@ -39,7 +43,7 @@ def _spec_parameter(f: dataclasses.Field) -> inspect.Parameter:
     meta = f.metadata
     help_text = meta["help"]
     if meta.get("choices"):
-        help_text += f" [{'|'.join(meta['choices'])}]"
+        help_text += escape(f" [{'|'.join(meta['choices'])}]")  # escaped: rich would read [a|b] as markup
     names = [f"--{f.name.replace('_', '-')}"] + ([meta["flag"]] if meta.get("flag") else [])
     option = typer.Option(*names, help=help_text, show_default=f.default is not None, min=meta.get("min"))
     return inspect.Parameter(
@@ -268,7 +272,8 @@ def scan(
         split, limit, input_size, channels, mean, std, input_shape, download, cache_dir, resize, crop, resample,
         classes, workers,
     )  # fmt: skip
-    show = not (quiet or json_out)
+    rank = int(os.environ.get("RANK", "0"))  # torchrun: every rank scans its part, rank 0 speaks and writes
+    show = not (quiet or json_out) and rank == 0
     for name in [*above, *below]:
         if name not in known_metrics():
             raise fail(f"unknown metric {name!r} in a threshold; known: {', '.join(sorted(known_metrics()))}")
@@ -291,13 +296,18 @@ def scan(
     except ScanInterrupted as exc:
         if exc.partial is None:
             raise fail(str(exc)) from None
+        path = out_file or rescue_path("partial")
+        if rank != 0:  # torchrun: each rank's own part, beside rank 0's
+            path = path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
         try:
-            saved = save_or_rescue(exc.partial, out_file or rescue_path("partial"), "partial result")
+            saved = save_or_rescue(exc.partial, path, "partial result")
         except RescuedWrite as rescued:
             saved = rescued.path
         raise fail(f"{exc}; partial results written to {saved}") from None
     except EquiauditError as exc:
         raise fail(str(exc)) from None
+    if rank != 0:
+        return
     _finish(result, above, below, out_file, report, json_out, show)
 
 
@@ -354,14 +364,35 @@ def _run_scan(audit: Any, model: str, data: str, kwargs: dict[str, Any], show: b
     about every 10 s (so a long scan under make or CI is not silent)."""
     if not show:
         return audit(model, data, **kwargs)
-    if not err.is_terminal:
+    if not _interactive():
         return audit(model, data, progress=_PlainProgress(), **kwargs)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeRemainingColumn())
+    columns = (
+        TextColumn("scanning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("images"),
+        _RateColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err, transient=True) as bar:
         tid = bar.add_task("scan", total=None)
         return audit(model, data, progress=lambda done, total: bar.update(tid, completed=done, total=total), **kwargs)
+
+
+def _interactive() -> bool:
+    """Whether stderr is a terminal a bar can redraw: rich's view (which FORCE_COLOR, set by many CI systems,
+    turns on) and the file's own ``isatty`` (off under a pipe, ``make ... | tee`` or CI logs)."""
+    isatty = getattr(err.file, "isatty", None)
+    return bool(err.is_terminal and isatty is not None and isatty())
+
+
+class _RateColumn(ProgressColumn):
+    """``123 images/s`` of a rich progress bar (blank until rich has a speed)."""
+
+    def render(self, task: Any) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:.0f} images/s")
 
 
 class _PlainProgress:

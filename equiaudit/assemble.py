@@ -28,6 +28,7 @@ from .observers import (
     Setup,
     WorstLocator,
 )
+from .precision import PrecisionFloor
 from .result import AuditResult, DataInfo, GroupInfo, ModelInfo, RunInfo, non_identity, record_from, worst_element
 from .search import search_results
 from .spec import AuditSpec
@@ -95,6 +96,18 @@ def _input_region(kind: str, setup: Any) -> dict[str, Any]:
     if region is None:
         return {"input_region": "none", "input_fraction": 1.0}
     return {"input_region": "disk" if kind == "disk" else "valid", "input_fraction": float(region.float().mean())}
+
+
+def _precision_floor(obs: PrecisionFloor, confidence: float) -> dict[str, float]:
+    """The reduced precision's floor (see :mod:`equiaudit.precision`): mean, max and its bootstrap interval."""
+    from .intervals import bootstrap_mean
+
+    out = obs.compute()
+    per_image = obs.images().numpy()
+    if len(per_image):
+        low, high = bootstrap_mean(per_image[:, None], confidence)
+        out.update(precision_floor_low=float(low[0]), precision_floor_high=float(high[0]))
+    return out
 
 
 def _intervals(
@@ -175,6 +188,8 @@ def assemble(engine: PassState, loaded: LoadedModel, wall: float, partial: bool)
             floors = obs.images()
         if isinstance(obs, InputVariation) and engine.images:
             extra["constant_input_fraction"] = obs.compute()
+        if isinstance(obs, PrecisionFloor):
+            extra.update(_precision_floor(obs, spec.confidence))
     summary = summarize(frame, extra) if engine.observers else {}
     intervals = _intervals(frame, summary, engine, records, floors) if engine.images else None
     search = search_results(engine.observers, summary, intervals, spec) if engine.images else None
@@ -199,6 +214,7 @@ def assemble(engine: PassState, loaded: LoadedModel, wall: float, partial: bool)
         partial=partial,
     )
     from .layers import layer_sections
+    from .precision import autocast_name
 
     return AuditResult(
         frame,
@@ -211,6 +227,6 @@ def assemble(engine: PassState, loaded: LoadedModel, wall: float, partial: bool)
         locations=locations,
         intervals=intervals,
         samples=samples or None,
-        **layer_sections(engine.observers, engine.images, run.dtype),
+        **layer_sections(engine.observers, engine.images, autocast_name(spec.precision) or run.dtype),
         search=search,
     )

@@ -11,25 +11,28 @@ import contextlib
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .adapt import fit, inner
 from .assemble import assemble
 from .data import AuditData, Batch, load_data
 from .errors import EquiauditError, InputMismatchError, OptionError, ScanInterrupted
+from .feed import Prefetcher, sigterm_stops, stop_reason, to_device
 from .groups import Group, GroupElement
 from .loading import LoadedModel, load_model, resolve_device
 from .metrics import classify_scores, dense_scores
 from .observers import ObservedBatch, Observer, Setup, default_observers, element_observer
+from .precision import PrecisionFloor, autocast, exact_fp32, precision_flags, reduced
 from .preprocess import merge as merge_preprocess
 from .preprocess import pipeline_record
 from .result import AuditResult
 from .search import search_observers
-from .spec import SPEC_FIELDS, AuditSpec
+from .spec import SPEC_FIELDS, AuditSpec, shard_of
 from .transforms import ElementPlan, at_resolution, input_region, sampling_dtype, uses_exact_path, valid_mask
 
 Progress = Callable[[int, int], None]
@@ -299,37 +302,79 @@ def audit(
     """
     spec_options, data_options = split_options(options)
     spec = make_spec(spec, group, steps, spec_options)
+    if distributed.launched():
+        spec = spec.replace(device=distributed.rank_device(spec.device))
     loaded, module, dev, dt = _prepare_model(model, spec, trust, arch)
     dataset = _audit_data(loaded, data, data_options)
     loaded, module, dataset, spec = fit(loaded, module, dataset, spec, dev, dt, on_note)
     if len(dataset) == 0:
         raise EquiauditError(f"the data {dataset.spec!r} holds no images")
+    with precision_flags(spec.precision) as flags, distributed.joined(dev) as shared, sigterm_stops():
+        result = _scan(loaded, module, dataset, spec, dev, dt, on_task, observers, progress, shared)
+        result.run.precision = flags
+        if spec.probe == "noise":
+            result.probe = _noise_probe(loaded, dataset, spec, result)
+    return result
+
+
+def _scan(
+    loaded: LoadedModel,
+    module: nn.Module,
+    dataset: AuditData,
+    spec: AuditSpec,
+    dev: torch.device,
+    dt: torch.dtype,
+    on_task: Callable[[str, bool], None] | None,
+    observers: Sequence[Observer],
+    progress: Progress | None,
+    shared: bool,
+) -> AuditResult:
+    """The pass over this process's images (all of them, a ``--shard`` or a torchrun rank's part), combined with
+    the other processes' when ``shared``."""
+    if shared and spec.shard is not None:
+        raise OptionError("--shard splits the data between independent jobs; under torchrun the ranks split it")
+    rank, size = distributed.world() if shared else shard_of(spec.shard)
+    full = len(dataset)
+    start, stop = distributed.span(full, rank, size)
     engine = Engine(module, dataset, spec, dev, dt, on_task, observers)
+    engine.start = start
     t0 = time.perf_counter()
-    total = len(dataset)
+    total = stop - start
+    reader = Prefetcher(dataset, start, stop, pin=dev.type == "cuda")
 
     def build() -> AuditResult:
         return engine.result(loaded, time.perf_counter() - t0, partial=engine.images < total)
 
     try:
-        engine.prepare(dataset.read(0, min(total, _PROBE_IMAGES)).x)
+        engine.prepare(dataset.read(0, min(full, _PROBE_IMAGES)).x)
         while engine.images < total:
-            engine.step(dataset.read(engine.images, min(total, engine.images + engine.images_per_chunk)))
+            engine.step(reader.next(engine.images_per_chunk))
             if progress is not None:
                 progress(engine.images, total)
+        engine.finish()
     except (KeyboardInterrupt, Exception) as exc:
+        reader.close()
         if engine.images == 0:
             if isinstance(exc, EquiauditError):
                 raise
             if isinstance(exc, KeyboardInterrupt):
                 raise ScanInterrupted("interrupted before the first batch finished") from exc
             raise EquiauditError(f"scan failed on the first batch: {_one_line(exc)}") from exc
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _one_line(exc)
-        message = f"scan stopped after {engine.images} of {total} images: {reason}"
-        raise ScanInterrupted(message, partial=build()) from exc
+        why = stop_reason(exc)
+        detail = {"sigint": "interrupted", "sigterm": "terminated (SIGTERM)"}.get(why) or _one_line(exc)
+        message = f"scan stopped after {engine.images} of {total} images: {detail}"
+        partial = build()
+        partial.run.stop_reason, partial.run.stop_detail = why, None if why != "error" else detail
+        raise ScanInterrupted(message, partial=partial) from exc
+    reader.close()
+    if shared:
+        engine.images = distributed.reduce_observers(engine.observers, engine.images)
+        total = full
     result = build()
-    if spec.probe == "noise":
-        result.probe = _noise_probe(loaded, dataset, spec, result)
+    result.run.processes = size if shared else 1
+    if spec.shard is not None:
+        result.run.shard = {"index": rank, "count": size, "start": start, "stop": stop, "total": full}
+        result.state = distributed.shard_state(engine.setup, engine.observers, engine.images)
     return result
 
 
@@ -344,9 +389,8 @@ def _noise_probe(loaded: LoadedModel, data: AuditData, spec: AuditSpec, result: 
         "noise", input_shape=tuple(data.input_shape), limit=PROBE_IMAGES, mean=norm.get("mean"), std=norm.get("std")
     )
     task = result.task or spec.task
-    probe = audit(
-        loaded, noise, spec=spec.replace(probe="none", samples=0, task=task, layers=None, lie=False, search="grid")
-    )
+    whole = spec.replace(probe="none", samples=0, task=task, layers=None, lie=False, search="grid", shard=None)
+    probe = audit(loaded, noise, spec=whole)  # the whole probe in every shard
     return {
         "data": {"spec": "noise", "count": probe.data.count, "input_shape": probe.data.input_shape},
         "summary": probe.summary,
@@ -381,6 +425,10 @@ class Engine:
     masks, prepared transforms and observers; every :meth:`step` then costs one input transform, the forwards,
     the undo of dense outputs, one scoring and the observers' updates."""
 
+    # Chunks per read of the NaN / inf flag: 1 on a CPU (free, and before the observers see the chunk); on an
+    # accelerator each read waits for the device, so it is read every 8 chunks (a hit restores the observers).
+    CHECK_EVERY: ClassVar[dict[str, int]] = {"cpu": 1}
+
     def __init__(
         self,
         module: nn.Module,
@@ -401,6 +449,13 @@ class Engine:
         self.moved = [i for i, g in enumerate(self.elements) if not g.is_identity]
         self.forward_batch = spec.batch_size  # set by prepare() when None
         self.images = 0
+        self.start = 0  # index of this pass's first image in the data (a shard's or a rank's part)
+        # NaN / inf outputs: a device flag, read every `check_every` chunks (each read waits for the device); on
+        # a hit the observers go back to their state before the window, so nothing poisoned is kept.
+        self.check_every = self.CHECK_EVERY.get(device.type, 8)
+        self._nonfinite: torch.Tensor | None = None
+        self._window: tuple[int, list[Any]] | None = None  # (images, observer snapshots) at the window's start
+        self._steps = 0
         self.setup: Setup | None = None
         self._inputs: torch.Tensor | None = None  # reused across equal chunks: no fresh allocation per batch
         self.to_inputs: ElementPlan | None = None  # the moved elements on the input
@@ -478,7 +533,11 @@ class Engine:
         )
         searches = search_observers(spec.search, spec.search_budget, found.task, self._search_forward)
         self.observers = [element_observer(found.task), *default_observers(spec.samples), *searches, *self.extra]
+        if reduced(spec.precision):
+            self.observers.insert(1, PrecisionFloor())
         self.observers += self._layer_observers(x)
+        self._moved_index = torch.tensor(self.moved, dtype=torch.long, device=self.device)
+        self._in_region = None if self.setup.in_region is None else self.setup.in_region.to(self.dtype)
         for obs in self.observers:
             obs.setup(self.setup)
 
@@ -524,28 +583,29 @@ class Engine:
         self.floor_there = None if classify else ElementPlan(picked, size, **kw)
         self.out_fill = None
         if not classify and self.spec.padding == "zeros":
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.spec.precision, self.device):
                 self.out_fill = _forward(self.module, torch.zeros_like(x[:1]), 1)
 
     def step(self, batch: Batch) -> None:
         """Measure one chunk of images and hand it to every observer."""
         setup = self.setup
         assert setup is not None
-        x = batch.x.to(device=self.device, dtype=self.dtype)
-        if setup.in_region is not None:
-            x = x * setup.in_region.to(x.dtype)  # a copy: batch.x may be a view of the data
+        self._open_window()
+        x = to_device(batch.x, self.device, self.dtype)
+        if self._in_region is not None:
+            x = x * self._in_region  # a copy: batch.x may be a view of the data
         classify = setup.task == "classify"
         floor_n = self._floor_images(x.shape[0]) if classify else x.shape[0]
-        ref, out, inputs, floor_out = self._run(x, floor_n if classify and self.floor_index else 0)
         labels = self._labels(batch)
+        ref, out, inputs, floor_out = self._run(x, floor_n if classify and self.floor_index else 0)
         if classify:
-            observed = ObservedBatch(self.images, x, inputs, ref, out, None, labels, None)
+            observed = ObservedBatch(self.start + self.images, x, inputs, ref, out, None, labels, None)
             observed.scores = classify_scores(out, ref, labels)
             observed.floor_ref = ref[:floor_n]
         else:
             truth = self._truth(batch, ref)
             undone = self.undo(out)
-            observed = ObservedBatch(self.images, x, inputs, ref, out, undone, labels, truth)
+            observed = ObservedBatch(self.start + self.images, x, inputs, ref, out, undone, labels, truth)
             observed.scores = dense_scores(
                 undone, ref, setup.out_mask, truth, setup.task == "segment", setup.num_classes
             )
@@ -556,9 +616,54 @@ class Engine:
         if self.lie_probe is not None:
             self._lie_kinds(observed)
             observed.lie = self.lie_probe(x, max(1, self.forward_batch // 2))
+        observed.precision_ref = self._exact_ref(x)
+        if self.check_every == 1:
+            self._check_finite(x.shape[0])  # before the observers: a bad chunk never enters them
         for obs in self.observers:
             obs.update(observed)
         self.images += x.shape[0]
+        self._steps += 1
+        if self.check_every > 1 and self._steps % self.check_every == 0:
+            self._check_finite()
+
+    def finish(self) -> None:
+        """The end of the pass: the last NaN / inf window is read."""
+        self._check_finite()
+
+    def _open_window(self) -> None:
+        """At the start of a NaN / inf window read lazily: remember the observers' states to go back to."""
+        if self.check_every > 1 and self._window is None:
+            self._window = (self.images, [obs.snapshot() for obs in self.observers])
+
+    def _note_finite(self, y: torch.Tensor) -> None:
+        """Accumulate, on the device, whether every output so far is finite (no host sync)."""
+        bad = ~torch.isfinite(y).all()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+
+    def _check_finite(self, pending: int = 0) -> None:
+        """Read the NaN / inf flag (one device sync); on a hit, go back to the window's start and stop.
+        ``pending``: images of a chunk measured but not yet handed to the observers."""
+        flag, self._nonfinite = self._nonfinite, None
+        window, self._window = self._window, None
+        if flag is None or not bool(flag):
+            return
+        first, last = self.images, self.images + pending  # images [first, last) hold the NaN / inf
+        if window is not None:
+            for obs, snap in zip(self.observers, window[1], strict=True):
+                obs.restore(snap)
+            first, self.images = window[0], window[0]
+        raise InputMismatchError(f"the model output NaN or inf on images {self.start + first}..{self.start + last - 1}")
+
+    def _exact_ref(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Under a reduced precision: the exact fp32 output on the first images of the precision floor (the
+        same ``floor_images`` as the interpolation floor's)."""
+        if not reduced(self.spec.precision):
+            return None
+        n = self._floor_images(x.shape[0])
+        if n == 0:
+            return None
+        with torch.inference_mode(), exact_fp32():
+            return _forward(self.module, x[:n], self.forward_batch).to(self.dtype)
 
     def _lie_kinds(self, observed: ObservedBatch) -> None:
         """The Lie derivative of a layer needs its action's kind, which the layer observer fixes on the first
@@ -569,16 +674,18 @@ class Engine:
 
     def _search_forward(self, rows: torch.Tensor) -> torch.Tensor:
         """Logits of extra rows a search asked for (:mod:`equiaudit.search`), in the audit's forward batches."""
-        with torch.inference_mode():
-            y = _forward(self.module, rows, self.forward_batch)
+        with torch.inference_mode(), autocast(self.spec.precision, self.device):
+            y = _forward(self.module, rows, self.forward_batch).to(self.dtype)
+        # one sync per chunk, only with a search: the device flag of _run is read before the observers run
         if not torch.isfinite(y).all():
             raise InputMismatchError(f"the model output NaN or inf on a searched element near image {self.images}")
         return y
 
     def _floor_images(self, b: int) -> int:
-        """How many of the next ``b`` images still enter the classifier's floor (``floor_images``, 0: all)."""
+        """How many of the next ``b`` images still enter the classifier's floor (``floor_images``, 0: all),
+        counted from the data's first image (a shard or rank later in the data may have none)."""
         limit = self.spec.floor_images
-        return b if limit == 0 else max(0, min(b, limit - self.images))
+        return b if limit == 0 else max(0, min(b, limit - self.start - self.images))
 
     def _dense_floor(self, ref: torch.Tensor) -> torch.Tensor | None:
         """``(S, B, C, h, w)``: the round trip of the output under each sampled element (see _prepare_floor)."""
@@ -608,10 +715,11 @@ class Engine:
             trips = self.floor_back(inputs[1 : 1 + s, :floor_n])
             rows = torch.cat([rows, trips.reshape(s * floor_n, c, h, w)])
         recording = self.layer_recorder.recording((m + 1) * b) if self.layer_recorder else contextlib.nullcontext()
-        with torch.inference_mode(), recording:
+        with torch.inference_mode(), autocast(self.spec.precision, self.device), recording:
             y = _forward(self.module, rows, self.forward_batch)
-        if not torch.isfinite(y).all():
-            raise InputMismatchError(f"the model output NaN or inf on images {self.images}..{self.images + b - 1}")
+        if y.dtype in (torch.bfloat16, torch.float16) and reduced(self.spec.precision):
+            y = y.to(self.dtype)  # autocast: everything after the forward runs in the audit's dtype
+        self._note_finite(y)
         floor_out = y[(m + 1) * b :].reshape(s, floor_n, *y.shape[1:]) if floor_n else None
         y = y[: (m + 1) * b].reshape(m + 1, b, *y.shape[1:])
         ref = y[0]
@@ -621,21 +729,21 @@ class Engine:
             out = y.new_empty((n_el, *y.shape[1:]))
             out[:] = ref
             if m:
-                out[self.moved] = y[1:]
+                out[self._moved_index] = y[1:]
         return ref, out, inputs[1:], floor_out
 
     def _labels(self, batch: Batch) -> torch.Tensor | None:
         if batch.y is None or not self.data.has_labels:
             return None
-        labels = batch.y.to(self.device)
-        if self.task == "classify":
+        labels = batch.y
+        if self.task == "classify" and labels.numel():  # checked on the host, before the copy
             k = self.setup.num_classes
             if labels.min() < 0 or labels.max() >= k:
                 raise InputMismatchError(
                     f"labels of {self.data.spec!r} run from {int(labels.min())} to {int(labels.max())} but the model "
                     f"has {self.setup.out_shape[0]} output(s); check --data or the model's head"
                 )
-        return labels
+        return to_device(labels, self.device)
 
     def _truth(self, batch: Batch, ref: torch.Tensor) -> torch.Tensor | None:
         """Ground-truth label maps at the output's resolution, or None."""

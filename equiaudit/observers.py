@@ -72,6 +72,8 @@ class ObservedBatch:
     # equiaudit.layers; --lie: the per-image Lie derivatives, see equiaudit.lie.
     layers: dict[str, torch.Tensor] | None = None
     lie: dict[str, dict[str, torch.Tensor]] | None = None
+    # --precision bf16 / fp16 / tf32: the exact fp32 output on the first images of the floor (equiaudit.precision)
+    precision_ref: torch.Tensor | None = None  # (B_p, ...)
 
     @property
     def size(self) -> int:
@@ -114,6 +116,16 @@ class Observer:
         for name, default in self._defaults.items():
             setattr(self, name, list(default) if isinstance(default, list) else default.clone())
 
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the states (lists are copied, not their tensors, which updates never modify in place)."""
+        return {name: (list(v) if isinstance(v, list) else v.clone()) for name in self._reductions
+                for v in (getattr(self, name),)}  # fmt: skip
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Go back to a :meth:`snapshot`."""
+        for name, value in snapshot.items():
+            setattr(self, name, value)
+
     def merge(self, other: Observer) -> Observer:
         """Fold another shard's state into this one: sums add, maxima and minima combine, lists concatenate."""
         for name, how in self._reductions.items():
@@ -153,7 +165,7 @@ class ClassificationSums(Observer):
         self.add_state("class_agree", _zeros(dev, g, k), "sum")  # agreement per element and reference class
 
     def update(self, batch: ObservedBatch) -> None:
-        s, k = batch.scores, self.num_classes
+        s = batch.scores
         per_image = torch.stack([s["agreement"], s["kl"], s["invariance_error"]]).double()
         sums = per_image.sum(-1)
         self.count += batch.size
@@ -161,7 +173,8 @@ class ClassificationSums(Observer):
         self.kl_sum += sums[1]
         self.err_sum += sums[2]
         self.err_max = torch.maximum(self.err_max, per_image[2].amax(-1))
-        self.pred_count += torch.bincount(s["ref_pred"], minlength=k)
+        ones = per_image.new_ones(batch.size)
+        self.pred_count.index_add_(0, s["ref_pred"], ones)  # not bincount: on CUDA it waits to size its output
         self.class_agree.index_add_(1, s["ref_pred"], per_image[0])
         if "correct" in s:
             correct, labels = s["correct"], batch.labels
@@ -169,7 +182,7 @@ class ClassificationSums(Observer):
             self.correct += correct.sum(-1)
             self.correct_ref += s["ref_correct"].sum()
             self.all_correct += (correct.all(0) & s["ref_correct"]).sum()
-            self.class_count += torch.bincount(labels, minlength=k)
+            self.class_count.index_add_(0, labels, ones)
             self.class_correct.index_add_(1, labels, correct.double())
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -292,7 +305,7 @@ class FloorObserver(Observer):
             self.floor_sum[self.rows] += err.sum(-1)
             self.floor_max[self.rows] = torch.maximum(self.floor_max[self.rows], err.amax(-1))
             per_image[:, self.rows] = err.T
-        self.per_image.append(per_image.float().cpu())
+        self.per_image.append(per_image.float())  # on the device until the end
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {"floor": (self.floor_sum / self.count.clamp_min(1)).cpu(), "floor_max": self.floor_max.cpu()}
@@ -301,7 +314,7 @@ class FloorObserver(Observer):
         """``(N_f, G)`` the floor of every image it was measured on."""
         if not self.per_image:
             return np.zeros((0, self.num_elements), dtype=np.float32)
-        return torch.cat(self.per_image).numpy()
+        return torch.cat([p.cpu() for p in self.per_image]).numpy()
 
 
 # ---- where the errors are -----------------------------------------------------------------------------------
@@ -414,22 +427,23 @@ class ImageRecord(Observer):
 
     def update(self, batch: ObservedBatch) -> None:
         s = batch.scores
+        # on the device until compute(): no copy (and no wait) per batch
         self.index.append(torch.arange(batch.offset, batch.offset + batch.size))
-        self.error.append(batch.error.T.float().cpu())
+        self.error.append(batch.error.T.float())
         for name in ("kl", "iou_consistency"):
             if name in s:
-                getattr(self, name).append(s[name].T.float().cpu())
+                getattr(self, name).append(s[name].T.float())
         if self.classify:
-            self.pred.append(s["pred"].T.to(torch.int16).cpu())
+            self.pred.append(s["pred"].T.to(torch.int16))
             if "correct" in s:
-                self.correct.append(s["correct"].T.cpu())
+                self.correct.append(s["correct"].T)
 
     def compute(self) -> dict[str, np.ndarray]:
         out = {}
         for name in self.FIELDS:
             parts = getattr(self, name)
             if parts:
-                out[name] = torch.cat(parts).numpy()
+                out[name] = torch.cat([p.cpu() for p in parts]).numpy()
         if "index" in out:  # shards may arrive in any order
             order = np.argsort(out["index"], kind="stable")
             out = {k: v[order] for k, v in out.items()}
@@ -496,6 +510,12 @@ class Gallery(Observer):
 
     def reset(self) -> None:
         self.first, self.worst = [], []
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"first": list(self.first), "worst": list(self.worst)}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.first, self.worst = list(snapshot["first"]), list(snapshot["worst"])
 
     def _payload(self, batch: ObservedBatch) -> dict[str, torch.Tensor]:
         """``(G, B, ...)`` or ``(1, B, ...)`` tensors, one slice per image."""

@@ -220,11 +220,23 @@ class RunInfo:
     partial: bool = False
     checks: dict[str, Any] | None = None  # --fail-above / --fail-below and their outcome
     samples: dict[str, str] | None = None  # the gallery sidecar's SHA-256
+    precision: dict[str, Any] | None = None  # --precision and the backend flags in force (equiaudit.precision)
+    stop_reason: str | None = None  # why a partial run stopped: sigint, sigterm or error (None: it did not)
+    stop_detail: str | None = None  # the error's one line, when stop_reason is error
+    processes: int = 1  # torchrun processes that shared the audit
+    shard: dict[str, Any] | None = None  # --shard K/N: index, count and the images [start, stop) of total
 
     @property
     def action(self) -> str | None:
         """How the group acts on the output: ``trivial`` (classify) or ``spatial`` (maps)."""
         return None if self.task is None else ("trivial" if self.task == "classify" else "spatial")
+
+    @property
+    def arithmetic(self) -> str:
+        """The dtype the model's forward computed in: the autocast dtype of ``--precision bf16 / fp16``, else
+        ``dtype`` (its round-off is what exact elements are held to)."""
+        autocast = (self.precision or {}).get("autocast")
+        return str(autocast or self.dtype or "float32")
 
     @property
     def interpolation(self) -> str:
@@ -257,6 +269,7 @@ class AuditResult:
     lie: dict[str, Any] | None = None  # --lie: the output's Lie derivative per generator (equiaudit.lie)
     samples: dict[str, Any] | None = field(default=None, repr=False)  # gallery and per-image records (sidecar)
     search: dict[str, Any] | None = None  # --search: worst case per method and per image (equiaudit.search)
+    state: dict[str, Any] | None = field(default=None, repr=False)  # a shard's observer states (equiaudit merge)
 
     @property
     def task(self) -> str:
@@ -295,6 +308,7 @@ class AuditResult:
             "layers": _clean(self.layers),
             "lie": _clean(self.lie),
             **({"search": _clean(self.search)} if self.search is not None else {}),
+            **({} if self.state is None else {"state": self.state}),
         }
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
@@ -326,7 +340,9 @@ class AuditResult:
                 raise ResultFormatError(f"{source} is missing {key!r}")
             parts[key] = record_from(kind, doc[key], f"{source}: {key!r}")
         frame = pd.DataFrame.from_records(elements)
-        extras = {k: doc.get(k) for k in ("per_class", "locations", "intervals", "probe", "layers", "lie", "search")}
+        extras = {
+            k: doc.get(k) for k in ("per_class", "locations", "intervals", "probe", "layers", "lie", "search", "state")
+        }
         return cls(frame, summary, **extras, **parts)
 
     @classmethod
@@ -468,6 +484,8 @@ def upgrade_v1(doc: dict[str, Any], source: str = "document") -> dict[str, Any]:
         "lie": False,
         "search": "grid",  # version 1 had no search
         "search_budget": 24,
+        "precision": "fp32",  # version 1 ran float32 with the backend's default flags (not recorded)
+        "shard": None,
     }
     run = {
         "spec": spec,

@@ -22,6 +22,7 @@ from .actions import LAYOUTS, parse_action
 from .errors import EquiauditError, OptionError
 from .groups import Group, parse_group
 from .layers import parse_layers
+from .precision import PRECISIONS
 from .transforms import INPUT_MASKS, INTERPOLATIONS, MASKS, PADDINGS
 
 TASKS = ("auto", "classify", "segment", "dense")
@@ -97,6 +98,17 @@ class AuditSpec:
         None, "auto (CUDA when present), cpu, cuda, cuda:N or mps (default: a module's own device, else auto)."
     )
     dtype: str | None = _option(None, "float32 or float64 (default: the model's own).", DTYPES)
+    precision: str = _option(
+        "fp32",
+        "Arithmetic of the model's forward: fp32 (TF32 off), tf32 (TF32 on CUDA), bf16 or fp16 (autocast). A reduced "
+        "precision reports its own floor: the identity's error under it against fp32 on the same images.",
+        PRECISIONS,
+    )
+    shard: str | None = _option(
+        None,
+        "K/N: audit only the K-th (from 0) of N contiguous parts of the data, for independent jobs joined by "
+        "'equiaudit merge' (the result then carries the observer states merging needs).",
+    )
     output: str = _option(
         "auto",
         "Which part of a tuple / dict / object output is audited: a key, an index or an attribute, dotted for "
@@ -166,6 +178,8 @@ class AuditSpec:
         object.__setattr__(self, "confidence", float(self.confidence))
         object.__setattr__(self, "device", _device_name(self.device))
         object.__setattr__(self, "dtype", _dtype_name(self.dtype))
+        _check_precision(self.precision, self.dtype)
+        _check_shard(self.shard)
         if not isinstance(self.output, str) or not self.output.strip() or any(c.isspace() for c in self.output):
             raise EquiauditError(f"output must be auto, a key, an index or an attribute (out, 0), got {self.output!r}")
         _choice(self.fill, "fill", FILLS)
@@ -242,6 +256,28 @@ def _device_name(device: Any) -> str | None:
     if not _DEVICE_RE.fullmatch(text):
         raise EquiauditError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     return text
+
+
+def _check_precision(precision: Any, dtype: str | None) -> None:
+    _choice(precision, "precision", PRECISIONS)
+    if precision != "fp32" and dtype == "float64":
+        raise EquiauditError(f"--precision {precision} reduces float32 arithmetic; it cannot go with --dtype float64")
+
+
+def shard_of(shard: str | None) -> tuple[int, int]:
+    """``(k, n)`` of a shard spec ``K/N`` (``(0, 1)`` for None)."""
+    if shard is None:
+        return 0, 1
+    k, n = (int(v) for v in shard.split("/"))
+    return k, n
+
+
+def _check_shard(shard: Any) -> None:
+    if shard is None:
+        return
+    match = re.fullmatch(r"(\d+)/(\d+)", shard) if isinstance(shard, str) else None
+    if match is None or not int(match[1]) < int(match[2]):
+        raise EquiauditError(f"shard takes K/N with 0 <= K < N (e.g. 0/4), got {shard!r}")
 
 
 def _dtype_name(dtype: Any) -> str | None:

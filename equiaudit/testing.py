@@ -296,7 +296,7 @@ def _as_data(inputs: Any, module: nn.Module, input_shape: Sequence[int] | None) 
 
 @contextlib.contextmanager
 def _prepared(model: Any, device: Any, dtype: Any) -> Iterator[tuple[LoadedModel, Any, Any]]:
-    """Load ``model`` (a module stays the same object), switch TF32 off, and afterwards put a module back on
+    """Load ``model`` (a module stays the same object) and afterwards put a module back on
     its device, dtype and train/eval modes (the audit moves it in place and sets eval mode)."""
     import torch
 
@@ -311,12 +311,9 @@ def _prepared(model: Any, device: Any, dtype: Any) -> Iterator[tuple[LoadedModel
     else:
         loaded = load_model(model, device=_module_device(model) if own else device or "auto")
     module = loaded.module
-    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    try:  # TF32: the audit sets it for its --precision (fp32: off) and restores it (equiaudit.precision)
         yield loaded, device if device is not None else _module_device(module), dtype
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
         after = next(iter(module.parameters()), None)
         if before is not None and after is not None and (after.device, after.dtype) != before:
             module.to(device=before[0], dtype=before[1])

@@ -195,6 +195,8 @@ class ElementPlan:
         # a contiguous run of sampled elements is read and written through views instead of gathered copies
         s = self.sampled
         self._run = slice(s[0], s[-1] + 1) if s and s[-1] - s[0] + 1 == len(s) else None
+        # otherwise an index on the device, made once: a list index would be copied to the device on every call
+        self._index = torch.tensor(s, dtype=torch.long, device=device)
         picked = [self.elements[i] for i in self.sampled]
         self.grid = sampling_grid(picked, self.size, inverse=inverse, device=device, dtype=dtype) if picked else None
 
@@ -222,7 +224,7 @@ class ElementPlan:
         if self.grid is not None:
             s = len(self.sampled)
             # Fold the batch into channels: one grid per element, one grid_sample call for all of them.
-            src = x if not stacked or s == n else x[self._run] if self._run is not None else x[self.sampled]
+            src = x if not stacked or s == n else x[self._run] if self._run is not None else x[self._index]
             src = src.reshape(s, b * c, *size) if stacked else src.reshape(1, b * c, *size).expand(s, b * c, *size)
             res = grid_sample(src, self.grid, self.interpolation, self.padding).reshape(s, b, c, *size)
             if s == n and out is None:
@@ -233,7 +235,7 @@ class ElementPlan:
             if self._run is not None:
                 out[self._run].copy_(res)
             else:
-                out[self.sampled] = res
+                out[self._index] = res
         for i, k, mirror, (dx, dy) in self.exact:
             src = shift_pixels(x[i] if stacked else x, dx, dy, self.padding)
             if mirror:

@@ -431,7 +431,7 @@ def error_key(result: AuditResult) -> str:
 def _roundoff_scale(results: Sequence[AuditResult]) -> float | None:
     """The round-off level when every error is near it (else None): such errors would otherwise be blown up
     to fill the axis, so they are drawn against that level instead."""
-    tol = max(roundoff(r.run.dtype, r.run.device) for r in results)
+    tol = max(roundoff(r.run.arithmetic, r.run.device) for r in results)
     top = max((v for r in results for v in _values(r.elements, error_key(r)) if v is not None), default=0.0)
     return tol if top < 10 * tol else None
 

@@ -409,7 +409,7 @@ def dense_scale(
     largest = float(result.elements[key].max()) if key in result.elements else None
     if errors is not None and errors.size:
         largest = max(largest or 0.0, float(np.nanmax(errors)))
-    tol = roundoff(result.run.dtype, result.run.device)
+    tol = roundoff(result.run.arithmetic, result.run.device)
     if largest is not None and 0 < largest < ROUNDOFF_SCALE * tol and top > 0:
         vmax = top * ROUNDOFF_SCALE * tol / largest
         words = (

@@ -147,6 +147,21 @@ def _input_mask_text(run: RunInfo) -> str:
     return f"{asked}: {where} ({kept})"
 
 
+def _precision_text(run: RunInfo, summary: dict[str, Any]) -> str | None:
+    """``--precision`` with its TF32 flags and, for a reduced precision, its own floor (see
+    :mod:`equiaudit.precision`)."""
+    rec = run.precision
+    if not rec:
+        return None
+    tf32 = "on" if rec.get("cudnn_allow_tf32") or rec.get("cuda_matmul_allow_tf32") else "off"
+    text = f"{rec.get('precision')} (TF32 {tf32}" + (f", autocast {rec['autocast']})" if rec.get("autocast") else ")")
+    floor = summary.get("precision_floor")
+    if isinstance(floor, (int, float)):
+        text += f"; precision floor {fmt_num(floor)} (max {fmt_num(summary.get('precision_floor_max'))}): "
+        text += "the identity's error under it against fp32 on the same images"
+    return text
+
+
 def details(result: AuditResult) -> list[tuple[str, list[tuple[str, str, str]]]]:
     """The header's facts as ``(section, [(name, shown value, full value)])``."""
     model, group, data, run = result.model, result.group, result.data, result.run
@@ -214,6 +229,7 @@ def details(result: AuditResult) -> list[tuple[str, list[tuple[str, str, str]]]]
             [
                 ("device", run.device, None),
                 ("dtype", run.dtype, None),
+                ("precision", _precision_text(run, result.summary), None),
                 ("time taken", _fmt_seconds(run.wall_time_s), None),
                 ("images / s", fmt_num(run.images_per_s), None),
                 *[(k, v, None) for k, v in (run.versions or {}).items()],

@@ -64,7 +64,9 @@ def _judge(check: SessionCheck) -> tuple[float | None, list[Any]]:
     if r.probe and r.probe.get("elements"):
         frames.append(pd.DataFrame.from_records(r.probe["elements"]))
     judged = [
-        j for f in frames for j in judge_elements(f, key, dtype=r.run.dtype, device=r.run.device, tolerance=tolerance)
+        j
+        for f in frames
+        for j in judge_elements(f, key, dtype=r.run.arithmetic, device=r.run.device, tolerance=tolerance)
     ]
     ratios = [j.value / j.limit if j.limit > 0 else (0.0 if j.value <= 0 else float("inf")) for j in judged]
     return (max(ratios) if ratios else None), judged

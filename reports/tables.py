@@ -175,7 +175,7 @@ def _summary_cell(result: AuditResult, key: str, percent: bool = False) -> Cell:
 
 def _above(result: AuditResult) -> Cell:
     key = "invariance_error" if result.task == "classify" else "equivariance_error"
-    judged = judge_elements(result.elements, key, dtype=result.run.dtype, device=result.run.device)
+    judged = judge_elements(result.elements, key, dtype=result.run.arithmetic, device=result.run.device)
     if not judged:
         return Cell("–")
     bad = [j for j in judged if not j.holds]

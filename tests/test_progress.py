@@ -26,3 +26,18 @@ def test_a_scan_without_a_terminal_reports_progress_on_stderr() -> None:
     assert res.exit_code == 0 and json.loads(res.stdout)["group"]["spec"] == "c4"
     quiet = CliRunner().invoke(app, ["scan", "zoo:cnn", "--limit", "20", "-g", "c4"])
     assert "scanned 20 / 20 images" in quiet.stderr  # CliRunner's stderr is not a terminal
+
+
+def test_ci_with_force_color_still_gets_plain_lines() -> None:
+    # FORCE_COLOR (set by many CI systems) makes rich call stderr a terminal; a bar redrawn into a log is noise
+    res = CliRunner().invoke(app, ["scan", "zoo:cnn", "--limit", "20", "-g", "c4"], env={"FORCE_COLOR": "1"})
+    assert res.exit_code == 0 and "scanned 20 / 20 images" in res.stderr
+
+
+def test_the_bar_shows_images_per_second() -> None:
+    from types import SimpleNamespace
+
+    from equiaudit.cli.scan import _RateColumn
+
+    assert _RateColumn().render(SimpleNamespace(speed=1234.4)).plain == "1234 images/s"
+    assert _RateColumn().render(SimpleNamespace(speed=None)).plain == ""
