@@ -15,7 +15,7 @@ output; ``NAME[,NAME...]`` the named modules (``named_modules()`` names of the m
 output and is never a layer. A module that runs more than once per forward (a shared activation) is left out.
 
 Verdict (``LAYER_RULE``): an element that is a permutation at the layer's size holds when its largest
-single-image error is within the dtype's round-off (:data:`equiaudit.testing.FLOAT_TOLERANCE`); an
+single-image error is within the dtype's round-off (:data:`equiaudit.roundoff.FLOAT_TOLERANCE`); an
 interpolated one when its mean error is at most ``FLOOR_RATIO`` times its mean floor plus that round-off. A
 layer holds when every element its action represents holds; the first layer (in execution order) that does
 not is where the model breaks.
@@ -38,7 +38,7 @@ from .errors import EquiauditError
 from .groups import GroupElement
 from .metrics import relative_error
 from .observers import ObservedBatch, Observer, Setup
-from .testing import FLOAT_TOLERANCE
+from .roundoff import FLOAT_TOLERANCE
 from .transforms import uses_exact_path, valid_mask
 
 FLOOR_RATIO = 2.0

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import EquiauditError, InputMismatchError
+from .roundoff import FLOAT_TOLERANCE
 
 if TYPE_CHECKING:
     from torch import nn
@@ -70,11 +71,6 @@ __all__ = [
     "recorded_checks",
 ]
 
-# Relative error allowed as round-off, per dtype: the whole tolerance of exact elements and the slack added to
-# "Kx floor" (so a zero floor does not demand zero error). float32 / float64 sit 100x / 1e4x above the errors
-# measured above; float16 / bfloat16 (not measurable on CPU) allow ~10 ulp of their mantissas. The reports'
-# verdicts use this same table.
-FLOAT_TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}
 DEFAULT_MAX_ERROR = "floor"
 # A baseline budget b allows b * (1 + BASELINE_RTOL) + FLOAT_TOLERANCE[dtype]: errors move by round-off
 # between machines and library versions (a few 1e-7 in float32), far below 5 %; a real regression more.

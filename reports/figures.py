@@ -1019,9 +1019,7 @@ def report_charts(result: AuditResult) -> list[Chart]:
                 max_abs_figure(result),
             )
         )
-    from .layers import layer_charts
-
-    return charts + layer_charts(result)
+    return charts
 
 
 def comparison_charts(results: Sequence[AuditResult], names: Sequence[str]) -> list[Chart]:

@@ -1,5 +1,5 @@
 """What a report shows of a per-layer audit (``--layers``) and of the Lie derivative (``--lie``): the error by
-depth with each layer's floor, a numeric table, and a verdict card that names the first layer that breaks."""
+depth with each layer's floor and a numeric table (the verdict's cards for them are in :mod:`reports.verdict`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from .figures import _AXIS, _LAYOUT, Chart
 from .tables import Cell, NumberTable
-from .verdict import Headline, fmt_num
+from .verdict import fmt_num
 
 if TYPE_CHECKING:
     from equiaudit.result import AuditResult
@@ -119,43 +119,3 @@ def layer_table(result: AuditResult) -> NumberTable | None:
             )
         )
     return table
-
-
-def layer_headline(result: AuditResult) -> Headline | None:
-    """Context for the verdict: where the model breaks (``info``: the output's own cards judge the model)."""
-    rows = _rows(result)
-    if not rows:
-        return None
-    first = (result.layers or {}).get("first_breaking")
-    if first is None:
-        return Headline(
-            "layers", "Layers", f"{len(rows)} hold", f"Every one of the {len(rows)} layers measured holds.", "info"
-        )
-    at = next(i for i, r in enumerate(rows) if r["name"] == first)
-    r = rows[at]
-    held = f"the {at} layer{'s' if at != 1 else ''} before it hold" if at else "it is the first layer measured"
-    sentence = (
-        f"The first layer that breaks is {first} ({r['module']}, action {r['action']}): error "
-        f"{fmt_num(r['error_worst'])} under {r['worst_element']}, floor {fmt_num(r['floor_worst'])}; {held}."
-    )
-    return Headline("layers", "First layer that breaks", first, sentence, "info", short=sentence)
-
-
-def lie_headline(result: AuditResult) -> Headline | None:
-    """The output's Lie derivative beside the grid audit (``info``: it has no floor to be judged against)."""
-    lie = result.lie
-    if not lie:
-        return None
-    parts = [f"{g} {fmt_num(v.get('mean'))} {lie['units'].get(g, '')}" for g, v in lie["output"].items()]
-    value = fmt_num(next(iter(lie["output"].values())).get("mean"))
-    sentence = (
-        f"Lie derivative of the output, the local error at the identity independent of the angle grid (mean "
-        f"over {lie['images']} images): " + ", ".join(parts) + "; at a small angle e (radians) the grid error "
-        "is about e times this."
-    )
-    return Headline("lie", "Lie derivative", value, sentence, "info")
-
-
-def layer_headlines(result: AuditResult) -> list[Headline]:
-    """The cards a per-layer audit and a Lie derivative add to the verdict strip."""
-    return [h for h in (layer_headline(result), lie_headline(result)) if h is not None]

@@ -29,6 +29,7 @@ from markupsafe import Markup
 
 from .figures import Chart, comparison_charts, report_charts
 from .gallery import Budget, Gallery, colour_bar_css, correctness_gallery, report_galleries
+from .layers import layer_charts, layer_table
 from .spatial import search_charts, search_table
 from .tables import NumberTable, comparison_element_table, comparison_table, element_table
 from .verdict import fmt_num, fmt_pct, group_name, verdict
@@ -299,7 +300,7 @@ def render_report(
 ) -> str:
     """The HTML of a single-audit report."""
     check_result(result)
-    charts = _charts_json([*report_charts(result), *search_charts(result)])
+    charts = _charts_json([*report_charts(result), *layer_charts(result), *search_charts(result)])
     # Gallery images are the samples' first and worst sets (per-image records alone show nothing).
     has_samples = any((result.samples or {}).get(part) for part in ("first", "worst"))
     galleries: list[Gallery] = report_galleries(result, _budget(charts, max_bytes)) if has_samples else []
@@ -317,7 +318,6 @@ def render_report(
                 title=f"Numbers per element on noise ({count} images)",
             )
         )
-    from .layers import layer_table
 
     tables += [t for t in (layer_table(result),) if t is not None]
     return _page(

@@ -707,11 +707,52 @@ def verdict(result: AuditResult, tolerance: Tolerance | str | float | None = Non
         headlines.append(err)
     headlines += [h for h in (_probe_headline(result, ctx, tolerance), _coverage_headline(result, ctx)) if h]
     status, sentence = _overall(result, ctx, headlines)
-    from .layers import layer_headlines
-
     added = layer_headlines(result)
     headlines += added
     sentence += "".join(f" {h.short}" for h in added if h.key == "layers" and h.short)
     if result.run.partial:
         sentence += f" (partial: the scan stopped after {result.summary.get('images', '?')} images)"
     return Verdict(status, sentence, tuple(headlines))
+
+
+# ---- per-layer audits and Lie derivatives (--layers, --lie): context cards ------------------------------------
+
+
+def layer_headline(result: AuditResult) -> Headline | None:
+    """Context for the verdict: where the model breaks (``info``: the output's own cards judge the model)."""
+    rows = list((result.layers or {}).get("layers") or [])
+    if not rows:
+        return None
+    first = (result.layers or {}).get("first_breaking")
+    if first is None:
+        return Headline(
+            "layers", "Layers", f"{len(rows)} hold", f"Every one of the {len(rows)} layers measured holds.", "info"
+        )
+    at = next(i for i, r in enumerate(rows) if r["name"] == first)
+    r = rows[at]
+    held = f"the {at} layer{'s' if at != 1 else ''} before it hold" if at else "it is the first layer measured"
+    sentence = (
+        f"The first layer that breaks is {first} ({r['module']}, action {r['action']}): error "
+        f"{fmt_num(r['error_worst'])} under {r['worst_element']}, floor {fmt_num(r['floor_worst'])}; {held}."
+    )
+    return Headline("layers", "First layer that breaks", first, sentence, "info", short=sentence)
+
+
+def lie_headline(result: AuditResult) -> Headline | None:
+    """The output's Lie derivative beside the grid audit (``info``: it has no floor to be judged against)."""
+    lie = result.lie
+    if not lie:
+        return None
+    parts = [f"{g} {fmt_num(v.get('mean'))} {lie['units'].get(g, '')}" for g, v in lie["output"].items()]
+    value = fmt_num(next(iter(lie["output"].values())).get("mean"))
+    sentence = (
+        f"Lie derivative of the output, the local error at the identity independent of the angle grid (mean "
+        f"over {lie['images']} images): " + ", ".join(parts) + "; at a small angle e (radians) the grid error "
+        "is about e times this."
+    )
+    return Headline("lie", "Lie derivative", value, sentence, "info")
+
+
+def layer_headlines(result: AuditResult) -> list[Headline]:
+    """The cards a per-layer audit and a Lie derivative add to the verdict strip."""
+    return [h for h in (layer_headline(result), lie_headline(result)) if h is not None]

@@ -8,8 +8,7 @@ from torch import nn
 
 from equiaudit import audit
 from equiaudit.data import load_data
-from reports.figures import report_charts
-from reports.layers import depth_figure, layer_table
+from reports.layers import depth_figure, layer_charts, layer_table
 from reports.render import render_report
 from reports.verdict import verdict
 
@@ -53,7 +52,7 @@ def test_verdict_chart_and_table_name_the_first_breaking_layer() -> None:
     assert traces["error, worst element"].y[1] == rows["b"]["error_worst"]
     assert traces["floor (largest over the elements)"].y[1] == max(rows["b"]["floor"]) > 0  # so2:8 interpolates
     assert list(traces["first layer that breaks"].x) == ["b"]
-    assert "chart-layers" in [c.id for c in report_charts(res)]
+    assert "chart-layers" in [c.id for c in layer_charts(res)]
     table = layer_table(res)
     assert [r[0].text for r in table.rows] == ["a", "b", "c"] and table.rows[1][0].status == "fail"
     assert table.rows[0][-1].text == "holds" and table.rows[1][-1].text.startswith("breaks at")
@@ -62,7 +61,7 @@ def test_verdict_chart_and_table_name_the_first_breaking_layer() -> None:
 def test_report_without_layers_is_unchanged_and_with_layers_renders() -> None:
     x = load_data("digits", limit=2).read(0, 2).x
     plain = audit(MiddleBroken(), x, "c4", samples=0)
-    assert layer_table(plain) is None and "chart-layers" not in [c.id for c in report_charts(plain)]
+    assert layer_table(plain) is None and "chart-layers" not in [c.id for c in layer_charts(plain)]
     assert all(h.key not in ("layers", "lie") for h in verdict(plain).headlines)
     html = render_report(_result())
     assert 'id="numbers-layers"' in html and "chart-layers" in html and "First layer that breaks" in html
