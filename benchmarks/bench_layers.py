@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
 import torch
+from bench_scan import peak_rss_child
 
 from equiaudit import zoo
 from equiaudit.data import load_data
@@ -57,18 +56,10 @@ def bench_cost(name: str, x: torch.Tensor, group: str, repeats: int = 3) -> dict
 
 
 def _peak_rss_child(count: int, group: str) -> tuple[float, float]:
-    """(peak RSS after imports and a 64-image warm-up scan, peak RSS after scanning ``count`` images), MiB."""
-    code = (
-        "import resource; from equiaudit import zoo; from equiaudit.engine import audit;"
-        "m = zoo.create('cnn', pretrained=True);"
-        f"audit(m, 'noise', {group!r}, limit=64, samples=8, layers='auto');"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss);"
-        f"audit(m, 'noise', {group!r}, limit={count}, samples=8, layers='auto');"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    base, peak = (float(v) / 1024.0 for v in out.stdout.split()[-2:])  # KiB -> MiB on Linux
-    return base, peak
+    """(peak RSS after a 64-image warm-up scan, peak RSS after scanning ``count`` images), MiB."""
+    setup = "from equiaudit import zoo; from equiaudit.engine import audit; m = zoo.create('cnn', pretrained=True)"
+    scan = f"audit(m, 'noise', {group!r}, limit={{count}}, samples=8, layers='auto')"
+    return peak_rss_child(setup, scan, count)
 
 
 def bench_memory(group: str, small: int = 1_000, large: int = 5_000) -> dict[str, float]:

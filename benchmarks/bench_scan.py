@@ -305,20 +305,24 @@ def bench_processes(n: int, images: int, steps: int, device: str) -> dict[str, f
     }
 
 
-def _peak_rss_child(count: int) -> tuple[float, float]:
-    """(peak RSS after imports and a warm-up scan, peak RSS after scanning ``count`` images), in MiB."""
+def peak_rss_child(setup: str, scan: str, count: int) -> tuple[float, float]:
+    """(peak RSS after ``setup`` and a 64-image warm-up scan, peak RSS after scanning ``count`` images), in MiB,
+    measured in a fresh Python process; ``scan`` is the scan's code with ``{count}`` for the number of images."""
     code = (
-        "import resource, torch, sys; sys.path.insert(0, 'benchmarks');"
-        "from bench_scan import SmallCNN; from equiaudit.engine import audit;"
-        "torch.manual_seed(0); m = SmallCNN();"
-        "audit(m, 'noise', 'so2:8', limit=64, samples=8, batch_size=256);"
+        f"import resource, sys; sys.path.insert(0, 'benchmarks'); {setup}; {scan.format(count=64)};"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss);"
-        f"audit(m, 'noise', 'so2:8', limit={count}, samples=8, batch_size=256);"
+        f"{scan.format(count=count)};"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     base, peak = (float(v) / 1024.0 for v in out.stdout.split()[-2:])  # KiB -> MiB on Linux
     return base, peak
+
+
+def _peak_rss_child(count: int) -> tuple[float, float]:
+    setup = "import torch; from bench_scan import SmallCNN; from equiaudit.engine import audit; torch.manual_seed(0)"
+    setup += "; m = SmallCNN()"
+    return peak_rss_child(setup, "audit(m, 'noise', 'so2:8', limit={count}, samples=8, batch_size=256)", count)
 
 
 def bench_memory() -> dict[str, float]:

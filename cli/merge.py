@@ -15,22 +15,16 @@ from equiaudit.errors import EquiauditError
 
 from .console import fail
 from .extras import require_reports
-from .scan import _finish, _thresholds
+from .scan import FailAbove, FailBelow, JsonOut, ReportPath, _finish, _thresholds
 
 
 def merge(
     shards: Annotated[list[Path], typer.Argument(help="Shard results (JSON written by scan --shard K/N --out).")],
     out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write the merged JSON document here.")] = None,
-    report: Annotated[Path | None, typer.Option(help="Write an HTML audit report here.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")] = False,
-    fail_above: Annotated[
-        list[str] | None,
-        typer.Option(help="METRIC=VALUE: exit 1 when the metric's worst value is above VALUE (repeatable)."),
-    ] = None,
-    fail_below: Annotated[
-        list[str] | None,
-        typer.Option(help="METRIC=VALUE: exit 1 when the metric's worst value is below VALUE (repeatable)."),
-    ] = None,
+    report: ReportPath = None,
+    json_out: JsonOut = False,
+    fail_above: FailAbove = None,
+    fail_below: FailBelow = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr.")] = False,
 ) -> None:
     """Merge the results of --shard K/N scans into the result of one scan over all the images."""

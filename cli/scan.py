@@ -38,6 +38,19 @@ _TYPES = {
 }  # field types
 
 
+# Output options shared by every command that ends with a result (scan, merge): one declaration each.
+JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+ReportPath = Annotated[Path | None, typer.Option(help="Write an HTML audit report here.")]
+FailAbove = Annotated[
+    list[str] | None,
+    typer.Option(help="METRIC=VALUE: exit 1 when the metric's worst value is above VALUE (repeatable)."),
+]
+FailBelow = Annotated[
+    list[str] | None,
+    typer.Option(help="METRIC=VALUE: exit 1 when the metric's worst value is below VALUE (repeatable)."),
+]
+
+
 def _spec_parameter(f: dataclasses.Field) -> inspect.Parameter:
     """A typer option for one AuditSpec field (``batch_size`` -> ``--batch-size``)."""
     meta = f.metadata
@@ -248,17 +261,11 @@ def scan(
             "TorchScript, .pt2). Only for files from a source you trust."
         ),
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")] = False,
+    json_out: JsonOut = False,
     out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the JSON document here.")] = None,
-    report: Annotated[Path | None, typer.Option(help="Write an HTML audit report here.")] = None,
-    fail_above: Annotated[
-        list[str] | None,
-        typer.Option(help="METRIC=VALUE: exit 1 when the metric's worst value is above VALUE (repeatable)."),
-    ] = None,
-    fail_below: Annotated[
-        list[str] | None,
-        typer.Option(help="METRIC=VALUE: exit 1 when the metric's worst value is below VALUE (repeatable)."),
-    ] = None,
+    report: ReportPath = None,
+    fail_above: FailAbove = None,
+    fail_below: FailBelow = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages on stderr.")] = False,
     **spec: Any,
 ) -> None:
