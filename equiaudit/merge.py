@@ -18,10 +18,12 @@ import torch
 from .assemble import assemble
 from .distributed import check_shards, decode, fold, gallery_state, setup_from
 from .errors import EquiauditError
+from .layers import LayerObserver
+from .lie import LieObserver
 from .observers import Gallery, Observer, Setup, default_observers, element_observer
 from .precision import PrecisionFloor, reduced
 from .result import AuditResult
-from .search import search_observers
+from .search import SearchObserver, parse_search, search_observers
 from .spec import AuditSpec
 
 
@@ -54,15 +56,55 @@ class _MergedPass:
         return self.setup.task
 
 
-def _observers(spec: AuditSpec, setup: Setup) -> list[Observer]:
-    """The observers an audit of ``spec`` runs (see :meth:`equiaudit.engine.Engine.prepare`), set up."""
+def _observers(spec: AuditSpec, setup: Setup, shards: Sequence[AuditResult]) -> list[Observer]:
+    """The observers an audit of ``spec`` runs (see :meth:`equiaudit.engine.Engine.prepare`), set up; the layer,
+    Lie and search observers as the shards described them (``state.info``), which must agree."""
     found = [element_observer(setup.task), *default_observers(spec.samples)]
     found += search_observers(spec.search, spec.search_budget, setup.task, _no_forward)
     if reduced(spec.precision):
         found.insert(1, PrecisionFloor())
+    info = _described(shards, spec)
+    if spec.layers:
+        found.append(LayerObserver.recorded(info["layers"], spec.layer_action, spec.channel_layout))
+    if spec.lie:
+        found.append(LieObserver.recorded(info["lie"]))
     for obs in found:
         obs.setup(setup)
+    search = next((o for o in found if isinstance(o, SearchObserver)), None)
+    if search is not None and search.describe() != info.get("search"):
+        raise EquiauditError("the shards searched another parameter box or budget than this version does; rerun them")
     return found
+
+
+def _described(shards: Sequence[AuditResult], spec: AuditSpec) -> dict[str, Any]:
+    """Shard 0's descriptions of its layer, Lie and search observers, once every shard is checked to agree."""
+    infos = [r.state.get("info") or {} for r in shards]
+    wanted = [n for n, on in (("layers", spec.layers), ("lie", spec.lie), ("search", _searches(spec))) if on]
+    for name in wanted:
+        if name not in infos[0]:
+            raise EquiauditError(f"shard 0 does not describe its {name} (written by an older equiaudit): rerun it")
+    first = infos[0]
+    for k, info in enumerate(infos[1:], start=1):
+        if "layers" in wanted and info.get("layers", {}).get("actions") != first["layers"]["actions"]:
+            theirs = info.get("layers", {}).get("actions")
+            raise EquiauditError(
+                f"shard {k} chose other layer actions than shard 0 ({_actions(theirs)} vs "
+                f"{_actions(first['layers']['actions'])}; --layer-action auto decides on each shard's first "
+                "images): rerun the shards with the actions named, e.g. --layer-action spatial"
+            )
+        for name in wanted:
+            mine = {key: v for key, v in (info.get(name) or {}).items() if key != "evidence"}
+            if mine != {key: v for key, v in first[name].items() if key != "evidence"}:
+                raise EquiauditError(f"shard {k} describes its {name} otherwise than shard 0: rerun the shards")
+    return first
+
+
+def _searches(spec: AuditSpec) -> bool:
+    return parse_search(spec.search).extra
+
+
+def _actions(names: Sequence[str] | None) -> str:
+    return ", ".join(names or ["none"])
 
 
 def _no_forward(rows: torch.Tensor) -> torch.Tensor:
@@ -88,7 +130,7 @@ def merge_results(results: Sequence[AuditResult]) -> AuditResult:
     first = shards[0]
     spec = AuditSpec(**{**first.run.spec, "shard": None})
     setup = setup_from(first.state["setup"], spec)
-    observers = _observers(spec, setup)
+    observers = _observers(spec, setup, shards)
     fold(observers, [_states(r, observers) for r in shards], torch.device("cpu"))
     data = _Described(asdict(first.data), (first.per_class or {}).get("classes"))
     images = sum(int(r.state["images"]) for r in shards)
