@@ -130,7 +130,7 @@ def test_merge_refuses_what_is_not_one_audit_in_one_line(tmp_path: Path) -> None
 def test_two_gloo_processes_under_torchrun_give_the_single_process_result(tmp_path: Path) -> None:
     pytest.importorskip("torch.distributed.run")
     scan = ["-m", "equiaudit", "scan", "zoo:cnn", "--limit", "40", "-g", "so2:6", "--floor-images", "15", "-q",
-            "--layers", "auto", "--lie", "--search", "random:3,refine"]  # fmt: skip
+            "--layers", "auto", "--lie", "--search", "random:3,refine", "--search-budget", "4"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     two = subprocess.run([*runner, *scan, "--out", str(tmp_path / "two.json")], capture_output=True, text=True,
