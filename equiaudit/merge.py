@@ -80,20 +80,20 @@ def _described(shards: Sequence[AuditResult], spec: AuditSpec) -> dict[str, Any]
     """Shard 0's descriptions of its layer, Lie and search observers, once every shard is checked to agree."""
     infos = [r.state.get("info") or {} for r in shards]
     wanted = [n for n, on in (("layers", spec.layers), ("lie", spec.lie), ("search", _searches(spec))) if on]
-    for name in wanted:
-        if name not in infos[0]:
-            raise EquiauditError(f"shard 0 does not describe its {name} (written by an older equiaudit): rerun it")
+    for k, info in enumerate(infos):
+        for name in wanted:
+            if name not in info:
+                raise EquiauditError(f"shard {k} does not describe its {name} (an older equiaudit wrote it): rerun it")
     first = infos[0]
     for k, info in enumerate(infos[1:], start=1):
-        if "layers" in wanted and info.get("layers", {}).get("actions") != first["layers"]["actions"]:
-            theirs = info.get("layers", {}).get("actions")
+        if "layers" in wanted and info["layers"]["actions"] != first["layers"]["actions"]:
             raise EquiauditError(
-                f"shard {k} chose other layer actions than shard 0 ({_actions(theirs)} vs "
+                f"shard {k} chose other layer actions than shard 0 ({_actions(info['layers']['actions'])} vs "
                 f"{_actions(first['layers']['actions'])}; --layer-action auto decides on each shard's first "
                 "images): rerun the shards with the actions named, e.g. --layer-action spatial"
             )
         for name in wanted:
-            mine = {key: v for key, v in (info.get(name) or {}).items() if key != "evidence"}
+            mine = {key: v for key, v in info[name].items() if key != "evidence"}
             if mine != {key: v for key, v in first[name].items() if key != "evidence"}:
                 raise EquiauditError(f"shard {k} describes its {name} otherwise than shard 0: rerun the shards")
     return first
@@ -103,8 +103,8 @@ def _searches(spec: AuditSpec) -> bool:
     return parse_search(spec.search).extra
 
 
-def _actions(names: Sequence[str] | None) -> str:
-    return ", ".join(names or ["none"])
+def _actions(names: Sequence[str]) -> str:
+    return ", ".join(names)
 
 
 def _no_forward(rows: torch.Tensor) -> torch.Tensor:

@@ -233,6 +233,7 @@ def test_layers_lie_and_searches_merge_on_the_command_line(tmp_path: Path) -> No
     (tmp_path / "s1.json").write_text(json.dumps(doc))
     res = runner.invoke(app, ["merge", str(tmp_path / "s1.json"), str(tmp_path / "s0.json")])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "shard 1 does not describe its layers" in res.stderr
 
 
 def test_auto_layer_actions_refuse_a_first_part_smaller_than_their_images(tmp_path: Path) -> None:
