@@ -77,25 +77,29 @@ def _observers(spec: AuditSpec, setup: Setup, shards: Sequence[AuditResult]) -> 
 
 
 def _described(shards: Sequence[AuditResult], spec: AuditSpec) -> dict[str, Any]:
-    """Shard 0's descriptions of its layer, Lie and search observers, once every shard is checked to agree."""
+    """The first shard's descriptions of its layer, Lie and search observers (the first with images: one with
+    none chose no action), once every shard with images is checked to agree."""
     infos = [r.state.get("info") or {} for r in shards]
     wanted = [n for n, on in (("layers", spec.layers), ("lie", spec.lie), ("search", _searches(spec))) if on]
     for k, info in enumerate(infos):
         for name in wanted:
             if name not in info:
                 raise EquiauditError(f"shard {k} does not describe its {name} (an older equiaudit wrote it): rerun it")
-    first = infos[0]
-    for k, info in enumerate(infos[1:], start=1):
+    at = next((k for k, r in enumerate(shards) if r.state["images"]), 0)  # a shard of no image chose nothing
+    first = infos[at]
+    for k, info in enumerate(infos):
+        if k == at or not shards[k].state["images"]:
+            continue
         if "layers" in wanted and info["layers"]["actions"] != first["layers"]["actions"]:
             raise EquiauditError(
-                f"shard {k} chose other layer actions than shard 0 ({_actions(info['layers']['actions'])} vs "
+                f"shard {k} chose other layer actions than shard {at} ({_actions(info['layers']['actions'])} vs "
                 f"{_actions(first['layers']['actions'])}; --layer-action auto decides on each shard's first "
                 "images): rerun the shards with the actions named, e.g. --layer-action spatial"
             )
         for name in wanted:
             mine = {key: v for key, v in info[name].items() if key != "evidence"}
             if mine != {key: v for key, v in first[name].items() if key != "evidence"}:
-                raise EquiauditError(f"shard {k} describes its {name} otherwise than shard 0: rerun the shards")
+                raise EquiauditError(f"shard {k} describes its {name} otherwise than shard {at}: rerun the shards")
     return first
 
 

@@ -244,3 +244,15 @@ def test_auto_layer_actions_refuse_a_first_part_smaller_than_their_images(tmp_pa
     assert "--layer-action" in res.stderr and "first part holds 5 of 10" in res.stderr
     res = runner.invoke(app, [*base, "--shard", "1/2", "--layer-action", "spatial", "--out", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.stderr
+
+
+def test_a_shard_without_images_merges_with_named_layer_actions() -> None:
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.rand(3, 1, 28, 28)
+    kw = {"group": "c4", "layers": "auto", "layer_action": "spatial", "lie": True, "samples": 0}
+    shards = [audit(model, x, shard=f"{k}/4", **kw) for k in range(4)]
+    assert [s.state["images"] for s in shards] == [0, 1, 1, 1]  # shard 0 chose no action
+    merged, whole = merge_results(shards), audit(model, x, **kw)
+    _close(merged.layers, whole.layers, 1e-6, "layers")
+    _close(merged.lie, whole.lie, 1e-6, "lie")
+    assert [r["action"] for r in merged.layers["layers"]] == ["spatial", "spatial"]
