@@ -206,7 +206,8 @@ def shard_state(setup: Setup, observers: Sequence[Observer], images: int) -> dic
     states = {
         obs.name: {k: encode(v) for k, v in state_of(obs).items()} for obs in observers if not isinstance(obs, Gallery)
     }
-    return {"version": STATE_VERSION, "images": images, "setup": plain, "observers": states}
+    info = {obs.name: obs.describe() for obs in observers if hasattr(obs, "describe")}  # layers, lie, search
+    return {"version": STATE_VERSION, "images": images, "setup": plain, "observers": states, "info": info}
 
 
 def setup_from(doc: dict[str, Any], spec: Any) -> Setup:

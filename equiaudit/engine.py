@@ -336,6 +336,10 @@ def _scan(
     rank, size = distributed.world() if shared else shard_of(spec.shard)
     full = len(dataset)
     start, stop = distributed.span(full, rank, size)
+    if spec.layers and size > 1:  # auto layer actions are decided on the first part's first images
+        from .layers import check_first_part
+
+        check_first_part(spec.layer_action, full, distributed.span(full, 0, size)[1])
     engine = Engine(module, dataset, spec, dev, dt, on_task, observers)
     engine.start = start
     t0 = time.perf_counter()

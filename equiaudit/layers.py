@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .actions import ActionSpec, FeatureAction, is_geometric, parse_action, spatial_size
-from .errors import EquiauditError
+from .errors import EquiauditError, OptionError
 from .groups import GroupElement
 from .metrics import relative_error
 from .observers import ObservedBatch, Observer, Setup
@@ -280,26 +280,23 @@ class LayerObserver(Observer):
             padding=s.padding, device=s.device, dtype=s.out_dtype, layout=self.layout, field_type=info.field_type,
         )  # fmt: skip
 
-    def _choose(self, info: LayerInfo, outputs: torch.Tensor, ref: torch.Tensor, mask: Any) -> None:
-        """Fix the layer's action: as requested, the field type for e2cnn outputs under ``auto``, else the better
-        fitting of ``spatial`` and the regular action of the exact subgroup on this first chunk."""
+    def _choose(
+        self, info: LayerInfo, outputs: torch.Tensor, ref: torch.Tensor, mask: Any
+    ) -> tuple[ActionSpec, dict[str, float] | None]:
+        """The layer's action and the fits it was chosen on: as requested, the field type for e2cnn outputs under
+        ``auto``, else the better fitting of ``spatial`` and the regular action of the exact subgroup on this
+        first chunk."""
         req = self.requested
         if req.kind != "auto":
-            self.actions.append(self._build(req, info))
-            self.evidence.append(None)
-            return
+            return self._build(req, info).spec, None
         if info.geometric:
-            self.actions.append(self._build(ActionSpec("field"), info))
-            self.evidence.append(None)
-            return
+            return self._build(ActionSpec("field"), info).spec, None
         spatial = self._build(ActionSpec("spatial"), info)
         cand = regular_candidate(self.s.elements)
         exact = [r for r, g in enumerate(self.row_elements) if r and g.exact]
         channels = int(torch.tensor(info.shape[:-2]).prod()) if spatial_size(info.shape) else 0
         if spatial.size is None or cand is None or not exact or channels % cand.axis:
-            self.actions.append(spatial)
-            self.evidence.append(None)
-            return
+            return spatial.spec, None
         picked = [self.row_elements[r] for r in exact]
         fits = {}
         for spec in (ActionSpec("spatial"), cand):  # on the exact elements and the first AUTO_IMAGES images
@@ -307,8 +304,7 @@ class LayerObserver(Observer):
             err = relative_error(act.undo(outputs[:, :AUTO_IMAGES][exact]), act.flat(ref[:AUTO_IMAGES]), mask)
             fits[spec.name] = float(err.nanmean())
         better = fits[cand.name] < AUTO_MARGIN * fits["spatial"]
-        self.actions.append(self._build(cand, info) if better else spatial)
-        self.evidence.append(fits)
+        return (cand if better else spatial.spec), fits
 
     def _outputs(self, batch: ObservedBatch, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``i``'s ``(R, B, *shape)`` outputs in row order (:attr:`row_elements`) and its reference."""
@@ -317,12 +313,39 @@ class LayerObserver(Observer):
         return y, y[0]
 
     def choose_actions(self, batch: ObservedBatch) -> list[str]:
-        """Fix every layer's action on the first chunk (see :meth:`_choose`); their kinds."""
-        for i, info in enumerate(self.recorder.layers):
-            if len(self.actions) <= i:
-                out, ref = self._outputs(batch, i)
-                self._choose(info, out, ref, self.masks[i])
+        """Fix every layer's action on the first chunk (see :meth:`_choose`); their kinds. Under torchrun every
+        rank takes rank 0's choices, made on the data's first images as one process makes them."""
+        layers = self.recorder.layers
+        if len(self.actions) < len(layers):
+            picks = [self._choose(info, *self._outputs(batch, i), self.masks[i]) for i, info in enumerate(layers)]
+            picks = _rank0(picks) if self.requested.kind == "auto" else picks
+            self.actions = [self._build(spec, info) for (spec, _), info in zip(picks, layers, strict=True)]
+            self.evidence = [fits for _, fits in picks]
         return [a.spec.kind for a in self.actions]
+
+    def describe(self) -> dict[str, Any]:
+        """What a merge needs to rebuild this observer without the model (:meth:`recorded`)."""
+        return {
+            "selection": self.recorder.selection,
+            "notes": list(self.recorder.notes),
+            "layers": [
+                {"name": i.name, "module": i.module, "order": i.order, "shape": list(i.shape), "geometric": i.geometric}
+                for i in self.recorder.layers
+            ],
+            "actions": [a.spec.name for a in self.actions],
+            "evidence": list(self.evidence),
+        }
+
+    @classmethod
+    def recorded(cls, doc: dict[str, Any], action: str, layout: str) -> LayerObserver:
+        """The observer a shard described (:meth:`describe`), without the model: its states are to be loaded."""
+        infos = [
+            LayerInfo(d["name"], d["module"], d["order"], tuple(d["shape"]), d["geometric"]) for d in doc["layers"]
+        ]
+        obs = cls(RecordedLayers(infos, doc["selection"], list(doc["notes"])), action, layout)  # type: ignore[arg-type]
+        obs.actions = [RecordedAction(_action_spec(name)) for name in doc["actions"]]  # type: ignore[misc]
+        obs.evidence = list(doc["evidence"])
+        return obs
 
     def update(self, batch: ObservedBatch) -> None:
         if batch.layers is None:
@@ -357,6 +380,49 @@ class LayerObserver(Observer):
     def report(self, dtype: str, lie: dict[str, Any] | None = None) -> dict[str, Any]:
         """The document's ``layers`` section (see :func:`layer_report`)."""
         return layer_report(self, dtype, lie)
+
+
+@dataclass
+class RecordedLayers:
+    """The layers a shard's recorder chose (a merge has no model to hook)."""
+
+    layers: list[LayerInfo]
+    selection: str
+    notes: list[str]
+
+
+@dataclass
+class RecordedAction:
+    """A layer's action as a shard chose it (a merge applies none)."""
+
+    spec: ActionSpec
+
+
+def _action_spec(name: str) -> ActionSpec:
+    return ActionSpec(name) if name == "field" else parse_action(name)
+
+
+def check_first_part(action: str, total: int, first: int) -> None:
+    """A one-line error when ``action`` is auto and the first of several parts (shard or rank) holds fewer of the
+    images auto decides on than one process would (it could then decide otherwise)."""
+    if parse_action(action).kind == "auto" and first < min(AUTO_IMAGES, total):
+        raise OptionError(
+            f"--layer-action auto chooses each layer's action on the first {AUTO_IMAGES} images and the first part "
+            f"holds {first} of {total}: use fewer shards or processes, or name the action (--layer-action spatial)"
+        )
+
+
+def _rank0(picks: list[Any]) -> list[Any]:
+    """Rank 0's ``picks`` on every rank of a torchrun process group (``picks`` without one)."""
+    from .distributed import world
+
+    if world()[1] == 1:
+        return picks
+    import torch.distributed as dist
+
+    shared = [picks]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def _num(value: float) -> float | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -140,6 +141,14 @@ class LieProbe:
         return _norms(tf - tangent(f, gen), f, mask)
 
 
+@dataclass
+class RecordedProbe:
+    """What a merge needs of a shard's :class:`LieProbe`: the generators and the layer names."""
+
+    generators: tuple[str, ...]
+    layers: list[str]
+
+
 class LieObserver(Observer):
     """Per generator: the mean and the largest per-image Lie derivative of the output and of each layer."""
 
@@ -155,6 +164,14 @@ class LieObserver(Observer):
         self.add_state("out_sum", torch.zeros(k, dtype=torch.float64, device=dev), "sum")
         self.add_state("out_max", torch.zeros(k, dtype=torch.float64, device=dev), "max")
         self.add_state("layer_sum", torch.zeros((k, n_l), dtype=torch.float64, device=dev), "sum")
+
+    def describe(self) -> dict[str, Any]:
+        """What a merge needs to rebuild this observer without the model."""
+        return {"generators": list(self.probe.generators), "layers": list(self.probe.layers)}
+
+    @classmethod
+    def recorded(cls, doc: dict[str, Any]) -> LieObserver:
+        return cls(RecordedProbe(tuple(doc["generators"]), list(doc["layers"])))  # type: ignore[arg-type]
 
     def update(self, batch: ObservedBatch) -> None:
         if batch.lie is None:

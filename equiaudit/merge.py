@@ -18,10 +18,12 @@ import torch
 from .assemble import assemble
 from .distributed import check_shards, decode, fold, gallery_state, setup_from
 from .errors import EquiauditError
+from .layers import LayerObserver
+from .lie import LieObserver
 from .observers import Gallery, Observer, Setup, default_observers, element_observer
 from .precision import PrecisionFloor, reduced
 from .result import AuditResult
-from .search import search_observers
+from .search import SearchObserver, parse_search, search_observers
 from .spec import AuditSpec
 
 
@@ -54,15 +56,59 @@ class _MergedPass:
         return self.setup.task
 
 
-def _observers(spec: AuditSpec, setup: Setup) -> list[Observer]:
-    """The observers an audit of ``spec`` runs (see :meth:`equiaudit.engine.Engine.prepare`), set up."""
+def _observers(spec: AuditSpec, setup: Setup, shards: Sequence[AuditResult]) -> list[Observer]:
+    """The observers an audit of ``spec`` runs (see :meth:`equiaudit.engine.Engine.prepare`), set up; the layer,
+    Lie and search observers as the shards described them (``state.info``), which must agree."""
     found = [element_observer(setup.task), *default_observers(spec.samples)]
     found += search_observers(spec.search, spec.search_budget, setup.task, _no_forward)
     if reduced(spec.precision):
         found.insert(1, PrecisionFloor())
+    info = _described(shards, spec)
+    if spec.layers:
+        found.append(LayerObserver.recorded(info["layers"], spec.layer_action, spec.channel_layout))
+    if spec.lie:
+        found.append(LieObserver.recorded(info["lie"]))
     for obs in found:
         obs.setup(setup)
+    search = next((o for o in found if isinstance(o, SearchObserver)), None)
+    if search is not None and search.describe() != info.get("search"):
+        raise EquiauditError("the shards searched another parameter box or budget than this version does; rerun them")
     return found
+
+
+def _described(shards: Sequence[AuditResult], spec: AuditSpec) -> dict[str, Any]:
+    """The first shard's descriptions of its layer, Lie and search observers (the first with images: one with
+    none chose no action), once every shard with images is checked to agree."""
+    infos = [r.state.get("info") or {} for r in shards]
+    wanted = [n for n, on in (("layers", spec.layers), ("lie", spec.lie), ("search", _searches(spec))) if on]
+    for k, info in enumerate(infos):
+        for name in wanted:
+            if name not in info:
+                raise EquiauditError(f"shard {k} does not describe its {name} (an older equiaudit wrote it): rerun it")
+    at = next((k for k, r in enumerate(shards) if r.state["images"]), 0)  # a shard of no image chose nothing
+    first = infos[at]
+    for k, info in enumerate(infos):
+        if k == at or not shards[k].state["images"]:
+            continue
+        if "layers" in wanted and info["layers"]["actions"] != first["layers"]["actions"]:
+            raise EquiauditError(
+                f"shard {k} chose other layer actions than shard {at} ({_actions(info['layers']['actions'])} vs "
+                f"{_actions(first['layers']['actions'])}; --layer-action auto decides on each shard's first "
+                "images): rerun the shards with the actions named, e.g. --layer-action spatial"
+            )
+        for name in wanted:
+            mine = {key: v for key, v in info[name].items() if key != "evidence"}
+            if mine != {key: v for key, v in first[name].items() if key != "evidence"}:
+                raise EquiauditError(f"shard {k} describes its {name} otherwise than shard {at}: rerun the shards")
+    return first
+
+
+def _searches(spec: AuditSpec) -> bool:
+    return parse_search(spec.search).extra
+
+
+def _actions(names: Sequence[str]) -> str:
+    return ", ".join(names)
 
 
 def _no_forward(rows: torch.Tensor) -> torch.Tensor:
@@ -88,7 +134,7 @@ def merge_results(results: Sequence[AuditResult]) -> AuditResult:
     first = shards[0]
     spec = AuditSpec(**{**first.run.spec, "shard": None})
     setup = setup_from(first.state["setup"], spec)
-    observers = _observers(spec, setup)
+    observers = _observers(spec, setup, shards)
     fold(observers, [_states(r, observers) for r in shards], torch.device("cpu"))
     data = _Described(asdict(first.data), (first.per_class or {}).get("classes"))
     images = sum(int(r.state["images"]) for r in shards)

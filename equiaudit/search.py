@@ -218,11 +218,11 @@ class ConsistencyObserver(Observer):
 
     def update(self, batch: ObservedBatch) -> None:
         if batch.scores["pred"].shape[0] > 1:  # one element has no pairs
-            self.per_image.append(pair_agreement(batch.scores["pred"], self.num_classes).cpu())
+            self.per_image.append(pair_agreement(batch.scores["pred"], self.num_classes))  # on the device
 
     def compute(self) -> np.ndarray:
         """``(N,)`` per-image consistency."""
-        return torch.cat(self.per_image).numpy() if self.per_image else np.zeros(0)
+        return torch.cat(self.per_image).cpu().numpy() if self.per_image else np.zeros(0)
 
 
 # ---- the search observer -----------------------------------------------------------------------------------
@@ -262,8 +262,16 @@ class SearchObserver(Observer):
         d = max(1, len(self.axes))
         self.rounds = max(1, self.budget // (2 * d)) if self.axes else 0
         self.add_state("index", [], "cat")
-        for m in self.plan.methods:
+        for m in self.plan.methods:  # per image a row of COLUMNS; per method the extra forwards and seconds
             self.add_state(_key(m, "found"), [], "cat")
+            self.add_state(_key(m, "forwards"), torch.zeros((), dtype=torch.float64, device=setup.device), "sum")
+            self.add_state(_key(m, "seconds"), torch.zeros((), dtype=torch.float64, device=setup.device), "sum")
+
+    def describe(self) -> dict[str, Any]:
+        """What a merge checks the shards agree on: the methods, the parameter box, the seed and rounds."""
+        box = {a.name: [a.lo, a.hi] for a in self.axes}
+        return {"methods": list(self.plan.methods), "box": box, "reflects": self.reflects, "seed": self.seed,
+                "budget": self.budget, "rounds": self.rounds}  # fmt: skip
 
     def update(self, batch: ObservedBatch) -> None:
         labels = batch.labels
@@ -281,9 +289,12 @@ class SearchObserver(Observer):
             found[f"random:{self.plan.random}"] = self._random(batch)
         if self.plan.refine:
             found["refine"] = self._refine(batch, grid)
-        self.index.append(torch.arange(batch.offset, batch.offset + batch.size))
+        self.index.append(torch.arange(batch.offset, batch.offset + batch.size, device=batch.x.device))
         for name, f in found.items():
-            getattr(self, _key(name, "found")).append(self._record(batch, f))
+            row, forwards, seconds = self._record(batch, f)
+            getattr(self, _key(name, "found")).append(row)
+            setattr(self, _key(name, "forwards"), getattr(self, _key(name, "forwards")) + forwards)
+            setattr(self, _key(name, "seconds"), getattr(self, _key(name, "seconds")) + seconds)
 
     # -- forwards --
 
@@ -354,10 +365,12 @@ class SearchObserver(Observer):
         seconds = time.perf_counter() - t0
         return Found(chosen, best, correct, error, b * 2 * d * self.rounds, seconds, chosen_error=chosen_error)
 
-    def _record(self, batch: ObservedBatch, f: Found) -> dict[str, Any]:
-        """What is kept per image, with the worst element's floor (one round-trip forward per image)."""
+    def _record(self, batch: ObservedBatch, f: Found) -> tuple[torch.Tensor, int, float]:
+        """What is kept per image (``(B, len(COLUMNS))`` on the device; NaN: not measured), with the worst
+        element's floor (one round-trip forward per image); the extra forwards and the seconds."""
         t0 = time.perf_counter()
-        floor = torch.zeros(batch.size, dtype=torch.float64)
+        dev = batch.x.device
+        floor = torch.zeros(batch.size, dtype=torch.float64, device=dev)
         forwards = f.forwards
         if f.forwards:  # the grid's floors are the audit's own
             there = apply_per_row(batch.x, f.elements, interpolation=self.interpolation, padding=self.padding)
@@ -365,36 +378,36 @@ class SearchObserver(Observer):
             trip = apply_per_row(there, back, interpolation=self.interpolation, padding=self.padding)
             with torch.inference_mode():
                 out = self.forward(trip)
-            floor = relative_error(centred(out), centred(batch.ref)).double().cpu()
+            floor = relative_error(centred(out), centred(batch.ref)).double()
             forwards += batch.size
-        params = np.array([[g.angle, g.scale, float(g.reflect), *g.shift] for g in f.elements], dtype=np.float64)
-        return {
-            "params": params,
-            "objective": f.objective.cpu().numpy(),
-            "correct": None if f.all_correct is None else f.all_correct.cpu().numpy(),
-            "mean_correct": None if f.mean_correct is None else f.mean_correct.cpu().numpy(),
-            "error": f.error.cpu().numpy(),
-            "chosen_error": f.chosen_error.cpu().numpy(),
-            "floor": floor.numpy(),
-            "forwards": forwards,
-            "seconds": f.seconds + time.perf_counter() - t0,
-        }
+        params = torch.tensor([[g.angle, g.scale, float(g.reflect), *g.shift] for g in f.elements],
+                              dtype=torch.float64, device=dev)  # fmt: skip
+        nan = torch.full((batch.size,), float("nan"), dtype=torch.float64, device=dev)
+        cols = [
+            f.objective, nan if f.all_correct is None else f.all_correct, nan if f.mean_correct is None else
+            f.mean_correct, f.error, f.chosen_error, floor,
+        ]  # fmt: skip
+        row = torch.cat([params, torch.stack([c.to(dev, torch.float64) for c in cols], 1)], 1)
+        return row, forwards, f.seconds + time.perf_counter() - t0
 
     def compute(self) -> dict[str, dict[str, Any]]:
         """Per method, the per-image arrays in image order, and the totals."""
         if not self.index:
             return {}
-        order = np.argsort(torch.cat(self.index).numpy(), kind="stable")
+        order = np.argsort(torch.cat(self.index).cpu().numpy(), kind="stable")
         out = {}
         for m in self.plan.methods:
-            parts = getattr(self, _key(m, "found"))
-            res: dict[str, Any] = {"forwards": sum(p["forwards"] for p in parts)}
-            res["seconds"] = sum(p["seconds"] for p in parts)
-            for name in ("params", "objective", "correct", "mean_correct", "error", "chosen_error", "floor"):
-                if parts[0][name] is not None:
-                    res[name] = np.concatenate([p[name] for p in parts])[order]
+            rows = torch.cat(getattr(self, _key(m, "found"))).cpu().numpy()[order]
+            res: dict[str, Any] = {"forwards": int(getattr(self, _key(m, "forwards"))), "params": rows[:, :5]}
+            res["seconds"] = float(getattr(self, _key(m, "seconds")))
+            for i, name in enumerate(COLUMNS, start=5):
+                if not np.isnan(rows[:, i]).all():  # correct without labels, mean_correct but for random
+                    res[name] = rows[:, i] != 0 if name == "correct" else rows[:, i]
             out[m] = res
         return out
+
+
+COLUMNS = ("objective", "correct", "mean_correct", "error", "chosen_error", "floor")  # after the 5 parameters
 
 
 def _key(method: str, what: str) -> str:

@@ -129,7 +129,8 @@ def test_merge_refuses_what_is_not_one_audit_in_one_line(tmp_path: Path) -> None
 
 def test_two_gloo_processes_under_torchrun_give_the_single_process_result(tmp_path: Path) -> None:
     pytest.importorskip("torch.distributed.run")
-    scan = ["-m", "equiaudit", "scan", "zoo:cnn", "--limit", "40", "-g", "so2:6", "--floor-images", "15", "-q"]
+    scan = ["-m", "equiaudit", "scan", "zoo:cnn", "--limit", "40", "-g", "so2:6", "--floor-images", "15", "-q",
+            "--layers", "auto", "--lie", "--search", "random:3,refine", "--search-budget", "4"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     two = subprocess.run([*runner, *scan, "--out", str(tmp_path / "two.json")], capture_output=True, text=True,
@@ -142,4 +143,116 @@ def test_two_gloo_processes_under_torchrun_give_the_single_process_result(tmp_pa
     assert (a.run.processes, b.run.processes) == (2, 1)
     _validator().validate(json.loads((tmp_path / "two.json").read_text()))
     _same(a, b)
+    _same_sections(a, b)
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["one.json", "two.json"]  # rank 1 wrote nothing
+
+
+# ---- per-layer audits, Lie derivatives and searches -------------------------------------------------------
+
+# layers (auto actions), the Lie derivative and both searches together: every section a shard must carry
+LAYERED = {"layers": "auto", "lie": True, "search": "random:3,refine", "search_budget": 4, "samples": 0}
+
+
+def _close(a: object, b: object, rel: float, where: str = "") -> None:
+    """Nested documents agree: floats to ``rel``, everything else exactly."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for k in a:
+            _close(a[k], b[k], rel, f"{where}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, rel, f"{where}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert a == pytest.approx(b, rel=rel, abs=1e-12, nan_ok=True), where
+    else:
+        assert a == b, where
+
+
+def _same_sections(a: AuditResult, b: AuditResult) -> None:
+    """The layers, lie and search sections agree (a search's seconds are timings)."""
+    assert a.layers is not None and a.lie is not None and a.search is not None
+    _close(a.layers, b.layers, 1e-6, "layers")
+    _close(a.lie, b.lie, 1e-6, "lie")
+    timeless = [[{k: v for k, v in m.items() if k != "seconds"} for m in r.search["methods"]] for r in (a, b)]
+    _close(timeless[0], timeless[1], 1e-6, "search.methods")
+    _close({k: v for k, v in a.search.items() if k != "methods"},
+           {k: v for k, v in b.search.items() if k != "methods"}, 1e-6, "search")  # fmt: skip
+
+
+def test_layers_lie_and_searches_merge_into_the_single_process_result() -> None:
+    from equiaudit.zoo import create
+
+    model = create("gcnn-c4", pretrained=True)
+    kw = {"group": "c4", "limit": 18, "batch_size": 8, **LAYERED}
+    whole = audit(model, "digits", **kw)
+    shards = [audit(model, "digits", shard=f"{k}/2", **kw) for k in range(2)]
+    merged = merge_results(shards)
+    _same(merged, whole)
+    _same_sections(merged, whole)
+    # auto chose the group convolutions' regular action, on the data's first images, in every shard
+    assert {r["action"] for r in whole.layers["layers"]} == {"regular:4"}
+    assert [m["method"] for m in merged.search["methods"]] == ["grid", "random:3", "refine"]
+    # random draws are seeded by the global image index: shard 1's worst draws are the whole audit's last ones
+    tail = shards[1].search["worst"]["random:3"]["angle"]
+    assert tail == whole.search["worst"]["random:3"]["angle"][-len(tail) :] and len(tail) == 9
+    # and do not depend on the batch size either
+    other = audit(model, "digits", **{**kw, "batch_size": 3, "layers": None, "lie": False})
+    assert other.search["worst"]["random:3"] == whole.search["worst"]["random:3"]
+
+
+def test_layers_lie_and_searches_merge_on_the_command_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["scan", "zoo:cnn", "--limit", "20", "-g", "c4", "--samples", "0", "-q", "--layers", "auto", "--lie",
+            "--search", "random:3,refine", "--search-budget", "4"]  # fmt: skip
+    for k in range(2):
+        res = runner.invoke(app, [*base, "--shard", f"{k}/2", "--out", str(tmp_path / f"s{k}.json")])
+        assert res.exit_code == 0, res.stderr
+    doc = json.loads((tmp_path / "s0.json").read_text())
+    _validator().validate(doc)
+    assert set(doc["state"]["info"]) == {"layers", "lie", "search"}
+    res = runner.invoke(app, ["merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out",
+                              str(tmp_path / "m.json")])  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    _validator().validate(json.loads((tmp_path / "m.json").read_text()))
+    whole = runner.invoke(app, [*base, "--out", str(tmp_path / "w.json")])
+    assert whole.exit_code == 0, whole.stderr
+    merged, one = load(tmp_path / "m.json"), load(tmp_path / "w.json")
+    _same(merged, one)
+    _same_sections(merged, one)
+
+    # shards whose auto actions differ do not merge: one line naming --layer-action
+    doc = json.loads((tmp_path / "s1.json").read_text())
+    doc["state"]["info"]["layers"]["actions"][0] = "regular:4"
+    (tmp_path / "s1.json").write_text(json.dumps(doc))
+    res = runner.invoke(app, ["merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json")])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "--layer-action" in res.stderr and "shard 1 chose other layer actions" in res.stderr
+    # a shard without the description of its layers (an older equiaudit) does not either
+    del doc["state"]["info"]
+    (tmp_path / "s1.json").write_text(json.dumps(doc))
+    res = runner.invoke(app, ["merge", str(tmp_path / "s1.json"), str(tmp_path / "s0.json")])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "shard 1 does not describe its layers" in res.stderr
+
+
+def test_auto_layer_actions_refuse_a_first_part_smaller_than_their_images(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["scan", "zoo:cnn", "--limit", "10", "-g", "c4", "--samples", "0", "-q", "--layers", "auto"]
+    res = runner.invoke(app, [*base, "--shard", "1/2"])  # 5 images in shard 0: auto would decide on fewer than 8
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "--layer-action" in res.stderr and "first part holds 5 of 10" in res.stderr
+    res = runner.invoke(app, [*base, "--shard", "1/2", "--layer-action", "spatial", "--out", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.stderr
+
+
+def test_a_shard_without_images_merges_with_named_layer_actions() -> None:
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.rand(3, 1, 28, 28)
+    kw = {"group": "c4", "layers": "auto", "layer_action": "spatial", "lie": True, "samples": 0}
+    shards = [audit(model, x, shard=f"{k}/4", **kw) for k in range(4)]
+    assert [s.state["images"] for s in shards] == [0, 1, 1, 1]  # shard 0 chose no action
+    merged, whole = merge_results(shards), audit(model, x, **kw)
+    _close(merged.layers, whole.layers, 1e-6, "layers")
+    _close(merged.lie, whole.lie, 1e-6, "lie")
+    assert [r["action"] for r in merged.layers["layers"]] == ["spatial", "spatial"]
