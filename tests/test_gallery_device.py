@@ -14,7 +14,7 @@ from _models import SmallCNN
 
 from equiaudit.data import AuditData
 from equiaudit.engine import Engine
-from equiaudit.observers import Gallery, Observer, _view
+from equiaudit.observers import Observer, _view
 from equiaudit.spec import AuditSpec
 
 

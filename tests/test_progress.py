@@ -46,7 +46,8 @@ def test_the_bar_shows_images_per_second() -> None:
 def test_slow_scans_print_a_rate_not_zero(capsys) -> None:
     from equiaudit.cli.scan import rate_text
 
-    assert [rate_text(r) for r in (0.4, 0.04, 0.004, 2.54, 9.96, 1234.4)] == ["0.4", "0.04", "0.004", "2.5", "10", "1234"]
+    rates = (0.4, 0.04, 0.004, 2.54, 9.96, 1234.4)
+    assert [rate_text(r) for r in rates] == ["0.4", "0.04", "0.004", "2.5", "10", "1234"]
     clock = iter([25.0])
     progress = _PlainProgress(every=10.0)
     progress.clock = lambda: next(clock)
