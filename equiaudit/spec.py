@@ -227,6 +227,8 @@ class AuditSpec:
         if (self.compile or self.cuda_graphs) and (self.layers or self.lie):
             option = "--compile" if self.compile else "--cuda-graphs"
             raise EquiauditError(f"{option} cannot go with --layers / --lie, whose hooks run inside the forward")
+        if self.cuda_graphs and self.precision in ("bf16", "fp16"):
+            raise EquiauditError("--cuda-graphs captures fp32 / tf32 forwards only (autocast's cache is not captured)")
 
     @property
     def parsed_group(self) -> Group:

@@ -85,16 +85,14 @@ def prepare_forward(
     real images; ``run_context``: the contexts the pass runs its forwards in (inference mode, autocast)."""
     info: dict[str, Any] = {"memory_format": "contiguous", "memory_format_s": None, "compiled": False,
                             "compile_s": None, "cuda_graphs": False, "capture_s": None}  # fmt: skip
-    wants_cl = spec.channels_last
     fast = FastForward(module, channels_last=False)
-    if wants_cl == "auto":
-        timings = _time_formats(module, rows, run_context)
-        info["memory_format_s"] = timings
-        wants_cl = "on" if timings["channels_last"] < timings["contiguous"] else "off"
-    if wants_cl == "on":
-        module.to(memory_format=torch.channels_last)
-        fast.channels_last = True
-        info["memory_format"] = "channels_last"
+    try:
+        _choose_format(module, rows, spec.channels_last, run_context, fast, info)
+    except EquiauditError:
+        raise
+    except Exception as exc:
+        module.to(memory_format=torch.contiguous_format)
+        raise EquiauditError(f"--channels-last {spec.channels_last} failed for this model: {_one_line(exc)}") from None
     if spec.compile:
         t = time.perf_counter()
         fast.target = torch.compile(module)
@@ -116,6 +114,25 @@ def prepare_forward(
         fast.channels_last = False  # the graph converts its own input
         info.update(cuda_graphs=True, capture_s=time.perf_counter() - t)
     return fast, info
+
+
+def _choose_format(
+    module: nn.Module,
+    rows: torch.Tensor,
+    mode: str,
+    run_context: Callable[[], Any],
+    fast: FastForward,
+    info: dict[str, Any],
+) -> None:
+    """``--channels-last``: ``auto`` times both formats and keeps the faster; ``on`` converts the weights."""
+    if mode == "auto":
+        timings = _time_formats(module, rows, run_context)
+        info["memory_format_s"] = timings
+        mode = "on" if timings["channels_last"] < timings["contiguous"] else "off"
+    if mode == "on":
+        module.to(memory_format=torch.channels_last)
+        fast.channels_last = True
+        info["memory_format"] = "channels_last"
 
 
 def check_device(spec: Any, device: torch.device) -> None:

@@ -96,6 +96,8 @@ def test_options_that_cannot_run_are_one_line_errors() -> None:
         AuditSpec(compile=True, layers="auto")
     with pytest.raises(EquiauditError, match="unknown channels last 'yes'; valid: auto, on, off"):
         AuditSpec(channels_last="yes")
+    with pytest.raises(EquiauditError, match="--cuda-graphs captures fp32 / tf32 forwards only"):
+        AuditSpec(cuda_graphs=True, precision="bf16")
     res = CliRunner().invoke(app, ["scan", "zoo:cnn", "--limit", "4", "-g", "c4", "--cuda-graphs", "--device", "cpu"])
     assert res.exit_code == 2 and "--cuda-graphs needs a CUDA device" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
