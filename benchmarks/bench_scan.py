@@ -10,6 +10,10 @@
 3. peak memory scanning 1,000 vs 10,000 images (each in a fresh process): must not grow with the count.
 4. precision: throughput and numeric floor of fp32 / tf32 / bf16 (issue 12), the floor being the identity's
    error under that precision against exact fp32 on the same images.
+6. the forward's options (issue 12): the audit's own time (``run.wall_time_s``, which leaves compiling and the
+   format timing out) with ``channels_last`` on, ``--compile`` and, on CUDA, ``--cuda-graphs``, against the plain
+   forward, for the zoo CNN (digits) and the zoo U-Net (64x64 shapes), interleaved, best of three; the compile
+   time; and what ``channels_last auto`` chose.
 5. processes: the same scan by 1 and by N torchrun processes (gloo on CPU, NCCL on CUDA), the audit's own wall
    time (run.wall_time_s of rank 0, without the start-up) and whether the results agree.
 
@@ -305,6 +309,43 @@ def bench_processes(n: int, images: int, steps: int, device: str) -> dict[str, f
     }
 
 
+FORWARD_VARIANTS = {
+    "plain": {},
+    "channels_last": {"channels_last": "on"},
+    "compile": {"compile": True},
+    "compile_channels_last": {"compile": True, "channels_last": "on"},
+}
+CUDA_VARIANTS = {"cuda_graphs": {"cuda_graphs": True}}
+
+
+def bench_forward_options(images: int, seg_images: int, steps: int, device: str, repeats: int = 3) -> dict:
+    """Audit time per variant of the forward / the plain forward's, interleaved in one run (see the docstring)."""
+    from equiaudit.zoo import create
+
+    cases = {
+        "cnn": (create("cnn").eval(), load_data("digits", split="all", limit=images), {}),
+        "unet": (create("unet").eval(), load_data("shapes-seg", split="test", limit=seg_images), {"task": "segment"}),
+    }
+    variants = {**FORWARD_VARIANTS, **(CUDA_VARIANTS if device.startswith("cuda") else {})}
+    out: dict = {}
+    for name, (model, data, extra) in cases.items():
+        model = model.to(device)
+        best = dict.fromkeys(variants, float("inf"))
+        for _ in range(repeats):
+            for variant, options in variants.items():
+                res = audit(model, data, "so2", steps=steps, samples=0, device=device, **extra, **options)
+                best[variant] = min(best[variant], res.run.wall_time_s)
+                if res.run.forward and res.run.forward["compile_s"] is not None:
+                    out.setdefault(f"forward_{name}_{variant}_compile_s", res.run.forward["compile_s"])
+        for variant in variants:
+            out[f"forward_{name}_{variant}_images_per_s"] = len(data) / best[variant]
+            out[f"forward_{name}_{variant}_speedup"] = best["plain"] / best[variant]
+        auto = audit(model, data, "so2", steps=steps, samples=0, device=device, channels_last="auto", **extra)
+        out[f"forward_{name}_auto_choice"] = auto.run.forward["memory_format"]
+        out[f"forward_{name}_images"] = len(data)
+    return out
+
+
 def peak_rss_child(setup: str, scan: str, count: int) -> tuple[float, float]:
     """(peak RSS after ``setup`` and a 64-image warm-up scan, peak RSS after scanning ``count`` images), in MiB,
     measured in a fresh Python process; ``scan`` is the scan's code with ``{count}`` for the number of images."""
@@ -349,6 +390,8 @@ def main() -> None:
     parser.add_argument("--resnet-images", type=int, default=64, help="ResNet-50 images (CUDA only)")
     parser.add_argument("--skip-precision", action="store_true")
     parser.add_argument("--skip-processes", action="store_true")
+    parser.add_argument("--skip-forward", action="store_true", help="skip the compile / channels_last table")
+    parser.add_argument("--forward-images", type=int, default=300, help="digits for the forward-options table")
     parser.add_argument("--processes", type=int, default=None, help="N for 1 vs N (default: 2 on CPU, GPUs)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
@@ -376,6 +419,8 @@ def main() -> None:
             res.update(bench_precision(heavy, torch.rand(args.resnet_images, 3, 224, 224), args.steps))
         else:
             res.update(bench_precision(model, x, args.steps))
+    if not args.skip_forward:
+        res.update(bench_forward_options(args.forward_images, args.seg_images, args.steps, args.device))
     if not args.skip_processes:
         n = args.processes or (torch.cuda.device_count() if cuda else 2)
         res.update(bench_processes(n, 1000, args.steps, args.device))
@@ -424,6 +469,22 @@ def _print(res: dict, args: argparse.Namespace) -> None:
                 f"  {p:5s} {res[f'precision_{p}_images_per_s']:9.1f} img/s  {res[f'precision_{p}_speedup']:.2f}x  "
                 f"floor {res[f'precision_{p}_floor']:.3g}"
             )
+    if "forward_cnn_plain_images_per_s" in res:
+        print(f"[{res['device']}] the forward's options: images/s of the audit (compile time apart), speed-up")
+        for name, label in (("cnn", "zoo CNN, digits"), ("unet", "zoo U-Net, 64x64 shapes")):
+            print(
+                f"  {label} ({res[f'forward_{name}_images']} images; channels_last auto chose "
+                f"{res[f'forward_{name}_auto_choice']}):"
+            )
+            for variant in (*FORWARD_VARIANTS, *CUDA_VARIANTS):
+                if f"forward_{name}_{variant}_images_per_s" not in res:
+                    continue
+                compiled = res.get(f"forward_{name}_{variant}_compile_s")
+                print(
+                    f"    {variant:22s} {res[f'forward_{name}_{variant}_images_per_s']:9.1f} img/s  "
+                    f"{res[f'forward_{name}_{variant}_speedup']:.2f}x"
+                    + (f"  (compile {compiled:.1f} s)" if compiled is not None else "")
+                )
     if "processes_speedup" in res:
         print(
             f"[{res['device']}] 1 vs {res['processes']} processes (torchrun, zoo:cnn, 1000 digits): "

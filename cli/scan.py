@@ -395,11 +395,18 @@ def _interactive() -> bool:
     return bool(err.is_terminal and isatty is not None and isatty())
 
 
+def rate_text(rate: float) -> str:
+    """A rate with two significant digits below 10 (``0.4``, ``2.5``), whole numbers above (``1234``)."""
+    if rate >= 9.95:
+        return f"{rate:.0f}"
+    return f"{rate:.2g}" if rate >= 0.01 else f"{rate:.1g}"
+
+
 class _RateColumn(ProgressColumn):
     """``123 images/s`` of a rich progress bar (blank until rich has a speed)."""
 
     def render(self, task: Any) -> Text:
-        return Text("" if task.speed is None else f"{task.speed:.0f} images/s")
+        return Text("" if task.speed is None else f"{rate_text(task.speed)} images/s")
 
 
 class _PlainProgress:
@@ -418,7 +425,7 @@ class _PlainProgress:
             return
         self.last = now
         rate = done / max(now - self.start, 1e-9)
-        err.print(f"scanned {done} / {total} images ({rate:.0f} images/s)")
+        err.print(f"scanned {done} / {total} images ({rate_text(rate)} images/s)")
 
 
 def groups(

@@ -33,6 +33,7 @@ from .preprocess import pipeline_record
 from .result import AuditResult
 from .search import search_observers
 from .spec import SPEC_FIELDS, AuditSpec, shard_of
+from .speed import FastForward, check_device, prepare_forward, restore_format
 from .transforms import ElementPlan, at_resolution, input_region, sampling_dtype, uses_exact_path, valid_mask
 
 Progress = Callable[[int, int], None]
@@ -305,6 +306,7 @@ def audit(
     if distributed.launched():
         spec = spec.replace(device=distributed.rank_device(spec.device))
     loaded, module, dev, dt = _prepare_model(model, spec, trust, arch)
+    check_device(spec, dev)
     dataset = _audit_data(loaded, data, data_options)
     loaded, module, dataset, spec = fit(loaded, module, dataset, spec, dev, dt, on_note)
     if len(dataset) == 0:
@@ -347,7 +349,9 @@ def _scan(
     reader = Prefetcher(dataset, start, stop, pin=dev.type == "cuda")
 
     def build() -> AuditResult:
-        return engine.result(loaded, time.perf_counter() - t0, partial=engine.images < total)
+        result = engine.result(loaded, time.perf_counter() - t0 - engine.untimed_s, partial=engine.images < total)
+        result.run.forward = engine.forward_info
+        return result
 
     try:
         engine.prepare(dataset.read(0, min(full, _PROBE_IMAGES)).x)
@@ -358,6 +362,7 @@ def _scan(
         engine.finish()
     except (KeyboardInterrupt, Exception) as exc:
         reader.close()
+        restore_format(module, engine.forward_info)
         if engine.images == 0:
             if isinstance(exc, EquiauditError):
                 raise
@@ -371,6 +376,7 @@ def _scan(
         partial.run.stop_reason, partial.run.stop_detail = why, None if why != "error" else detail
         raise ScanInterrupted(message, partial=partial) from exc
     reader.close()
+    restore_format(module, engine.forward_info)
     if shared:
         engine.images = distributed.reduce_observers(engine.observers, engine.images)
         total = full
@@ -394,6 +400,7 @@ def _noise_probe(loaded: LoadedModel, data: AuditData, spec: AuditSpec, result: 
     )
     task = result.task or spec.task
     whole = spec.replace(probe="none", samples=0, task=task, layers=None, lie=False, search="grid", shard=None)
+    whole = whole.replace(compile=False, cuda_graphs=False)  # 32 images do not repay a compile
     probe = audit(loaded, noise, spec=whole)  # the whole probe in every shard
     return {
         "data": {"spec": "noise", "count": probe.data.count, "input_shape": probe.data.input_shape},
@@ -467,6 +474,9 @@ class Engine:
         self.floor_index: list[int] = []  # the sampled elements, whose floor is not 0 (see _prepare_floor)
         self.layer_recorder: Any = None  # --layers (equiaudit.layers.LayerRecorder)
         self.lie_probe: Any = None  # --lie (equiaudit.lie.LieProbe)
+        self.fast: FastForward | None = None  # --compile / --channels-last / --cuda-graphs (equiaudit.speed)
+        self.forward_info: dict[str, Any] | None = None  # what they chose, for run.forward
+        self.untimed_s = 0.0  # seconds of compiling and format timing, not counted in the throughput
 
     @property
     def task(self) -> str | None:
@@ -540,10 +550,29 @@ class Engine:
         if reduced(spec.precision):
             self.observers.insert(1, PrecisionFloor())
         self.observers += self._layer_observers(x)
+        self._prepare_fast(x)
         self._moved_index = torch.tensor(self.moved, dtype=torch.long, device=self.device)
         self._in_region = None if self.setup.in_region is None else self.setup.in_region.to(self.dtype)
         for obs in self.observers:
             obs.setup(self.setup)
+
+    def _prepare_fast(self, x: torch.Tensor) -> None:
+        """``--compile`` / ``--channels-last`` / ``--cuda-graphs``: the pass's forward, set up on one forward batch
+        of the probe images (its time is not the audit's)."""
+        spec = self.spec
+        if not (spec.compile or spec.cuda_graphs or spec.channels_last != "off"):
+            return
+        t = time.perf_counter()
+        rows = x[torch.arange(self.forward_batch, device=x.device) % x.shape[0]]
+        self.fast, self.forward_info = prepare_forward(self.module, rows, spec, self._forward_context)
+        self.untimed_s += time.perf_counter() - t
+
+    def _forward_context(self) -> contextlib.ExitStack:
+        """The contexts every forward of the pass runs in."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast(self.spec.precision, self.device))
+        return stack
 
     def _layer_observers(self, x: torch.Tensor) -> list[Observer]:
         """With ``layers``: hooks on the chosen modules and their observer; with ``lie``: the Lie derivative's."""
@@ -720,7 +749,7 @@ class Engine:
             rows = torch.cat([rows, trips.reshape(s * floor_n, c, h, w)])
         recording = self.layer_recorder.recording((m + 1) * b) if self.layer_recorder else contextlib.nullcontext()
         with torch.inference_mode(), autocast(self.spec.precision, self.device), recording:
-            y = _forward(self.module, rows, self.forward_batch)
+            y = _forward(self.module if self.fast is None else self.fast, rows, self.forward_batch)
         if y.dtype in (torch.bfloat16, torch.float16) and reduced(self.spec.precision):
             y = y.to(self.dtype)  # autocast: everything after the forward runs in the audit's dtype
         self._note_finite(y)

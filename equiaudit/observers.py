@@ -494,7 +494,12 @@ def _view(x: torch.Tensor) -> torch.Tensor:
 
 class Gallery(Observer):
     """The first N and the worst N images with everything a report shows of them: the transformed inputs as the
-    model saw them (``views``, ``(G, C, h, w)``), per-element predictions or maps and scores. Bounded memory."""
+    model saw them (``views``, ``(G, C, h, w)``), per-element predictions or maps and scores. Bounded memory.
+
+    The selection stays on the model's device during the pass: each chunk's candidates are ranked there (score
+    descending, then data order) and only the selected images' material is gathered, so a chunk costs no host
+    copy and no wait. ``first`` / ``worst`` (host lists of items, the worst as a heap of ``(score, -index,
+    item)``) are built from the device state when read."""
 
     name = "gallery"
 
@@ -505,42 +510,78 @@ class Gallery(Observer):
     def setup(self, setup: Setup) -> None:
         self.task, self.moved = setup.task, setup.moved
         self.out_mask = setup.out_mask
-        self.first: list[dict[str, Any]] = []
-        self.worst: list[tuple[float, int, dict[str, Any]]] = []
+        self._moved = torch.tensor(setup.moved, dtype=torch.long, device=setup.device)
+        self.reset()
 
     def reset(self) -> None:
-        self.first, self.worst = [], []
+        self._first: list[dict[str, Any]] = []  # host items
+        self._worst: list[tuple[float, int, dict[str, Any]]] = []  # host heap
+        self._first_dev: list[dict[str, torch.Tensor]] = []  # device blocks of stacked items, in data order
+        self._worst_dev: dict[str, torch.Tensor] | None = None  # stacked, best first
+        self._counted = 0  # images in _first and _first_dev
+
+    @property
+    def first(self) -> list[dict[str, Any]]:
+        self._flush()
+        return self._first
+
+    @first.setter
+    def first(self, items: list[dict[str, Any]]) -> None:
+        self._first, self._first_dev, self._counted = list(items), [], len(items)
+
+    @property
+    def worst(self) -> list[tuple[float, int, dict[str, Any]]]:
+        self._flush()
+        return self._worst
+
+    @worst.setter
+    def worst(self, entries: list[tuple[float, int, dict[str, Any]]]) -> None:
+        self._worst, self._worst_dev = list(entries), None
+        heapq.heapify(self._worst)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"first": list(self.first), "worst": list(self.worst)}
+        """The states as they are (device tensors are replaced by updates, never modified): no copy, no wait."""
+        return {
+            "first": list(self._first), "worst": list(self._worst), "first_dev": list(self._first_dev),
+            "worst_dev": self._worst_dev, "counted": self._counted,
+        }  # fmt: skip
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        self.first, self.worst = list(snapshot["first"]), list(snapshot["worst"])
+        self._first, self._worst = list(snapshot["first"]), list(snapshot["worst"])
+        self._first_dev, self._worst_dev = list(snapshot["first_dev"]), snapshot["worst_dev"]
+        self._counted = snapshot["counted"]
 
-    def _payload(self, batch: ObservedBatch) -> dict[str, torch.Tensor]:
-        """``(G, B, ...)`` or ``(1, B, ...)`` tensors, one slice per image."""
+    def _payload(self, batch: ObservedBatch, j: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(k, G, ...)`` or ``(k, 1, ...)`` tensors of the images ``j`` of the chunk."""
         s = batch.scores
         if self.task == "classify":
-            out = {"pred": s["pred"], "confidence": s["confidence"]}
-            out.update(ref_pred=s["ref_pred"][None], ref_confidence=s["ref_confidence"][None])
+            out = {"pred": s["pred"][:, j], "confidence": s["confidence"][:, j]}
+            out.update(ref_pred=s["ref_pred"][j][None], ref_confidence=s["ref_confidence"][j][None])
             if batch.labels is not None:
-                out["label"] = batch.labels[None]
-            return out
-        out = {"error_map": (batch.undone - batch.ref).abs().mean(2).half(), "error": s["equivariance_error"]}
-        if self.task == "segment":
-            out.update(seg=s["seg"].to(torch.uint8), ref_seg=s["ref_seg"].to(torch.uint8)[None])
-            out["iou_consistency"] = s["iou_consistency"]
-            if batch.truth is not None:
-                out["truth"] = batch.truth.to(torch.uint8)[None]
-        return out
+                out["label"] = batch.labels[j][None]
+        else:
+            error_map = (batch.undone[:, j] - batch.ref[j]).abs().mean(2).half()
+            out = {"error_map": error_map, "error": s["equivariance_error"][:, j]}
+            if self.task == "segment":
+                out.update(seg=s["seg"][:, j].to(torch.uint8), ref_seg=s["ref_seg"][j].to(torch.uint8)[None])
+                out["iou_consistency"] = s["iou_consistency"][:, j]
+                if batch.truth is not None:
+                    out["truth"] = batch.truth[j].to(torch.uint8)[None]
+        return {k: v.transpose(0, 1) for k, v in out.items()}
 
-    def _views(self, batch: ObservedBatch, b: int) -> np.ndarray:
-        """``(G, C, h, w)``: image ``b`` under every element, read from the engine's input buffer."""
-        x = batch.x[b]
-        views = x[None].repeat(len(batch.outputs), 1, 1, 1)
+    def _views(self, batch: ObservedBatch, j: torch.Tensor) -> torch.Tensor:
+        """``(k, G, C, h, w)``: images ``j`` under every element, read from the engine's input buffer."""
+        x = batch.x[j]
+        views = x[:, None].repeat(1, len(batch.outputs), 1, 1, 1)
         if self.moved:
-            views[self.moved] = batch.inputs[:, b]
-        return _view(views).cpu().numpy()
+            views[:, self._moved] = batch.inputs[:, j].transpose(0, 1)
+        return _view(views)
+
+    def _items(self, batch: ObservedBatch, j: torch.Tensor, score: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The chunk's images ``j`` as stacked items (keys in the order of a host item)."""
+        items = {"index": batch.offset + j, "x": batch.x[j].float(), "score": score[j], "views": self._views(batch, j)}
+        items.update(self._payload(batch, j))
+        return items
 
     def update(self, batch: ObservedBatch) -> None:
         if self.size <= 0:
@@ -549,31 +590,50 @@ class Gallery(Observer):
             score = (1 - batch.scores["agreement"]).sum(0) + batch.scores["kl"].mean(0).clamp_max(0.999)
         else:
             score = batch.scores["equivariance_error"].mean(0)
-        score = score.double().cpu()
-        payload = None
-        for b in range(batch.size):
-            s, index = float(score[b]), batch.offset + b
-            wanted = len(self.first) < self.size or len(self.worst) < self.size or (s, -index) > self.worst[0][:2]
-            if not wanted:
-                continue
-            if payload is None:
-                payload = {k: v.cpu() for k, v in self._payload(batch).items()}
-            item = {"index": index, "x": batch.x[b].float().cpu().numpy(), "score": s, "views": self._views(batch, b)}
-            item.update({k: v[:, b].numpy() for k, v in payload.items()})
-            if len(self.first) < self.size:
-                self.first.append(item)
-            entry = (s, -index, item)
-            if len(self.worst) < self.size:
-                heapq.heappush(self.worst, entry)
-            elif entry[:2] > self.worst[0][:2]:
-                heapq.heapreplace(self.worst, entry)
+        score = score.double()
+        b = batch.size
+        if self._counted < self.size:
+            k = min(self.size - self._counted, b)
+            self._first_dev.append(self._items(batch, torch.arange(k, device=score.device), score))
+            self._counted += k
+        self._select_worst(batch, score)
+
+    def _select_worst(self, batch: ObservedBatch, score: torch.Tensor) -> None:
+        """Keep the ``size`` best of the kept worst and the chunk's images, on the device."""
+        old, b = self._worst_dev, batch.size
+        n_old = 0 if old is None else old["score"].shape[0]
+        index = batch.offset + torch.arange(b, device=score.device)
+        cand_score = score if old is None else torch.cat([old["score"], score])
+        cand_index = index if old is None else torch.cat([old["index"], index])
+        by_index = torch.argsort(cand_index, stable=True)
+        by_score = torch.argsort(cand_score[by_index], descending=True, stable=True)
+        pick = by_index[by_score][: min(self.size, n_old + b)]
+        fresh = self._items(batch, (pick - n_old).clamp(0, b - 1), score)
+        if old is None:
+            self._worst_dev = fresh
+            return
+        kept = pick < n_old
+        from_old = {k: v[pick.clamp(max=n_old - 1)] for k, v in old.items()}
+        self._worst_dev = {
+            k: torch.where(kept.view(-1, *[1] * (v.dim() - 1)), from_old[k], v) for k, v in fresh.items()
+        }
+
+    def _flush(self) -> None:
+        """Move the device state into the host lists (one copy, at the end of the pass)."""
+        for block in self._first_dev:
+            self._first += _host_items(block)
+        self._first_dev = []
+        if self._worst_dev is not None:
+            entries = [(it["score"], -it["index"], it) for it in _host_items(self._worst_dev)]
+            self._worst = heapq.nlargest(self.size, self._worst + entries, key=lambda e: e[:2])
+            heapq.heapify(self._worst)
+            self._worst_dev = None
 
     def merge(self, other: Observer) -> Observer:
         assert isinstance(other, Gallery)
         firsts = sorted(self.first + other.first, key=lambda it: it["index"])
         self.first = firsts[: self.size]
         self.worst = heapq.nlargest(self.size, self.worst + other.worst, key=lambda e: e[:2])
-        heapq.heapify(self.worst)
         return self
 
     def compute(self) -> dict[str, Any] | None:
@@ -588,6 +648,17 @@ class Gallery(Observer):
         if self.out_mask is not None:
             out["region"] = {"mask": self.out_mask.cpu().numpy()}
         return out
+
+
+def _host_items(block: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Stacked device items as host items: ``index`` an int, ``score`` a float, the rest arrays."""
+    host = {k: v.cpu().numpy() for k, v in block.items()}
+    items = []
+    for i in range(len(host["index"])):
+        item = {k: v[i] for k, v in host.items()}
+        item["index"], item["score"] = int(item["index"]), float(item["score"])
+        items.append(item)
+    return items
 
 
 def default_observers(samples: int) -> list[Observer]:

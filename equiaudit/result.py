@@ -225,6 +225,7 @@ class RunInfo:
     stop_detail: str | None = None  # the error's one line, when stop_reason is error
     processes: int = 1  # torchrun processes that shared the audit
     shard: dict[str, Any] | None = None  # --shard K/N: index, count and the images [start, stop) of total
+    forward: dict[str, Any] | None = None  # --compile / --channels-last / --cuda-graphs: what ran (equiaudit.speed)
 
     @property
     def action(self) -> str | None:
@@ -486,6 +487,9 @@ def upgrade_v1(doc: dict[str, Any], source: str = "document") -> dict[str, Any]:
         "search_budget": 24,
         "precision": "fp32",  # version 1 ran float32 with the backend's default flags (not recorded)
         "shard": None,
+        "compile": False,  # version 1 ran the plain forward
+        "channels_last": "off",
+        "cuda_graphs": False,
     }
     run = {
         "spec": spec,

@@ -23,6 +23,7 @@ from .errors import EquiauditError, OptionError
 from .groups import Group, parse_group
 from .layers import parse_layers
 from .precision import PRECISIONS
+from .speed import MEMORY_FORMATS
 from .transforms import INPUT_MASKS, INTERPOLATIONS, MASKS, PADDINGS
 
 TASKS = ("auto", "classify", "segment", "dense")
@@ -151,6 +152,21 @@ class AuditSpec:
         "comma-separated to compare, e.g. random:10,refine. Classifiers.",
     )
     search_budget: int = _option(24, "Extra forwards per image that --search refine may spend.", min=1)
+    # ---- how the forward runs fast (equiaudit.speed); results equal the plain forward's within round-off
+    compile: bool = _option(
+        False,
+        "Run the model's forward through torch.compile (one compiled module, every forward padded to the forward "
+        "batch; the compile time is recorded, not counted as audit throughput).",
+    )
+    channels_last: str = _option(
+        "off",
+        "Memory format of the model's forward: on (channels_last), off, or auto (time a few forwards of both on "
+        "the probe images and keep the faster; recorded in run.forward).",
+        MEMORY_FORMATS,
+    )
+    cuda_graphs: bool = _option(
+        False, "CUDA only: capture one forward batch in a CUDA graph and replay it for every forward."
+    )
 
     def __post_init__(self) -> None:
         group = self.group
@@ -188,6 +204,7 @@ class AuditSpec:
             raise EquiauditError(f"force must be True or False, got {self.force!r}")
         self._check_layer_options()
         self._check_search_options()
+        self._check_speed_options()
 
     def _check_layer_options(self) -> None:
         object.__setattr__(self, "layers", parse_layers(self.layers))
@@ -201,6 +218,17 @@ class AuditSpec:
 
         parse_search(self.search)
         _positive_int(self.search_budget, "search budget")
+
+    def _check_speed_options(self) -> None:
+        _choice(self.channels_last, "channels last", MEMORY_FORMATS)
+        for name in ("compile", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise EquiauditError(f"{name.replace('_', ' ')} must be True or False, got {getattr(self, name)!r}")
+        if (self.compile or self.cuda_graphs) and (self.layers or self.lie):
+            option = "--compile" if self.compile else "--cuda-graphs"
+            raise EquiauditError(f"{option} cannot go with --layers / --lie, whose hooks run inside the forward")
+        if self.cuda_graphs and self.precision in ("bf16", "fp16"):
+            raise EquiauditError("--cuda-graphs captures fp32 / tf32 forwards only (autocast's cache is not captured)")
 
     @property
     def parsed_group(self) -> Group:

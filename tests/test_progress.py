@@ -41,3 +41,16 @@ def test_the_bar_shows_images_per_second() -> None:
 
     assert _RateColumn().render(SimpleNamespace(speed=1234.4)).plain == "1234 images/s"
     assert _RateColumn().render(SimpleNamespace(speed=None)).plain == ""
+
+
+def test_slow_scans_print_a_rate_not_zero(capsys) -> None:
+    from equiaudit.cli.scan import rate_text
+
+    rates = (0.4, 0.04, 0.004, 2.54, 9.96, 1234.4)
+    assert [rate_text(r) for r in rates] == ["0.4", "0.04", "0.004", "2.5", "10", "1234"]
+    clock = iter([25.0])
+    progress = _PlainProgress(every=10.0)
+    progress.clock = lambda: next(clock)
+    progress.start = progress.last = 0.0
+    progress(10, 100)  # 10 images in 25 s
+    assert "(0.4 images/s)" in capsys.readouterr().err
