@@ -361,8 +361,6 @@ def _scan(
                 progress(engine.images, total)
         engine.finish()
     except (KeyboardInterrupt, Exception) as exc:
-        reader.close()
-        restore_format(module, engine.forward_info)
         if engine.images == 0:
             if isinstance(exc, EquiauditError):
                 raise
@@ -375,8 +373,9 @@ def _scan(
         partial = build()
         partial.run.stop_reason, partial.run.stop_detail = why, None if why != "error" else detail
         raise ScanInterrupted(message, partial=partial) from exc
-    reader.close()
-    restore_format(module, engine.forward_info)
+    finally:
+        reader.close()
+        restore_format(module, engine.forward_info)
     if shared:
         engine.images = distributed.reduce_observers(engine.observers, engine.images)
         total = full
@@ -431,6 +430,18 @@ def _prepare_model(
     return loaded, module, dev, dt
 
 
+def pass_observers(
+    spec: AuditSpec, task: str, search_forward: Callable[[torch.Tensor], torch.Tensor]
+) -> list[Observer]:
+    """The observers of every audit of ``spec`` but the layer and Lie ones, in order: the pass builds them and a
+    merge of ``--shard`` results rebuilds them (:mod:`equiaudit.merge`), so both must be this one list."""
+    found = [element_observer(task), *default_observers(spec.samples)]
+    found += search_observers(spec.search, spec.search_budget, task, search_forward)
+    if reduced(spec.precision):
+        found.insert(1, PrecisionFloor())
+    return found
+
+
 class Engine:
     """One audit's pass. :meth:`prepare` probes the model on the first images and sets up the forward batch,
     masks, prepared transforms and observers; every :meth:`step` then costs one input transform, the forwards,
@@ -473,6 +484,7 @@ class Engine:
         self.undo: ElementPlan | None = None  # every element's inverse on the output (dense)
         self.floor_index: list[int] = []  # the sampled elements, whose floor is not 0 (see _prepare_floor)
         self.layer_recorder: Any = None  # --layers (equiaudit.layers.LayerRecorder)
+        self.layer_observer: Any = None  # --layers (equiaudit.layers.LayerObserver)
         self.lie_probe: Any = None  # --lie (equiaudit.lie.LieProbe)
         self.fast: FastForward | None = None  # --compile / --channels-last / --cuda-graphs (equiaudit.speed)
         self.forward_info: dict[str, Any] | None = None  # what they chose, for run.forward
@@ -545,10 +557,7 @@ class Engine:
             floor_images=spec.floor_images,
             floor_rows=list(self.floor_index),
         )
-        searches = search_observers(spec.search, spec.search_budget, found.task, self._search_forward)
-        self.observers = [element_observer(found.task), *default_observers(spec.samples), *searches, *self.extra]
-        if reduced(spec.precision):
-            self.observers.insert(1, PrecisionFloor())
+        self.observers = [*pass_observers(spec, found.task, self._search_forward), *self.extra]
         self.observers += self._layer_observers(x)
         self._prepare_fast(x)
         self._moved_index = torch.tensor(self.moved, dtype=torch.long, device=self.device)
@@ -584,7 +593,8 @@ class Engine:
             self.layer_recorder.probe(self.module, x)
             if spec.batch_size is None:  # a chunk's recorded maps stay within a budget, like its activations
                 self.forward_batch = self.layer_recorder.cap_batch(self.forward_batch, self.device)
-            found.append(LayerObserver(self.layer_recorder, spec.layer_action, spec.channel_layout))
+            self.layer_observer = LayerObserver(self.layer_recorder, spec.layer_action, spec.channel_layout)
+            found.append(self.layer_observer)
         if spec.lie:
             from .lie import LieObserver, LieProbe
 
@@ -616,7 +626,7 @@ class Engine:
         self.floor_there = None if classify else ElementPlan(picked, size, **kw)
         self.out_fill = None
         if not classify and self.spec.padding == "zeros":
-            with torch.inference_mode(), autocast(self.spec.precision, self.device):
+            with self._forward_context():
                 self.out_fill = _forward(self.module, torch.zeros_like(x[:1]), 1)
 
     def step(self, batch: Batch) -> None:
@@ -701,13 +711,12 @@ class Engine:
     def _lie_kinds(self, observed: ObservedBatch) -> None:
         """The Lie derivative of a layer needs its action's kind, which the layer observer fixes on the first
         chunk."""
-        layers = next((o for o in self.observers if o.name == "layers"), None)
-        if layers is not None:
-            self.lie_probe.kinds = layers.choose_actions(observed)
+        if self.layer_observer is not None:
+            self.lie_probe.kinds = self.layer_observer.choose_actions(observed)
 
     def _search_forward(self, rows: torch.Tensor) -> torch.Tensor:
         """Logits of extra rows a search asked for (:mod:`equiaudit.search`), in the audit's forward batches."""
-        with torch.inference_mode(), autocast(self.spec.precision, self.device):
+        with self._forward_context():
             y = _forward(self.module, rows, self.forward_batch).to(self.dtype)
         # one sync per chunk, only with a search: the device flag of _run is read before the observers run
         if not torch.isfinite(y).all():
@@ -748,7 +757,7 @@ class Engine:
             trips = self.floor_back(inputs[1 : 1 + s, :floor_n])
             rows = torch.cat([rows, trips.reshape(s * floor_n, c, h, w)])
         recording = self.layer_recorder.recording((m + 1) * b) if self.layer_recorder else contextlib.nullcontext()
-        with torch.inference_mode(), autocast(self.spec.precision, self.device), recording:
+        with self._forward_context(), recording:
             y = _forward(self.module if self.fast is None else self.fast, rows, self.forward_batch)
         if y.dtype in (torch.bfloat16, torch.float16) and reduced(self.spec.precision):
             y = y.to(self.dtype)  # autocast: everything after the forward runs in the audit's dtype

@@ -61,7 +61,6 @@ class Prefetcher:
     def __init__(self, data: AuditData, start: int, stop: int, pin: bool = False, depth: int = 2) -> None:
         self.data, self.pos, self.stop, self.pin = data, start, stop, pin
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.wanted = queue.Queue()
         self.halt = threading.Event()
         self.thread: threading.Thread | None = None
         self.size = 0

@@ -85,6 +85,7 @@ class LieProbe:
         self.module, self.setup = module, setup
         self.named = dict(root.named_modules())
         self.layers = list(layers)
+        self._disks: dict[tuple[int, int], torch.Tensor] = {}  # per map size: made once, not per chunk
         self.kinds: list[str] = ["spatial"] * len(self.layers)
         self.generators = generators_for(setup.elements)
 
@@ -137,8 +138,10 @@ class LieProbe:
 
     def _spatial(self, f: torch.Tensor, tf: torch.Tensor, gen: str) -> torch.Tensor:
         """``||J v - A f|| / ||f||`` inside the map's inscribed disk."""
-        mask = valid_mask((), tuple(f.shape[-2:]), "disk", f.device)
-        return _norms(tf - tangent(f, gen), f, mask)
+        size = (f.shape[-2], f.shape[-1])
+        if size not in self._disks:
+            self._disks[size] = valid_mask((), size, "disk", f.device)
+        return _norms(tf - tangent(f, gen), f, self._disks[size])
 
 
 @dataclass

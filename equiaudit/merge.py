@@ -17,13 +17,13 @@ import torch
 
 from .assemble import assemble
 from .distributed import check_shards, decode, fold, gallery_state, setup_from
+from .engine import pass_observers
 from .errors import EquiauditError
 from .layers import LayerObserver
 from .lie import LieObserver
-from .observers import Gallery, Observer, Setup, default_observers, element_observer
-from .precision import PrecisionFloor, reduced
+from .observers import Gallery, Observer, Setup
 from .result import AuditResult
-from .search import SearchObserver, parse_search, search_observers
+from .search import SearchObserver, parse_search
 from .spec import AuditSpec
 
 
@@ -59,10 +59,7 @@ class _MergedPass:
 def _observers(spec: AuditSpec, setup: Setup, shards: Sequence[AuditResult]) -> list[Observer]:
     """The observers an audit of ``spec`` runs (see :meth:`equiaudit.engine.Engine.prepare`), set up; the layer,
     Lie and search observers as the shards described them (``state.info``), which must agree."""
-    found = [element_observer(setup.task), *default_observers(spec.samples)]
-    found += search_observers(spec.search, spec.search_budget, setup.task, _no_forward)
-    if reduced(spec.precision):
-        found.insert(1, PrecisionFloor())
+    found = pass_observers(spec, setup.task, _no_forward)
     info = _described(shards, spec)
     if spec.layers:
         found.append(LayerObserver.recorded(info["layers"], spec.layer_action, spec.channel_layout))

@@ -46,9 +46,7 @@ class FastForward:
         self.fixed_batch: int | None = getattr(module, "fixed_batch", None)
 
     def __call__(self, x: torch.Tensor) -> Any:
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.target(x)
+        return self.target(_format(x, self.channels_last))
 
 
 class CudaGraphForward:
