@@ -321,7 +321,20 @@ class LayerObserver(Observer):
             picks = _rank0(picks) if self.requested.kind == "auto" else picks
             self.actions = [self._build(spec, info) for (spec, _), info in zip(picks, layers, strict=True)]
             self.evidence = [fits for _, fits in picks]
+            self._prepare_floors(batch.ref.device)
         return [a.spec.kind for a in self.actions]
+
+    def _prepare_floors(self, device: torch.device) -> None:
+        """Once the actions are fixed: per layer, the group-order rows of its sampled elements and the fill of its
+        round trip (zero padding), so that no chunk builds them again."""
+        self.floor_rows = [
+            torch.tensor([self.group_of_row[r] for r in a.sampled_index], dtype=torch.long, device=device)
+            for a in self.actions
+        ]
+        zeros = self.s.padding == "zeros"
+        self.fills = [
+            info.fill.to(device) if zeros and info.fill is not None else None for info in self.recorder.layers
+        ]
 
     def describe(self) -> dict[str, Any]:
         """What a merge needs to rebuild this observer without the model (:meth:`recorded`)."""
@@ -350,23 +363,20 @@ class LayerObserver(Observer):
     def update(self, batch: ObservedBatch) -> None:
         if batch.layers is None:
             return
-        s, b = self.s, batch.size
         self.choose_actions(batch)
-        for i, info in enumerate(self.recorder.layers):
+        for i, act in enumerate(self.actions):
             out, ref = self._outputs(batch, i)
-            act = self.actions[i]
             flat_ref = act.flat(ref)
             err = relative_error(act.undo(out), flat_ref, self.masks[i]).double().index_select(0, self.rows)
             self.err_sum[i] += err.sum(-1)
             self.err_max[i] = torch.maximum(self.err_max[i], err.amax(-1))
-            fill = info.fill if s.padding == "zeros" else None
-            trips = act.round_trip(ref, None if fill is None else fill.to(ref.device))
+            trips = act.round_trip(ref, self.fills[i])
             if trips is not None:
                 floor = relative_error(trips, flat_ref, self.masks[i]).double()
-                rows_at = torch.tensor([self.group_of_row[r] for r in act.sampled_index], device=floor.device)
+                rows_at = self.floor_rows[i]
                 self.floor_sum[i, rows_at] += floor.sum(-1)
                 self.floor_max[i, rows_at] = torch.maximum(self.floor_max[i, rows_at], floor.amax(-1))
-        self.count += b
+        self.count += batch.size
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count.clamp_min(1)

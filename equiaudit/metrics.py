@@ -40,6 +40,19 @@ def centred(logits: torch.Tensor) -> torch.Tensor:
     return logits - logits.mean(-1, keepdim=True)
 
 
+def logit_error(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """A classifier's invariance error: :func:`relative_error` between centred logits (see :func:`centred`)."""
+    return relative_error(centred(out), centred(ref))
+
+
+def output_error(
+    out: torch.Tensor, ref: torch.Tensor, classify: bool, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The headline error in the output's own units: :func:`logit_error` for a classifier, else
+    :func:`relative_error` inside ``mask`` (the floors of both kinds of output are measured with it)."""
+    return logit_error(out, ref) if classify else relative_error(out, ref, mask)
+
+
 def kl_divergence(out_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     """``KL(softmax(ref) || softmax(out))`` per image in nats: ``(..., B, K)`` -> ``(..., B)``."""
     log_p = F.log_softmax(ref_logits, dim=-1)
@@ -80,7 +93,7 @@ def classify_scores(out: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor |
     """Per-image scores of logits ``out`` ``(G, B, K)`` against ``ref`` ``(B, K)``: ``(G, B)`` agreement, KL,
     invariance error (on centred logits), prediction, confidence and (with labels) correctness; ``(B,)`` for
     the reference."""
-    err = relative_error(centred(out), centred(ref))
+    err = logit_error(out, ref)
     if out.shape[-1] == 1:
         # One logit is a binary classifier: softmax([0, z]) = sigmoid(z), so argmax is ``z > 0`` and the KL
         # below is the Bernoulli KL.

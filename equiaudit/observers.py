@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .groups import GroupElement
-from .metrics import centred, relative_error
+from .metrics import output_error
 
 REDUCTIONS = ("sum", "max", "min", "cat")
 # Gallery views (the transformed inputs as the model saw them) are kept at most this many pixels on a side.
@@ -298,10 +298,7 @@ class FloorObserver(Observer):
         self.count += ref.shape[0]
         per_image = torch.zeros((ref.shape[0], self.num_elements), dtype=torch.float64, device=ref.device)
         if len(self.rows):
-            if self.classify:
-                err = relative_error(centred(batch.floor_out), centred(ref)).double()
-            else:
-                err = relative_error(batch.floor_out, ref, self.mask).double()
+            err = output_error(batch.floor_out, ref, self.classify, self.mask).double()
             self.floor_sum[self.rows] += err.sum(-1)
             self.floor_max[self.rows] = torch.maximum(self.floor_max[self.rows], err.amax(-1))
             per_image[:, self.rows] = err.T

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .metrics import centred, relative_error
+from .metrics import output_error
 from .observers import ObservedBatch, Observer, Setup
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -134,10 +134,7 @@ class PrecisionFloor(Observer):
         if exact is None or exact.shape[0] == 0:
             return
         got = batch.ref[: exact.shape[0]]
-        if self.classify:
-            err = relative_error(centred(got), centred(exact)).double()
-        else:
-            err = relative_error(got, exact, self.mask).double()
+        err = output_error(got, exact, self.classify, self.mask).double()
         self.count += err.shape[0]
         self.err_sum += err.sum()
         self.err_max = torch.maximum(self.err_max, err.max())

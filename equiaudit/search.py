@@ -44,7 +44,7 @@ import torch
 
 from .errors import OptionError
 from .groups import Group, GroupElement
-from .metrics import centred, relative_error
+from .metrics import logit_error
 from .observers import ObservedBatch, Observer, Setup
 from .transforms import apply_per_row
 
@@ -190,11 +190,10 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (true - others.amax(-1)).double()
 
 
-def objective(logits: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """What a search minimises per image: the margin with labels, else minus the invariance error."""
-    if labels is not None:
-        return margin(logits, labels)
-    return -relative_error(centred(logits), centred(ref)).double()
+def objective(logits: torch.Tensor, error: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """What a search minimises per image: the margin with labels, else minus the invariance ``error`` (the
+    caller's :func:`~equiaudit.metrics.logit_error` of the same logits, in float64)."""
+    return margin(logits, labels) if labels is not None else -error
 
 
 def pair_agreement(pred: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -275,11 +274,10 @@ class SearchObserver(Observer):
 
     def update(self, batch: ObservedBatch) -> None:
         labels = batch.labels
-        out, ref = batch.outputs, batch.ref
         t0 = time.perf_counter()
-        obj = objective(out, ref, labels)  # (G, B)
-        worst = obj.argmin(0)
         err = batch.scores["invariance_error"].double()
+        obj = objective(batch.outputs, err, labels)  # (G, B)
+        worst = obj.argmin(0)
         correct = None if labels is None else batch.scores["correct"].all(0) & batch.scores["ref_correct"]
         grid = Found([self.elements[int(i)] for i in worst], obj.min(0).values, correct, err.amax(0), 0, 0.0)
         grid.chosen_error = err.gather(0, worst[None])[0]
@@ -311,8 +309,8 @@ class SearchObserver(Observer):
         flat = [g for per_image in drawn for g in per_image]
         logits = self._logits(batch.x.repeat_interleave(k, 0), flat)
         logits = logits.reshape(b, k, -1).transpose(0, 1)  # (K, B, classes)
-        obj = objective(logits, batch.ref, batch.labels)
-        err = relative_error(centred(logits), centred(batch.ref)).double()
+        err = logit_error(logits, batch.ref).double()
+        obj = objective(logits, err, batch.labels)
         worst = obj.argmin(0)
         correct = mean_correct = None
         if batch.labels is not None:
@@ -345,8 +343,8 @@ class SearchObserver(Observer):
                 cands[:, 2 * a + 1, a] += steps[:, a, 1]
             elems = [_element(self.axes, cands[i, j], reflect[i]) for i in range(b) for j in range(2 * d)]
             logits = self._logits(batch.x.repeat_interleave(2 * d, 0), elems).reshape(b, 2 * d, -1).transpose(0, 1)
-            obj = objective(logits, batch.ref, batch.labels)  # (2D, B)
-            err = relative_error(centred(logits), centred(batch.ref)).double()
+            err = logit_error(logits, batch.ref).double()
+            obj = objective(logits, err, batch.labels)  # (2D, B)
             error = torch.maximum(error, err.amax(0))
             if correct is not None:
                 correct = correct & (obj > 0).all(0)
@@ -378,7 +376,7 @@ class SearchObserver(Observer):
             trip = apply_per_row(there, back, interpolation=self.interpolation, padding=self.padding)
             with torch.inference_mode():
                 out = self.forward(trip)
-            floor = relative_error(centred(out), centred(batch.ref)).double()
+            floor = logit_error(out, batch.ref).double()
             forwards += batch.size
         params = torch.tensor([[g.angle, g.scale, float(g.reflect), *g.shift] for g in f.elements],
                               dtype=torch.float64, device=dev)  # fmt: skip
