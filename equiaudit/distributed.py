@@ -101,7 +101,7 @@ def state_of(obs: Observer) -> dict[str, Any]:
     for name, how in _declared(obs).items():
         value = getattr(obs, name)
         if how == "cat":
-            out[name] = torch.cat([v.cpu() for v in value]) if value else None
+            out[name] = torch.cat(value).cpu() if value else None
         else:
             out[name] = value.detach().cpu()
     return out

@@ -21,7 +21,7 @@ from . import distributed
 from .adapt import fit, inner
 from .assemble import assemble
 from .data import AuditData, Batch, load_data
-from .errors import EquiauditError, InputMismatchError, OptionError, ScanInterrupted
+from .errors import EquiauditError, InputMismatchError, OptionError, ScanInterrupted, one_line
 from .feed import Prefetcher, sigterm_stops, stop_reason, to_device
 from .groups import Group, GroupElement
 from .loading import LoadedModel, load_model, resolve_device
@@ -48,11 +48,6 @@ def _first_conv_channels(module: nn.Module) -> int | None:
         if isinstance(m, nn.Conv2d):
             return m.in_channels
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # An automatic forward batch keeps the largest activation of one forward within this many bytes. On a CPU a
@@ -155,10 +150,10 @@ def probe(module: nn.Module, data: AuditData, x: torch.Tensor, task: str) -> Pro
         if c is not None and c != x.shape[1]:
             raise InputMismatchError(
                 f"the model fails on {x.shape[1]}-channel input from {data.spec!r} and its first convolution takes "
-                f"{c} channel(s); use --channels {c} ({_one_line(exc)})"
+                f"{c} channel(s); use --channels {c} ({one_line(exc)})"
             ) from None
         raise InputMismatchError(
-            f"the model fails on input of shape {tuple(x.shape)} from {data.spec!r}: {_one_line(exc)}"
+            f"the model fails on input of shape {tuple(x.shape)} from {data.spec!r}: {one_line(exc)}"
         ) from None
     finally:
         for handle in handles:
@@ -366,9 +361,9 @@ def _scan(
                 raise
             if isinstance(exc, KeyboardInterrupt):
                 raise ScanInterrupted("interrupted before the first batch finished") from exc
-            raise EquiauditError(f"scan failed on the first batch: {_one_line(exc)}") from exc
+            raise EquiauditError(f"scan failed on the first batch: {one_line(exc)}") from exc
         why = stop_reason(exc)
-        detail = {"sigint": "interrupted", "sigterm": "terminated (SIGTERM)"}.get(why) or _one_line(exc)
+        detail = {"sigint": "interrupted", "sigterm": "terminated (SIGTERM)"}.get(why) or one_line(exc)
         message = f"scan stopped after {engine.images} of {total} images: {detail}"
         partial = build()
         partial.run.stop_reason, partial.run.stop_detail = why, None if why != "error" else detail

@@ -45,3 +45,9 @@ class OptionError(EquiauditError, TypeError):
 
 class EquiauditWarning(UserWarning):
     """A caveat about an audit that still runs (e.g. quarter turns of non-square inputs lose their exact path)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's first line (its type's name when it has no text), for one-line error messages."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

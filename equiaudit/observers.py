@@ -311,7 +311,7 @@ class FloorObserver(Observer):
         """``(N_f, G)`` the floor of every image it was measured on."""
         if not self.per_image:
             return np.zeros((0, self.num_elements), dtype=np.float32)
-        return torch.cat([p.cpu() for p in self.per_image]).numpy()
+        return torch.cat(self.per_image).cpu().numpy()
 
 
 # ---- where the errors are -----------------------------------------------------------------------------------
@@ -440,7 +440,7 @@ class ImageRecord(Observer):
         for name in self.FIELDS:
             parts = getattr(self, name)
             if parts:
-                out[name] = torch.cat([p.cpu() for p in parts]).numpy()
+                out[name] = torch.cat(parts).cpu().numpy()
         if "index" in out:  # shards may arrive in any order
             order = np.argsort(out["index"], kind="stable")
             out = {k: v[order] for k, v in out.items()}

@@ -22,16 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import EquiauditError, OptionError
+from .errors import EquiauditError, OptionError, one_line
 
 MEMORY_FORMATS = ("auto", "on", "off")
 # ``auto``: forwards timed per format (interleaved, the best of each counts), after one untimed of each.
 _AUTO_REPEATS = 3
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class FastForward:
@@ -90,7 +85,7 @@ def prepare_forward(
         raise
     except Exception as exc:
         module.to(memory_format=torch.contiguous_format)
-        raise EquiauditError(f"--channels-last {spec.channels_last} failed for this model: {_one_line(exc)}") from None
+        raise EquiauditError(f"--channels-last {spec.channels_last} failed for this model: {one_line(exc)}") from None
     if spec.compile:
         t = time.perf_counter()
         fast.target = torch.compile(module)
@@ -107,7 +102,7 @@ def prepare_forward(
             except EquiauditError:
                 raise
             except Exception as exc:
-                raise EquiauditError(f"--cuda-graphs failed for this model: {_one_line(exc)}") from None
+                raise EquiauditError(f"--cuda-graphs failed for this model: {one_line(exc)}") from None
         fast.fixed_batch = rows.shape[0]
         fast.channels_last = False  # the graph converts its own input
         info.update(cuda_graphs=True, capture_s=time.perf_counter() - t)
@@ -151,7 +146,7 @@ def _warm(fast: FastForward, rows: torch.Tensor, run_context: Callable[[], Any],
         if rows.device.type == "cuda":
             torch.cuda.synchronize(rows.device)
     except Exception as exc:
-        raise EquiauditError(f"{option} failed for this model: {_one_line(exc)}; audit it without {option}") from None
+        raise EquiauditError(f"{option} failed for this model: {one_line(exc)}; audit it without {option}") from None
 
 
 def _time_formats(module: nn.Module, rows: torch.Tensor, run_context: Callable[[], Any]) -> dict[str, float]:
