@@ -39,7 +39,7 @@ from .groups import GroupElement
 from .metrics import relative_error
 from .observers import ObservedBatch, Observer, Setup
 from .roundoff import FLOAT_TOLERANCE
-from .transforms import uses_exact_path, valid_mask
+from .transforms import at_resolution, uses_exact_path, valid_mask
 
 FLOOR_RATIO = 2.0
 LAYER_RULE = (
@@ -266,17 +266,21 @@ class LayerObserver(Observer):
         size = spatial_size(info.shape)
         if size is None:
             return None
-        mask = valid_mask(self.s.elements, size, self.s.mask, self.s.device)
+        elements = at_resolution(self.s.elements, self.s.in_size, size)  # as the engine's output mask
+        mask = valid_mask(elements, size, self.s.mask, self.s.device, self.s.padding)
         return None if bool(mask.all()) else mask  # no mask: two passes less over every map
 
     def _build(
         self, spec: ActionSpec, info: LayerInfo, elements: Sequence[GroupElement] | None = None
     ) -> FeatureAction:
-        if spatial_size(info.shape) is None:
+        s, size = self.s, spatial_size(info.shape)
+        elements = self.row_elements if elements is None else elements
+        if size is None:
             spec = ActionSpec("trivial")
-        s = self.s
+        else:  # shifts in the map's own pixels (a stride-2 map sees a 2 px input shift as 1 px)
+            elements = at_resolution(elements, s.in_size, size)
         return FeatureAction(
-            spec, self.row_elements if elements is None else elements, info.shape, interpolation=s.interpolation,
+            spec, elements, info.shape, interpolation=s.interpolation,
             padding=s.padding, device=s.device, dtype=s.out_dtype, layout=self.layout, field_type=info.field_type,
         )  # fmt: skip
 

@@ -278,3 +278,24 @@ def test_the_pytest_marker_takes_layers(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*first layer that breaks: 0 (Conv2d, action spatial)*"])
+
+
+class _CircularPooled(nn.Module):
+    """Shift-equivariant by construction on the torus: a circular conv, then 2x2 average pooling (a 2 px input
+    shift is a 1 px shift of the pooled map), then global averaging."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular")
+        self.pool = nn.AvgPool2d(2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.conv(x)).mean((-2, -1)))
+
+
+def test_shifts_act_on_a_strided_layer_at_its_own_resolution() -> None:
+    res = audit(_CircularPooled(), digits(4), "translate:-2..2:3", layers="conv,pool", padding="circular", samples=0)
+    for row in res.layers["layers"]:
+        assert max(e for e in row["error"] if e is not None) < 1e-5, row["name"]
