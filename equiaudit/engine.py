@@ -715,7 +715,8 @@ class Engine:
             y = _forward(self.module, rows, self.forward_batch).to(self.dtype)
         # one sync per chunk, only with a search: the device flag of _run is read before the observers run
         if not torch.isfinite(y).all():
-            raise InputMismatchError(f"the model output NaN or inf on a searched element near image {self.images}")
+            near = self.start + self.images
+            raise InputMismatchError(f"the model output NaN or inf on a searched element near image {near}")
         return y
 
     def _floor_images(self, b: int) -> int:
