@@ -67,24 +67,3 @@ def cnn(
     if tiny:
         hidden_channels, num_hidden = 4, 1
     return PlainCNN(in_channels, num_classes, hidden_channels, num_hidden, kernel_size)
-
-
-@register_model(
-    "cnn-hnet",
-    description="Plain CNN baseline with the parameter count of hnet (5 conv layers of 18 channels, kernel 5)",
-    default_dataset="rot-digits",
-    reference="Worrall et al. 2017, Harmonic Networks (Rot-MNIST comparison at equal parameter count)",
-    **_COMMON,
-)
-def cnn_hnet(
-    *,
-    tiny: bool = False,
-    in_channels: int = 1,
-    num_classes: int = 10,
-    hidden_channels: int = 18,
-    num_hidden: int = 4,
-    kernel_size: int = 5,
-) -> PlainCNN:
-    if tiny:
-        hidden_channels, num_hidden = 4, 1
-    return PlainCNN(in_channels, num_classes, hidden_channels, num_hidden, kernel_size)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..registry import register_model
 
-__all__ = ["HNet", "HarmonicConv2d", "harmonic_basis", "magnitude"]
+__all__ = ["HNet", "HNetLayoutCNN", "HarmonicConv2d", "harmonic_basis", "magnitude"]
 
 _EPS = 1e-4  # as in the paper's code: |z| = sqrt(re² + im² + eps) keeps the gradient finite at 0
 
@@ -191,3 +191,58 @@ def hnet(
     if tiny:
         widths = (2, 2, 2)
     return HNet(in_channels, num_classes, tuple(widths), kernel_size, n_rings)
+
+
+class HNetLayoutCNN(nn.Module):
+    """The H-Net's CNN of equal size: the H-Net's layout with plain convolutions. Three blocks of two
+    ``kernel_size`` convolutions (BatchNorm, ReLU), 2x2 mean pooling between blocks (28 -> 14 -> 7), a final
+    convolution to ``num_classes`` channels averaged over space; ``widths`` (6, 12, 24) give the H-Net's
+    parameter count (a 5x5 convolution has 25 weights per channel pair, a harmonic one 10)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] = (6, 12, 24),
+        kernel_size: int = 5,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in, pad = in_channels, kernel_size // 2
+        for i, width in enumerate(widths):
+            if i:
+                layers.append(nn.AvgPool2d(2))
+            for _ in range(2):
+                layers += [nn.Conv2d(c_in, width, kernel_size, padding=pad), nn.BatchNorm2d(width), nn.ReLU()]
+                c_in = width
+        self.features = nn.Sequential(*layers)
+        self.final = nn.Conv2d(c_in, num_classes, kernel_size, padding=pad)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.final(self.features(x)).mean(dim=(-2, -1))
+
+
+@register_model(
+    "cnn-hnet",
+    family="cnn",
+    description="Plain CNN of hnet's size and layout (3 blocks of two 5x5 convolutions of 6/12/24 channels, "
+    "2x2 mean pooling between blocks, a final convolution averaged over space)",
+    task="classify",
+    groups=(),
+    exact_groups=(),
+    input_shape=(1, 28, 28),
+    num_classes=10,
+    default_dataset="rot-digits",
+    reference="Worrall et al. 2017, Harmonic Networks (Rot-MNIST comparison with a CNN of equal parameter count)",
+)
+def cnn_hnet(
+    *,
+    tiny: bool = False,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    widths: tuple[int, int, int] = (6, 12, 24),
+    kernel_size: int = 5,
+) -> HNetLayoutCNN:
+    if tiny:
+        widths = (2, 2, 2)
+    return HNetLayoutCNN(in_channels, num_classes, tuple(widths), kernel_size)
