@@ -6,6 +6,7 @@ Nothing is downloaded unless ``download=True``; without the files the error says
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from pathlib import Path
 
@@ -158,9 +159,19 @@ def _amat_rows(folder: Path, split: str, limit: int | None) -> list[tuple[np.nda
     for key, start, count in spans:
         if left is not None:
             count = left if count is None else min(left, count)
-        chunks.append(read_amat(folder / ROT_MNIST_AMAT[key], start, count))
+        path = folder / ROT_MNIST_AMAT[key]
+        stat = path.stat()
+        chunks.append(_read_amat_once(path, (stat.st_mtime_ns, stat.st_size), start, count))
         left = None if left is None else left - len(chunks[-1][1])
     return chunks
+
+
+@functools.lru_cache(maxsize=8)
+def _read_amat_once(path: Path, stamp: tuple[int, int], skip: int, nrows: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_amat`, parsed once per process for each file version (``stamp``: mtime, size) and row span:
+    the text files take seconds per 10,000 rows, and a study loads the same split once per model. Callers
+    must not modify the arrays (they are shared)."""
+    return read_amat(path, skip, nrows)
 
 
 def load_rot_mnist(root: Path, split: str, download: bool, limit: int | None) -> Source:

@@ -143,3 +143,26 @@ def test_unknown_data_spec_exits_2_in_one_line(tmp_path: Path) -> None:
 
     res = CliRunner().invoke(app, ["zoo", "study", study.NAME, "--quick", "--data", "nope", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "not 'nope'" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_rot_mnist_amat_is_parsed_once_per_file_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from equiaudit.data import load_data
+
+    parsed: list[str] = []
+    real = mnist_mod.read_amat
+
+    def counting(path: Path, skip: int = 0, nrows: int | None = None) -> Any:
+        parsed.append(path.name)
+        return real(path, skip, nrows)
+
+    monkeypatch.setattr(mnist_mod, "read_amat", counting)
+    monkeypatch.setattr(mnist_mod, "ROT_MNIST_TRAIN", 8)
+    _write_amat(tmp_path / mnist_mod.ROT_MNIST_AMAT["train_valid"], 10)
+    test_file = tmp_path / mnist_mod.ROT_MNIST_AMAT["test"]
+    _write_amat(test_file, 5, offset=10)
+    first = next(load_data(f"rot-mnist:{tmp_path}").batches(10))
+    again = next(load_data(f"rot-mnist:{tmp_path}").batches(10))
+    assert parsed == [test_file.name] and torch.equal(first.x, again.x) and first.y.tolist() == [0, 1, 2, 3, 4]
+    _write_amat(test_file, 6, offset=20)  # a new version of the file is read again
+    assert next(load_data(f"rot-mnist:{tmp_path}").batches(10)).y.tolist() == [0, 1, 2, 3, 4, 5]
+    assert parsed == [test_file.name] * 2
