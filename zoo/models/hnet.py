@@ -244,5 +244,5 @@ def cnn_hnet(
     kernel_size: int = 5,
 ) -> HNetLayoutCNN:
     if tiny:
-        widths = (2, 2, 2)
+        widths = (4, 4, 4)
     return HNetLayoutCNN(in_channels, num_classes, tuple(widths), kernel_size)
