@@ -230,6 +230,28 @@ RECIPES: dict[str, Recipe] = {
             note="the deformable CNN of the scale study",
         ),
         # Trained by the studies, not shipped (a checkpoint is named after its model; `cnn` ships above).
+        Recipe(  # the petals study's pair: a quarter of every width keeps the 18% parameter ratio
+            "wrn16-8-d8d4d1@blossoms",
+            "wrn16-8-d8d4d1",
+            "blossoms",
+            epochs=30,
+            batch_size=64,
+            input_size=97,
+            create_kwargs={"widen_factor": 2, "num_classes": 18},
+            note="e2cnn WRN16 D8-D4-D1 at widen 2 (0.75M parameters) on blossoms rendered at 97 px (8k+1: the "
+            "mirror is exact on the grid); from scratch, no augmentation",
+        ),
+        Recipe(
+            "wide-resnet50-2@blossoms",
+            "wide-resnet50-2",
+            "blossoms",
+            epochs=30,
+            batch_size=64,
+            input_size=224,
+            create_kwargs={"planes": 16, "num_classes": 18},
+            note="torchvision's wide ResNet-50-2 at a quarter of every width (4.2M parameters) on blossoms rendered "
+            "at 224 px; from scratch, no augmentation",
+        ),
         Recipe(
             "cnn@scale-digits",
             "cnn",
