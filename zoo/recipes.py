@@ -75,6 +75,7 @@ class Recipe:
     audit_limit: int = 100
     note: str = ""
     train_limit: int | None = None
+    test_split: str = "test"  # the split of ``dataset`` the card is tested on (flowers: val; its test is unlabelled)
 
     # Training fields added after the first shipped checkpoints: left out of the key while None, so the
     # recipes that do not use them keep the key their shipped cards were trained under.
@@ -384,7 +385,8 @@ def _test_metrics(
     metrics, test_images = {}, None
     for spec in (recipe.dataset, *recipe.evals):
         say(f"testing {recipe.name} on {spec}")
-        ev = evaluate(model, spec, split="test", limit=limit, **recipe.data_options)
+        split = recipe.test_split if spec == recipe.dataset else "test"
+        ev = evaluate(model, spec, split=split, limit=limit, **recipe.data_options)
         metrics[spec] = ev.to_dict()
         test_images = test_images or ev.images
     return metrics, test_images

@@ -83,7 +83,7 @@ def setting(ctx: StudyContext) -> Setting:
         if weights is not None:  # the published pair: full widths, the baseline's head on pretrained weights
             kwargs = {"num_classes": out.num_classes}
             kwargs |= PUBLISHED_WIDTH if name == STEERABLE else _pretrained(weights)
-        out.changes[name] = {"dataset": data, "create_kwargs": kwargs}
+        out.changes[name] = {"dataset": data, "test_split": split, "create_kwargs": kwargs}
     return out
 
 
