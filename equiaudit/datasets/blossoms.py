@@ -184,7 +184,7 @@ def split_params(split: str, seed: int) -> BlossomParams:
     return draw_params(labels, gen)
 
 
-@functools.lru_cache(maxsize=6)
+@functools.lru_cache(maxsize=8)
 def _rendered(split: str, size: tuple[int, int], seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``count`` images of ``split`` as uint8 ``(count, 3, H, W)`` and their labels."""
     params = split_params(split, seed).select(slice(0, count))

@@ -71,7 +71,7 @@ def test_correctness_cells_match_a_hand_count() -> None:
 def test_summary_pairs_the_seeds_and_counts_every_image() -> None:
     def run(correct: list[int], seed: int) -> dict:
         c = np.array(correct, dtype=bool)
-        audit = {"group": "so2:36", "images": len(c), **dict.fromkeys(petals.AUDIT_METRICS, 0.5)}
+        audit = {"group": "so2:36", "images": len(c), "mirror_error": None, **dict.fromkeys(petals.AUDIT_METRICS, 0.5)}
         return {
             "recipe": f"m@seed{seed}", "seed": seed, "parameters": 10 if seed < 9 else 0, "input_size": 97,
             "train_images": 4, "epochs": 1, "train_seconds": 1.0, "accuracy": float(c.mean()), "images": len(c),

@@ -47,6 +47,7 @@ SAMPLES = 2  # gallery images (first and worst) kept by each audit of the first 
 PUBLISHED_WIDTH = {"widen_factor": 8}  # e2cnn's wrn16_8 (with --weights: the published pair)
 DATA_NAMES = ("blossoms", "flowers")
 AUDIT_METRICS = ("agreement_mean", "invariance_error_mean", "accuracy_mean", "worst_case_accuracy")
+MIRROR = "hflip"  # the left-right mirror: the one element the D8-D4-D1 model is invariant to by construction
 
 
 @dataclass
@@ -70,6 +71,8 @@ def setting(ctx: StudyContext) -> Setting:
         raise EquiauditError(f"the petals study runs on blossoms or flowers[:DIR], got --data {data!r}")
     split = "test" if data == "blossoms" else "val"  # the Kaggle flowers' test images have no labels
     classes = load_data(data, split="train", limit=1).num_classes
+    if not classes:
+        raise EquiauditError(f"{data}: the train split has no class folders, so there is nothing to learn")
     load_data(data, split=split, limit=1)  # the evaluation split must be there
     weights = ctx.option("weights")
     if weights is not None:
@@ -77,7 +80,7 @@ def setting(ctx: StudyContext) -> Setting:
         if not path.is_file():
             raise EquiauditError(f"--weights: no such file {path}")
         weights = str(path)
-    out = Setting(data, split, int(classes or 0), weights)
+    out = Setting(data, split, int(classes), weights)
     for name in MODELS:
         kwargs = {**RECIPES[name].create_kwargs, "num_classes": out.num_classes}
         if weights is not None:  # the published pair: full widths, the baseline's head on pretrained weights
@@ -98,14 +101,14 @@ def run(ctx: StudyContext) -> StudyResult:
     first: dict[str, tuple[torch.nn.Module, Any]] = {}
     for seed in ctx.seeds:
         for name in (BASELINE, STEERABLE):  # the baseline first: a bad --weights file fails at once
-            model, recipe, measured = _measure(ctx, s, name, seed)
-            per_seed[name].append(measured)
+            model, recipe, numbers = _measure(ctx, s, name, seed)
+            per_seed[name].append(numbers)
             if seed == ctx.seeds[0]:
                 first[name] = (model, recipe)
     measured = summarise(per_seed, ctx.quick)
     matrix = _example_matrix(ctx, s, per_seed, first)
     tables = [
-        _models_table(measured, per_seed),
+        _models_table(measured),
         _matrix_table(measured),
         _rotations_table(measured),
         _published(measured, s),
@@ -135,6 +138,7 @@ def _measure(ctx: StudyContext, s: Setting, name: str, seed: int) -> tuple[torch
             "group": res.group.spec,
             "images": res.summary["images"],
             **{k: summary_value(res, k) for k in AUDIT_METRICS},
+            "mirror_error": element_value(res, MIRROR, "invariance_error"),
         }
     info = ctx.models[recipe.name]
     return (
@@ -154,6 +158,13 @@ def _measure(ctx: StudyContext, s: Setting, name: str, seed: int) -> tuple[torch
             "audits": audits,
         },
     )
+
+
+def element_value(result: Any, label: str, column: str) -> float | None:
+    """The ``column`` of the element ``label`` of an audit, None when its group has no such element."""
+    frame = result.elements
+    rows = [i for i, v in enumerate(frame["label"]) if v == label]
+    return float(list(frame[column])[rows[0]]) if rows else None
 
 
 def correctness_cells(a: np.ndarray, b: np.ndarray) -> dict[str, int]:
@@ -189,7 +200,7 @@ def summarise(per_seed: dict[str, list[dict[str, Any]]], quick: bool) -> dict[st
                 g: {
                     "group": first["audits"][g]["group"],
                     "images": first["audits"][g]["images"],
-                    **{m: _interval([r["audits"][g][m] for r in runs]) for m in AUDIT_METRICS},
+                    **{m: _interval([r["audits"][g][m] for r in runs]) for m in (*AUDIT_METRICS, "mirror_error")},
                 }
                 for g in GROUPS
             },
@@ -227,7 +238,8 @@ def _example_matrix(
         element=f"{s.split} images, seed {ctx.seeds[0]}",
         examples=EXAMPLES,
     )
-    shown = load_data(s.data, split=s.split, limit=ctx.limit)
+    baseline_recipe = first[BASELINE][1]
+    shown = load_data(s.data, split=s.split, limit=ctx.limit, **baseline_recipe.data_options)  # one size
     matrix.class_names = shown.class_names
     for cell, rows in matrix.examples.items():
         if not rows:
@@ -251,7 +263,7 @@ def _predict(model: torch.nn.Module, recipe: Any, s: Setting, rows: list[int], c
 # ------------------------------------------------------------------------------------------------- tables
 
 
-def _models_table(measured: dict[str, Any], per_seed: dict[str, list[dict[str, Any]]]) -> Table:
+def _models_table(measured: dict[str, Any]) -> Table:
     """Parameters, inputs, training and accuracy of both models (the first column lists :data:`MODELS`)."""
     n = measured[BASELINE]["images"]
     table = Table(
@@ -261,7 +273,7 @@ def _models_table(measured: dict[str, Any], per_seed: dict[str, list[dict[str, A
             ("input", "text"),
             ("parameters", "int"),
             ("parameters vs baseline", "pct"),
-            ("training", "text"),
+            ("training (seconds per seed)", "text"),
             ("accuracy over seeds", "ci"),
             ("accuracy, first seed [Wilson]", "ci"),
         ],
@@ -269,14 +281,14 @@ def _models_table(measured: dict[str, Any], per_seed: dict[str, list[dict[str, A
     for name in MODELS:
         m = measured[name]
         size = m["input_size"]
-        seconds = ", ".join(f"{t:.0f}" for t in m["train_seconds"])
+        seconds = "/".join(f"{t:.0f}" for t in m["train_seconds"])
         table.rows.append(
             [
                 LABELS[name],
                 f"{size}x{size}",
                 m["parameters"],
                 m["parameters"] / measured[BASELINE]["parameters"],
-                f"{m['train_images']} images, {m['epochs']} epochs, {seconds} s",
+                f"{m['train_images']} images x {m['epochs']} epochs, {seconds} s",
                 m["accuracy"],
                 m["accuracy_first_seed"],
             ]
@@ -311,12 +323,14 @@ def _rotations_table(measured: dict[str, Any]) -> Table:
             ("invariance error", "ci3"),
             ("accuracy over the group", "ci"),
             ("worst-case accuracy", "ci"),
+            (f"invariance error at {MIRROR}", "ci3"),
         ],
     )
     for name in MODELS:
         for g in GROUPS:
             a = measured[name]["audits"][g]
-            table.rows.append([LABELS[name], a["group"], a["images"], *(a[k] for k in AUDIT_METRICS)])
+            metrics = (a[k] for k in (*AUDIT_METRICS, "mirror_error"))
+            table.rows.append([LABELS[name], a["group"], a["images"], *metrics])
     return table
 
 
