@@ -8,7 +8,7 @@ Specs (see :data:`SPEC_FORMS`):
   random factor in [0.3, 1] about the centre (as MNIST-scale). Same splits.
 - ``shapes-seg``: generated RGB shapes on textures with exact foreground masks (64x64; train 512 /
   test 128), a stand-in for segmentation data. ``blossoms``: generated rotationally symmetric flowers (96x96 RGB,
-  18 classes of petal count, shape and colour, random orientation; train 2,700 / val 360 / test 900; rendered at
+  24 classes of petal count, shape and colour, random orientation; train 3,600 / val 480 / test 1,200; rendered at
   ``input_size`` when given), a stand-in for the flowers data. ``photos``: 7 public-domain / CC0 photographs (128x128).
 - ``noise``: band-limited Gaussian noise of ``input_shape`` (default (1, 28, 28)); 256 images unless
   ``limit`` says otherwise; made lazily per index from ``seed``.

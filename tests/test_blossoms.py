@@ -24,6 +24,7 @@ def _centred(label: int, phi: float, size: int = 97) -> torch.Tensor:
         label=torch.tensor([label]),
         phi=torch.tensor([phi]),
         centre=torch.zeros(1, 2),
+        radius=torch.tensor([0.7]),
         back_rgb=torch.full((1, 2, 3), 0.2),
     )
     return bl.render(p, (size, size), supersample=4)
@@ -52,7 +53,7 @@ def test_first_items_do_not_depend_on_the_limit() -> None:
 def test_shapes_splits_and_rendering_at_the_input_size() -> None:
     data = load_data("blossoms", split="train", limit=4)
     assert data.input_shape == (3, 96, 96) and data.num_classes == N_CLASSES and data.has_labels
-    assert data.class_names is not None and data.class_names[0] == "5-round-yellow" and len(data.class_names) == 18
+    assert data.class_names is not None and data.class_names[0] == "5-round-yellow" and len(data.class_names) == 24
     x = next(data.batches(4)).x
     assert x.dtype == torch.float32 and float(x.min()) >= 0 and float(x.max()) <= 1
     big = next(load_data("blossoms", split="train", limit=4, input_size=224).batches(4)).x
@@ -99,7 +100,7 @@ def test_labels_match_the_generating_parameters() -> None:
     assert torch.all((p.petal_rgb - base).abs() <= 0.2 * base + 0.061)
 
 
-@pytest.mark.parametrize("label", [0, 8, 14])  # 5 round, 6 pointed, 8 round petals
+@pytest.mark.parametrize("label", [0, 9, 12, 23])  # 5 round, 6 pointed, 7 round, 8 pointed petals
 def test_counting_the_petals_on_a_circle_gives_the_class_count(label: int) -> None:
     k = bl.PETAL_COUNTS[int(bl.class_parts(torch.tensor(label))[0])]
     image = _centred(label, 0.3, size=193)[0]
@@ -112,7 +113,7 @@ def test_counting_the_petals_on_a_circle_gives_the_class_count(label: int) -> No
     assert rises == k
 
 
-@pytest.mark.parametrize("label", [0, 8, 14])
+@pytest.mark.parametrize("label", [0, 9, 12, 23])
 def test_a_blossom_of_k_petals_is_invariant_under_turns_by_360_over_k(label: int) -> None:
     k = bl.PETAL_COUNTS[int(bl.class_parts(torch.tensor(label))[0])]
     # exactly: the orientation is defined modulo one petal

@@ -238,7 +238,7 @@ RECIPES: dict[str, Recipe] = {
             epochs=30,
             batch_size=64,
             input_size=97,
-            create_kwargs={"widen_factor": 2, "num_classes": 18},
+            create_kwargs={"widen_factor": 2, "num_classes": 24},
             note="e2cnn WRN16 D8-D4-D1 at widen 2 (0.75M parameters) on blossoms rendered at 97 px (8k+1: the "
             "mirror is exact on the grid); from scratch, no augmentation",
         ),
@@ -249,7 +249,7 @@ RECIPES: dict[str, Recipe] = {
             epochs=30,
             batch_size=64,
             input_size=224,
-            create_kwargs={"planes": 16, "num_classes": 18},
+            create_kwargs={"planes": 16, "num_classes": 24},
             note="torchvision's wide ResNet-50-2 at a quarter of every width (4.2M parameters) on blossoms rendered "
             "at 224 px; from scratch, no augmentation",
         ),

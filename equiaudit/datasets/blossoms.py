@@ -2,7 +2,7 @@
 
 Each image is one blossom of ``k`` identical petals (``k`` in :data:`PETAL_COUNTS`) of one shape
 (:data:`PETAL_SHAPES`) and one colour (:data:`COLOURS`), with a centre disc, over a two-colour texture. The
-class is the combination (count, shape, colour): 18 classes, balanced in every split. Orientation is uniform
+class is the combination (count, shape, colour): 24 classes, balanced in every split. Orientation is uniform
 in [0, 360), the centre is jittered, and size, colour shade and background vary per image.
 
 **Convention:** coordinates are normalised to [-1, 1] across the image (pixel centres, ``align_corners=False``),
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .core import ArrayDataset, Source, check_split
 
-PETAL_COUNTS = (5, 6, 8)
+PETAL_COUNTS = (5, 6, 7, 8)
 PETAL_SHAPES = ("round", "pointed")
 COLOURS = {
     "yellow": (0.95, 0.80, 0.15),
@@ -99,7 +99,7 @@ def draw_params(labels: torch.Tensor, gen: torch.Generator) -> BlossomParams:
         label=labels.to(torch.int64),
         phi=uniform(0.0, 2 * math.pi),
         centre=uniform(-0.12, 0.12, 2),
-        radius=uniform(0.55, 0.75),
+        radius=uniform(0.45, 0.75),
         disc=uniform(0.22, 0.32),
         petal_rgb=petal,
         disc_rgb=disc_rgb,
@@ -196,7 +196,7 @@ def _rendered(split: str, size: tuple[int, int], seed: int, count: int) -> tuple
 
 
 def load_blossoms(split: str, size: tuple[int, int] | None, limit: int | None, seed: int) -> Source:
-    """``blossoms``: 96x96 RGB (or rendered at ``size``), 18 classes; train 2,700 / val 360 / test 900."""
+    """``blossoms``: 96x96 RGB (or rendered at ``size``), 24 classes; train 3,600 / val 480 / test 1,200."""
     check_split(split, ("train", "val", "test", "all"), "blossoms")
     size = size or (NATIVE_SIZE, NATIVE_SIZE)
     parts = list(PER_CLASS) if split == "all" else [split]

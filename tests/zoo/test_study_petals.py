@@ -108,7 +108,7 @@ def test_quick_run_on_blossoms(tmp_path: Path) -> None:
     for name, cells in ((petals.BASELINE, ("both_right", "only_a")), (petals.STEERABLE, ("both_right", "only_b"))):
         assert sum(counts[c] for c in cells) == round(doc["measured"][name]["accuracy"]["mean"] * n)
     assert [row[1] for row in rotations.rows] == ["so2:4", "d8", "so2:4", "d8"]
-    assert doc["measured"]["setting"] == {"data": "blossoms", "split": "test", "num_classes": 18, "weights": None}
+    assert doc["measured"]["setting"] == {"data": "blossoms", "split": "test", "num_classes": 24, "weights": None}
     html = (tmp_path / petals.NAME / "report.html").read_text()
     shown = sum(min(c, petals.EXAMPLES) for c in counts.values())  # example images per quadrant
     assert "Correctness examples" in html and html.count("data:image/png") == shown
@@ -170,7 +170,7 @@ def test_d8_d4_d1_model_is_exactly_invariant_to_the_left_right_mirror_only() -> 
     float rounding; quarter turns and the up-down mirror (elements of D8 and D4, lost by the restriction) do
     not."""
     torch.manual_seed(0)
-    model = create("wrn16-8-d8d4d1", tiny=True, num_classes=18).eval()
+    model = create("wrn16-8-d8d4d1", tiny=True, num_classes=24).eval()
     x = next(load_data("blossoms", split="test", limit=4, input_size=97).batches(4)).x
     with torch.no_grad():
         out = model(x)

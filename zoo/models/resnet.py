@@ -150,7 +150,7 @@ def wide_resnet50_2(
     imagenet_normalise: bool = False,
     train_head_only: bool = False,
 ) -> nn.Module:
-    """``planes`` 16 is the study's reduced width (a quarter of every width: 4.2M parameters with 18 classes);
+    """``planes`` 16 is the study's reduced width (a quarter of every width: 4.2M parameters);
     ``train_head_only`` freezes everything but ``fc`` (transfer learning); ``tiny``: one bottleneck per stage,
     8 planes, bottlenecks of width 8 (for tests)."""
     if tiny:

@@ -39,7 +39,7 @@ LABELS = {STEERABLE: "e2cnn WRN16 D8-D4-D1", BASELINE: "wide ResNet-50-2"}
 SHORT = {STEERABLE: "e2cnn", BASELINE: "wrn50"}  # audit file names
 OPTIONS = ("data", "weights", "seeds")
 GROUPS = {"so2": ("so2:36", "so2:4"), "d8": ("d8", "d8")}  # audit key -> (group, group in quick mode)
-AUDIT_IMAGES = 1000  # of the evaluation split (the blossoms test split has 900)
+AUDIT_IMAGES = 1200  # of the evaluation split (all of the blossoms test split)
 AUDITS_PER_MODEL = len(GROUPS) * QUICK_SEEDS  # in quick mode: every group for every seed
 CELLS = {"both_right": "both right", "only_a": "only {a} right", "only_b": "only {b} right", "both_wrong": "both wrong"}
 EXAMPLES = 4  # example images per quadrant in the report
@@ -394,7 +394,7 @@ def _notes(measured: dict[str, Any], s: Setting) -> list[str]:
     )
     if s.data == "blossoms":
         notes.append(
-            "Offline: generated blossoms (18 classes of petal count, shape and colour, random orientation) instead "
+            "Offline: generated blossoms (24 classes of petal count, shape and colour, random orientation) instead "
             "of the 104 flower classes; both models trained from scratch, so the baseline has no ImageNet "
             "pretraining. Run with --data flowers:PATH --weights WIDE_RESNET50_2.pt for the published setting."
         )
