@@ -184,3 +184,32 @@ def test_d8_d4_d1_model_is_exactly_invariant_to_the_left_right_mirror_only() -> 
         assert error(x.flip(-1)) < 1e-5
         assert error(x.flip(-2)) > 1e-3
         assert error(torch.rot90(x, 1, (-2, -1))) > 1e-3
+
+
+def test_full_mode_runs_end_to_end_at_a_toy_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full mode (not quick) with few blossoms, small widths and one epoch: the whole test split, the full
+    groups, checkpoints cached."""
+    from dataclasses import replace
+
+    from equiaudit.zoo.recipes import RECIPES
+
+    from equiaudit.datasets import blossoms
+
+    monkeypatch.setattr(blossoms, "PER_CLASS", {"train": 2, "val": 1, "test": 1})
+    blossoms._rendered.cache_clear()
+    small = {
+        petals.STEERABLE: {"depth": 10, "widen_factor": 1, "base": 4, "num_classes": 24},
+        petals.BASELINE: {"planes": 8, "width_per_group": 8, "layers": (1, 1, 1, 1), "num_classes": 24},
+    }
+    for name, kwargs in small.items():
+        monkeypatch.setitem(RECIPES, name, replace(RECIPES[name], epochs=1, create_kwargs=kwargs))
+    monkeypatch.setattr(petals, "AUDIT_IMAGES", 3)
+    try:
+        first = run_study(petals.NAME, out_dir=tmp_path, device="cpu", options={"seeds": 1})
+    finally:
+        blossoms._rendered.cache_clear()
+    assert all(m["origin"].startswith("trained now") for m in first.models.values())
+    assert all((tmp_path / "checkpoints" / f"{name}.pt").is_file() for name in petals.MODELS)
+    assert sum(first.measured["correctness"]["counts"][0].values()) == 24  # the whole (toy) test split
+    assert [row[1] for row in first.tables[2].rows] == ["so2:36", "d8", "so2:36", "d8"]
+    assert first.tables[2].rows[1][-1] < 1e-4  # the e2cnn model's mirror error under d8
