@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,27 @@ def test_rot_mnist_amat_is_parsed_once_per_file_version(tmp_path: Path, monkeypa
     _write_amat(test_file, 6, offset=20)  # a new version of the file is read again
     assert next(load_data(f"rot-mnist:{tmp_path}").batches(10)).y.tolist() == [0, 1, 2, 3, 4, 5]
     assert parsed == [test_file.name] * 2
+
+
+def test_full_mode_at_a_toy_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # full mode end to end with narrow models, one epoch of 6 batches on all images, two sizes, one seed; the cache
+    for name, widths in (("hnet", (2, 2, 2)), ("cnn-hnet", (4, 4, 4))):
+        toy = replace(RECIPES[name], epochs=1, batch_size=256, create_kwargs={"widths": widths})
+        monkeypatch.setitem(RECIPES, name, toy)
+    monkeypatch.setattr(study, "CURVE_DIVISORS", (2, 1))
+    monkeypatch.setattr(study, "AUDIT_GROUP", "so2:4")
+    monkeypatch.setattr(study, "AUDIT_IMAGES", 16)
+    result = run_study(study.NAME, out_dir=tmp_path, device="cpu", options={"seeds": 1})
+    curve = result.measured["curve"]
+    assert [p["train_images"] for p in curve] == [648, 1297]
+    assert [p["epochs"]["hnet"] for p in curve] == [2, 1]  # 6 optimisation steps at both sizes
+    assert result.measured["models"]["hnet"]["test_images"] == 500 and result.measured["train_images"] == 1297
+    assert len(result.models) == 4 and {"hnet", "cnn-hnet"} <= set(result.models)  # and two NAME@HASH of 648
+    assert sorted(m["train_images"] for m in result.models.values()) == [648, 648, 1297, 1297]
+    assert all(m["origin"].startswith("trained now") for m in result.models.values())
+    gap = curve[-1]["gap"]
+    assert gap["n"] == 1 and gap["low"] == gap["mean"] == gap["high"]
+    assert any("one seed cannot tell" in note for note in result.notes)
+    again = run_study(study.NAME, out_dir=tmp_path, device="cpu", options={"seeds": 1})
+    assert all(m["origin"].startswith("cached checkpoint") for m in again.models.values())
+    assert again.measured["curve"] == curve
