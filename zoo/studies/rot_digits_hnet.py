@@ -127,7 +127,7 @@ def learning_curve(ctx: StudyContext, data: str, n_full: int, main: dict[str, di
                 "train_images": n,
                 "epochs": {m: _recipe(ctx, m, data, n, n_full).epochs for m in MODELS},
                 "accuracy": {m: _clipped(seed_interval(v)) for m, v in per_model.items()},
-                "gap": seed_interval(gaps),
+                "gap": _clipped(seed_interval(gaps), floor=-1.0),
             }
         )
     return curve
@@ -279,9 +279,10 @@ def _gap_note(curve: list[dict[str, Any]]) -> str:
     )
 
 
-def _clipped(interval: dict[str, Any]) -> dict[str, Any]:
-    """A seed interval of an accuracy, its ends clipped to [0, 1] (few seeds can reach past them)."""
-    return interval | {"low": max(0.0, interval["low"]), "high": min(1.0, interval["high"])}
+def _clipped(interval: dict[str, Any], floor: float = 0.0) -> dict[str, Any]:
+    """A seed interval of an accuracy (or with ``floor`` -1 of a difference of two), its ends clipped to
+    [floor, 1]: the t interval of few seeds can reach past them."""
+    return interval | {"low": max(floor, interval["low"]), "high": min(1.0, interval["high"])}
 
 
 def _pct(value: float | None, digits: int = 1) -> str:
