@@ -13,6 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
+
+from ..recipes import Recipe
 from .common import (
     StudyContext,
     StudyResult,
@@ -56,28 +59,23 @@ def run(ctx: StudyContext) -> StudyResult:
 def _measure(ctx: StudyContext, name: str) -> dict[str, Any]:
     """Train or load model ``name`` for every seed, test each on upright and rotated digits, and audit the
     first seed's model."""
-    upright, rotated, variants = [], [], []
-    for seed in ctx.seeds:
-        model, recipe = ctx.model(name, seed=seed)
-        upright.append(ctx.evaluate(model, recipe, "digits").accuracy)
-        test = ctx.evaluate(model, recipe, "rot-digits")
-        rotated.append(test.accuracy)
-        variants.append(recipe.name)
-        if len(variants) == 1:
-            audited = _audit(ctx, name, model, recipe)
+    runs = [ctx.model(name, seed=seed) for seed in ctx.seeds]
+    upright = [ctx.evaluate(model, recipe, "digits").accuracy for model, recipe in runs]
+    rotated = [ctx.evaluate(model, recipe, "rot-digits") for model, recipe in runs]
+    drops = [u - r.accuracy for u, r in zip(upright, rotated, strict=True)]
     return {
-        "parameters": ctx.models[variants[0]]["parameters"],
+        "parameters": ctx.models[runs[0][1].name]["parameters"],
         "seeds": list(ctx.seeds),
-        "checkpoints": variants,
-        "test_images": test.images,
+        "checkpoints": [recipe.name for _, recipe in runs],
+        "test_images": rotated[0].images,
         "upright": seed_interval(upright),
-        "rotated": seed_interval(rotated),
-        "drop": seed_interval([u - r for u, r in zip(upright, rotated, strict=True)]),
-        **audited,
+        "rotated": seed_interval([r.accuracy for r in rotated]),
+        "drop": seed_interval(drops),
+        **_audit(ctx, name, *runs[0]),
     }
 
 
-def _audit(ctx: StudyContext, name: str, model: Any, recipe: Any) -> dict[str, Any]:
+def _audit(ctx: StudyContext, name: str, model: nn.Module, recipe: Recipe) -> dict[str, Any]:
     """The audit of ``model`` under :data:`AUDIT_GROUP` on upright test digits: its summary numbers."""
     res = ctx.audit(name, model, recipe, "digits", AUDIT_GROUP, AUDIT_IMAGES, quick_group="so2:4")
     agreement = by_angle(res, "agreement")
