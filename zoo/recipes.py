@@ -133,6 +133,7 @@ RECIPES: dict[str, Recipe] = {
             "digits",
             epochs=12,
             lr=3e-3,
+            weight_decay=0.05,
             evals=("rot-digits",),
             audits=(*_ROT, "c4"),
             note="upright digits, no augmentation: the group CNN of the rotated-digits study",

@@ -224,7 +224,8 @@ class GroupCNN(nn.Module):
     the group (``pool``: max or mean) and then over space, linear head: exactly invariant logits for ``group``.
 
     ``padding`` "valid" is the published design (UvA tutorial): each convolution crops ``kernel_size // 2``
-    pixels per side (28x28 -> 8x8 after five 5x5 convolutions), about 3.5x fewer operations than "same".
+    pixels per side (28x28 -> 8x8 after five 5x5 convolutions): 3.6x fewer multiply-adds in the group
+    convolutions of gcnn-c4 than "same".
     """
 
     def __init__(
