@@ -288,10 +288,16 @@ SHIPPED: tuple[str, ...] = tuple(name for name in RECIPES if "@" not in name)
 def padded_side(recipe: Recipe) -> int:
     """The side of the black canvas of a recipe with ``augment``: :data:`PAD_FACTOR` times the image side (its
     ``input_size``, else the data set's native one), rounded up to a multiple of 8 (the U-Nets' pooling)."""
-    side = recipe.input_size or _NATIVE_SIZE.get(recipe.dataset)
+    side = image_side(recipe)
     if side is None:
         raise EquiauditError(f"recipe {recipe.name!r} pads its images: give it an input_size for {recipe.dataset!r}")
     return 8 * math.ceil(PAD_FACTOR * side / 8)
+
+
+def image_side(recipe: Recipe) -> int | None:
+    """The side of the recipe's images before any padding: its ``input_size``, else the data set's native side
+    (None when unknown)."""
+    return recipe.input_size or _NATIVE_SIZE.get(recipe.dataset)
 
 
 def recipe_data(recipe: Recipe, limit: int | None = None) -> tuple[AuditData, AuditData]:

@@ -262,7 +262,7 @@ _STUDY = dict(
     **_STUDY,
 )
 def unet_gn(*, tiny: bool = False, in_channels: int = 3, filters: tuple[int, ...] = STUDY_FILTERS) -> StudyUNet:
-    return StudyUNet(in_channels, (4, 4, 8) if tiny else tuple(filters))
+    return StudyUNet(in_channels, (2, 4) if tiny else tuple(filters))
 
 
 @register_model(
@@ -276,4 +276,4 @@ def unet_gn(*, tiny: bool = False, in_channels: int = 3, filters: tuple[int, ...
 def group_unet_gn_c4(
     *, tiny: bool = False, in_channels: int = 3, filters: tuple[int, ...] = tuple(f // 2 for f in STUDY_FILTERS)
 ) -> StudyGroupUNet:
-    return StudyGroupUNet("c4", in_channels, (2, 2, 4) if tiny else tuple(filters))
+    return StudyGroupUNet("c4", in_channels, (1, 2) if tiny else tuple(filters))
