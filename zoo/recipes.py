@@ -237,7 +237,7 @@ RECIPES: dict[str, Recipe] = {
             batch_size=16,
             audits=_ROT,
             audit_limit=32,
-            note="the U-Net of the segmentation study; random rotations (black corners) in training",
+            note="the zoo's U-Net on shapes, random rotations (black corners) in training (the study trains unet-gn)",
         ),
         Recipe(
             "group-unet-c4",
@@ -248,7 +248,7 @@ RECIPES: dict[str, Recipe] = {
             batch_size=16,
             audits=(*_ROT, "c4"),
             audit_limit=32,
-            note="the group U-Net of the segmentation study; random rotations (black corners) in training",
+            note="the zoo's C4 group U-Net on shapes, random rotations in training (the study trains group-unet-gn-c4)",
         ),
         *_butterfly_recipes(),
         Recipe(

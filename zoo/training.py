@@ -454,7 +454,7 @@ def _jitter_colours(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     def draw(low: float, high: float, p: float = 0.5) -> torch.Tensor:
         return _uniform(gen, b, low, high, p).to(dev, img.dtype)
 
-    on = draw(0, 0, 0.5) == 0  # whether this image's colour jitter applies (p = 1/2)
+    on = (torch.rand(b, generator=gen) < 0.5).to(dev)  # whether this image's colour jitter applies (p = 1/2)
     one = torch.ones(b, device=dev, dtype=img.dtype)
     bright, contrast, sat = (torch.where(on, draw(1 - _JITTER, 1 + _JITTER, 1.0), one) for _ in range(3))
     hue = torch.where(on, draw(-_JITTER, _JITTER, 1.0), 0 * one) * 2 * math.pi
