@@ -327,7 +327,17 @@ def _notes(ctx: StudyContext, measured: dict[str, dict[str, Any]], changes: dict
     """How the models were trained and what the protocol does."""
     first = measured[MODELS[0]]
     data = changes.get("dataset", "shapes-seg")
-    return [
+    notes = []
+    silent = [n for n in MODELS if 0 in measured[n]["val_iou"]["values"]]
+    if silent:
+        counts = [
+            f"{_label(n)} ({measured[n]['val_iou']['values'].count(0)} of {measured[n]['seeds']})" for n in silent
+        ]
+        notes.append(
+            f"Predicted no foreground on the validation images at the last epoch (seeds): {', '.join(counts)}; "
+            "the study saw its group U-Nets predict nothing for several epochs too."
+        )
+    notes += [
         f"Data: {data}; {first['train_images']} training images, {first['epochs']} epochs, seeds "
         f"{', '.join(str(s) for s in ctx.seeds)}; AdamW lr 1e-3, weight decay 1e-2, batch 16, binary "
         f"cross-entropy, as the study. Images are padded on a black canvas 1.5x their side and normalised with "
@@ -340,3 +350,4 @@ def _notes(ctx: StudyContext, measured: dict[str, dict[str, Any]], changes: dict
         "truth. The engine's audits (consistency with the unrotated prediction, equivariance error) cover the "
         "first seed's models on the padded images without an input mask; their HTML comparison is report.html.",
     ]
+    return notes
