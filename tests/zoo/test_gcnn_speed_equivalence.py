@@ -51,14 +51,18 @@ def inverse_times(group: str) -> list[list[int]]:
     return [[index(act_inverse(images[s], g)) for s in range(len(els))] for g in els]
 
 
-def reference_lifting(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: str) -> torch.Tensor:
-    pad = weight.shape[-1] // 2
+def reference_lifting(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: str, padding: str = "same"
+) -> torch.Tensor:
+    pad = weight.shape[-1] // 2 if padding == "same" else 0
     return torch.stack([F.conv2d(x, act(weight, g), bias, padding=pad) for g in elements(group)], dim=2)
 
 
-def reference_group(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: str) -> torch.Tensor:
+def reference_group(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: str, padding: str = "same"
+) -> torch.Tensor:
     """Output element ``g`` = sum over input elements ``s`` of ``x[s] ⋆ T_g ψ[g⁻¹ s]`` (plus the bias)."""
-    pad, table, els = weight.shape[-1] // 2, inverse_times(group), elements(group)
+    pad, table, els = weight.shape[-1] // 2 if padding == "same" else 0, inverse_times(group), elements(group)
     outs = []
     for i, g in enumerate(els):
         y = sum(F.conv2d(x[:, :, s], act(weight[:, :, table[i][s]], g), padding=pad) for s in range(len(els)))
@@ -70,7 +74,7 @@ def reference_forward(model: GroupCNN, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` in eval mode, unfused: reference convolutions, then BatchNorm with the running statistics."""
     for conv, norm in zip(model.convs, model.norms, strict=True):
         ref = reference_lifting if isinstance(conv, LiftingConv2d) else reference_group
-        y = ref(x, conv.weight, conv.bias, conv.group)
+        y = ref(x, conv.weight, conv.bias, conv.group, conv.padding)
         y = F.batch_norm(y, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
         x = F.relu(y)
     pooled = x.amax(dim=2) if model.pool == "max" else x.mean(dim=2)
@@ -90,18 +94,21 @@ def randomise_norms(model: GroupCNN) -> GroupCNN:
 
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_layers_match_the_per_element_loop(group: str, bias: bool) -> None:
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_layers_match_the_per_element_loop(group: str, bias: bool, padding: str) -> None:
     torch.manual_seed(0)
     order = len(elements(group))
-    lift = LiftingConv2d(group, 2, 3, 5, bias=bias).double()
-    conv = GroupConv2d(group, 3, 4, 3, bias=bias).double()
+    lift = LiftingConv2d(group, 2, 3, 5, bias=bias, padding=padding).double()
+    conv = GroupConv2d(group, 3, 4, 3, bias=bias, padding=padding).double()
     if bias:  # the init leaves it at a small uniform; make it matter
         torch.nn.init.normal_(conv.bias)
     x = torch.randn(2, 2, 9, 12, dtype=torch.float64)  # not square: 'same' padding on any size
     f = torch.randn(2, 3, order, 9, 12, dtype=torch.float64)
     rtol, atol = TOLERANCES[torch.float64]
-    torch.testing.assert_close(lift(x), reference_lifting(x, lift.weight, lift.bias, group), rtol=rtol, atol=atol)
-    torch.testing.assert_close(conv(f), reference_group(f, conv.weight, conv.bias, group), rtol=rtol, atol=atol)
+    expected = reference_lifting(x, lift.weight, lift.bias, group, padding)
+    torch.testing.assert_close(lift(x), expected, rtol=rtol, atol=atol)
+    expected = reference_group(f, conv.weight, conv.bias, group, padding)
+    torch.testing.assert_close(conv(f), expected, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -134,10 +141,11 @@ def test_gradients_match_the_per_element_loop(group: str) -> None:
 
 
 @pytest.mark.parametrize("group", GROUPS)
-@pytest.mark.parametrize("pool", ["max", "mean"])
-def test_folded_eval_forward_matches_the_unfused_reference(group: str, pool: str) -> None:
+@pytest.mark.parametrize(("pool", "padding"), [("max", "same"), ("mean", "same"), ("mean", "valid")])
+def test_folded_eval_forward_matches_the_unfused_reference(group: str, pool: str, padding: str) -> None:
     torch.manual_seed(3)
-    model = randomise_norms(GroupCNN(group, 2, 5, hidden_channels=4, num_hidden=2, kernel_size=3, pool=pool))
+    model = GroupCNN(group, 2, 5, hidden_channels=4, num_hidden=2, kernel_size=3, pool=pool, padding=padding)
+    model = randomise_norms(model)
     model = model.double().eval()
     x = torch.randn(3, 2, 11, 11, dtype=torch.float64)
     with torch.no_grad():

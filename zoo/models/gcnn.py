@@ -4,9 +4,10 @@
 axis is the element ``g = R^r F^m`` where ``R = torch.rot90(·, 1, dims=(-2, -1))`` (a quarter turn
 counter-clockwise as displayed) and ``F = torch.flip(·, dims=(-1,))`` (left-right mirror), ``F`` applied
 first. Transforming the input by ``h`` transforms a group feature map as ``f'[g] = T_h f[h⁻¹ g]``: the spatial
-transform plus a permutation of the group axis. Convolutions use 'same' padding with odd kernels, which
-commutes exactly with ``T_h`` on any image size, so the layers are exactly equivariant (up to float
-rounding). Pooling over the group and over space at the end gives exactly invariant logits.
+transform plus a permutation of the group axis. Convolutions use odd kernels with 'same' padding or none
+('valid', cropping ``k // 2`` pixels on every side); both commute exactly with ``T_h`` on any image size, so the
+layers are exactly equivariant (up to float rounding). Pooling over the group and over space at the end gives
+exactly invariant logits.
 
 **Speed:** a layer gathers its whole filter bank (every ``T_g``-transformed filter) from its weight with one
 cached index and runs one ``conv2d``; in eval mode :class:`GroupCNN` folds each BatchNorm into that bank.
@@ -117,12 +118,19 @@ def _repeat_bias(bias: Tensor | None, order: int) -> Tensor | None:
     return None if bias is None else bias.repeat_interleave(order)
 
 
+_PADDINGS = ("same", "valid")
+
+
 class _GroupConvBase(nn.Module):
-    def __init__(self, group: str, kernel_shape: tuple[int, ...], out_channels: int, bias: bool) -> None:
+    def __init__(
+        self, group: str, kernel_shape: tuple[int, ...], out_channels: int, bias: bool, padding: str = "same"
+    ) -> None:
         if kernel_shape[-1] % 2 == 0:
             raise ValueError("group convolutions need an odd kernel_size for exact equivariance")
+        if padding not in _PADDINGS:
+            raise ValueError(f"group convolution padding must be one of {_PADDINGS}, got {padding!r}")
         super().__init__()
-        self.group = group
+        self.group, self.padding = group, padding
         self.order = len(group_elements(group))
         self.weight = nn.Parameter(torch.empty(out_channels, *kernel_shape))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -132,7 +140,8 @@ class _GroupConvBase(nn.Module):
             nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
     def extra_repr(self) -> str:
-        return f"group={self.group}, weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
+        shape = tuple(self.weight.shape)
+        return f"group={self.group}, weight={shape}, bias={self.bias is not None}, padding={self.padding}"
 
     def forward(self, x: Tensor, affine: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``affine = (scale, shift)`` per output channel folds ``y·scale + shift`` into the filter bank."""
@@ -143,23 +152,42 @@ class _GroupConvBase(nn.Module):
             bias = shift if bias is None else torch.addcmul(shift, bias, scale)
         # One conv2d with the whole bank; flatten(1, -3) merges (C_in, G) of a group feature map.
         bank = _bank(weight, self.group)
-        y = F.conv2d(x.flatten(1, -3), bank, _repeat_bias(bias, self.order), padding=bank.shape[-1] // 2)
+        pad = bank.shape[-1] // 2 if self.padding == "same" else 0
+        y = F.conv2d(x.flatten(1, -3), bank, _repeat_bias(bias, self.order), padding=pad)
         return y.unflatten(1, (-1, self.order))
 
 
 class LiftingConv2d(_GroupConvBase):
-    """Image ``(B, C_in, H, W)`` -> group feature map ``(B, C_out, G, H, W)``."""
+    """Image ``(B, C_in, H, W)`` -> group feature map ``(B, C_out, G, H, W)``; ``padding`` "same" keeps the
+    size, "valid" (no padding) crops ``kernel_size // 2`` pixels on each side."""
 
-    def __init__(self, group: str, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
-        super().__init__(group, (in_channels, kernel_size, kernel_size), out_channels, bias)
+    def __init__(
+        self,
+        group: str,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        padding: str = "same",
+    ) -> None:
+        super().__init__(group, (in_channels, kernel_size, kernel_size), out_channels, bias, padding)
 
 
 class GroupConv2d(_GroupConvBase):
-    """Group feature map ``(B, C_in, G, H, W)`` -> ``(B, C_out, G, H, W)``."""
+    """Group feature map ``(B, C_in, G, H, W)`` -> ``(B, C_out, G, H, W)``; ``padding`` as for
+    :class:`LiftingConv2d`."""
 
-    def __init__(self, group: str, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
+    def __init__(
+        self,
+        group: str,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        padding: str = "same",
+    ) -> None:
         order = len(group_elements(group))
-        super().__init__(group, (in_channels, order, kernel_size, kernel_size), out_channels, bias)
+        super().__init__(group, (in_channels, order, kernel_size, kernel_size), out_channels, bias, padding)
 
 
 class GroupBatchNorm(nn.BatchNorm3d):
@@ -193,7 +221,12 @@ def group_pool(x: Tensor, mode: str = "max") -> Tensor:
 
 class GroupCNN(nn.Module):
     """Lifting convolution, ``num_hidden`` group convolutions (group BatchNorm + ReLU after each), pooling over
-    the group and over space, linear head: exactly invariant logits for ``group``."""
+    the group (``pool``: max or mean) and then over space, linear head: exactly invariant logits for ``group``.
+
+    ``padding`` "valid" is the published design (UvA tutorial): each convolution crops ``kernel_size // 2``
+    pixels per side (28x28 -> 8x8 after five 5x5 convolutions): 3.6x fewer multiply-adds in the group
+    convolutions of gcnn-c4 than "same".
+    """
 
     def __init__(
         self,
@@ -204,11 +237,15 @@ class GroupCNN(nn.Module):
         num_hidden: int = 4,
         kernel_size: int = 5,
         pool: str = "max",
+        padding: str = "same",
     ) -> None:
         super().__init__()
         self.pool = _check_pool(pool)
-        convs: list[nn.Module] = [LiftingConv2d(group, in_channels, hidden_channels, kernel_size)]
-        convs += [GroupConv2d(group, hidden_channels, hidden_channels, kernel_size) for _ in range(num_hidden)]
+        convs: list[nn.Module] = [LiftingConv2d(group, in_channels, hidden_channels, kernel_size, padding=padding)]
+        convs += [
+            GroupConv2d(group, hidden_channels, hidden_channels, kernel_size, padding=padding)
+            for _ in range(num_hidden)
+        ]
         self.convs = nn.ModuleList(convs)
         self.norms = nn.ModuleList(GroupBatchNorm(hidden_channels) for _ in convs)
         self.head = nn.Linear(hidden_channels, num_classes)
@@ -240,15 +277,17 @@ def _build(
     num_hidden: int,
     kernel_size: int,
     pool: str,
+    padding: str = "same",
 ) -> GroupCNN:
     if tiny:
         hidden_channels, num_hidden = 2, 1
-    return GroupCNN(group, in_channels, num_classes, hidden_channels, num_hidden, kernel_size, pool)
+    return GroupCNN(group, in_channels, num_classes, hidden_channels, num_hidden, kernel_size, pool, padding)
 
 
 @register_model(
     "gcnn-c4",
-    description="C4 group CNN from scratch (lifting + 4 group convs of 16 channels, kernel 5), exactly C4-invariant",
+    description="C4 group CNN from scratch as published (lifting + 4 group convs of 16 channels, kernel 5, no "
+    "padding; mean over rotations and space, linear head), exactly C4-invariant",
     groups=("c4",),
     exact_groups=("c4",),
     **_COMMON,
@@ -261,9 +300,10 @@ def gcnn_c4(
     hidden_channels: int = 16,
     num_hidden: int = 4,
     kernel_size: int = 5,
-    pool: str = "max",
+    pool: str = "mean",
+    padding: str = "valid",
 ) -> GroupCNN:
-    return _build("c4", tiny, in_channels, num_classes, hidden_channels, num_hidden, kernel_size, pool)
+    return _build("c4", tiny, in_channels, num_classes, hidden_channels, num_hidden, kernel_size, pool, padding)
 
 
 @register_model(
