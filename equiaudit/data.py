@@ -26,9 +26,10 @@ Every item is ``(x, y, mask)``: ``x`` a float32 (C, H, W) tensor, ``y`` an int (
 ``mask`` a float32 (1, H, W) {0, 1} tensor or an empty tensor. Order is deterministic; ``limit`` keeps
 the first N. Options apply in this order, as torchvision's and timm's evaluation transforms do: ``resize``
 (the shorter side to N pixels, aspect ratio kept), a centre ``crop``, ``input_size`` (every image to exactly
-H x W), all antialiased with ``resample`` (masks follow, thresholded at 0.5); channels (1 -> 3 by repeating,
-3 -> 1 by luminance 0.299 R + 0.587 G + 0.114 B); then normalisation ``(x - mean) / std``. Image files are
-decoded by a :class:`~torch.utils.data.DataLoader` with ``workers`` processes, read ahead in order.
+H x W), all antialiased with ``resample`` (masks follow, thresholded at 0.5), then a black ``pad`` canvas;
+channels (1 -> 3 by repeating, 3 -> 1 by luminance 0.299 R + 0.587 G + 0.114 B); then normalisation
+``(x - mean) / std``. Image files are decoded by a :class:`~torch.utils.data.DataLoader` with ``workers``
+processes, read ahead in order.
 """
 
 from __future__ import annotations
@@ -135,6 +136,16 @@ def centre_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., top : top + ch, left : left + cw]
 
 
+def pad_centre(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., C, H, W) images centred on a black (zero) ``size`` canvas: the inverse of :func:`centre_crop`."""
+    h, w = x.shape[-2:]
+    ph, pw = size
+    if ph < h or pw < w:
+        raise DataError(f"cannot pad a {h}x{w} image to {ph}x{pw}; pad must be at least the image size")
+    top, left = round((ph - h) / 2.0), round((pw - w) / 2.0)
+    return F.pad(x, (left, pw - w - left, top, ph - h - top))
+
+
 def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     """(..., C, H, W) to ``channels``: 1 -> 3 repeats, 3 -> 1 takes the luminance; C == channels is a no-op."""
     c = x.shape[-3]
@@ -165,9 +176,10 @@ class _Pipeline(Dataset):
         resize: int | None = None,
         crop: tuple[int, int] | None = None,
         resample: str = "bilinear",
+        pad: tuple[int, int] | None = None,
     ) -> None:
         self.base, self.size, self.channels = base, size, channels
-        self.resize, self.crop, self.resample = resize, crop, resample
+        self.resize, self.crop, self.resample, self.pad = resize, crop, resample, pad
         self.stats = None if stats is None else (torch.tensor(stats[0]), torch.tensor(stats[1]))
 
     def __len__(self) -> int:
@@ -175,7 +187,7 @@ class _Pipeline(Dataset):
 
     def with_stats(self, stats: tuple[Sequence[float], Sequence[float]] | None) -> _Pipeline:
         """The same pipeline with another normalisation (None: none)."""
-        return _Pipeline(self.base, self.size, self.channels, stats, self.resize, self.crop, self.resample)
+        return _Pipeline(self.base, self.size, self.channels, stats, self.resize, self.crop, self.resample, self.pad)
 
     def _geometry(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         def resized(size: tuple[int, int]) -> None:
@@ -191,6 +203,9 @@ class _Pipeline(Dataset):
             mask = None if mask is None else centre_crop(mask, self.crop)
         if self.size is not None:
             resized(self.size)
+        if self.pad is not None:
+            x = pad_centre(x, self.pad)
+            mask = None if mask is None else pad_centre(mask, self.pad)
         return x, mask
 
     def _process(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -448,6 +463,7 @@ class _Geometry:
     resize: int | None = None
     crop: tuple[int, int] | None = None
     resample: str = "bilinear"
+    pad: tuple[int, int] | None = None
 
     @property
     def fixed(self) -> bool:
@@ -456,7 +472,7 @@ class _Geometry:
 
     @property
     def any(self) -> bool:
-        return self.size is not None or self.resize is not None or self.crop is not None
+        return any(v is not None for v in (self.size, self.resize, self.crop, self.pad))
 
 
 def _assemble(
@@ -491,7 +507,8 @@ def _assemble(
         std_t = torch.ones(1, dtype=torch.float64) if std_t is None else std_t
         stats = (tuple(mean_t.expand(out_c).tolist()), tuple(std_t.expand(out_c).tolist()))
     if geometry.any or channels is not None or stats is not None:
-        ds = _Pipeline(ds, geometry.size, channels, stats, geometry.resize, geometry.crop, geometry.resample)
+        g = geometry
+        ds = _Pipeline(ds, g.size, channels, stats, g.resize, g.crop, g.resample, g.pad)
     x0 = ds[0][0]
     return AuditData(
         spec=spec,
@@ -630,6 +647,7 @@ def load_data(
     resample: str | None = None,
     classes: str | Sequence[str] | None = None,
     workers: int | None = None,
+    pad: int | tuple[int, int] | None = None,
 ) -> AuditData:
     """Load the data named by ``spec`` (see the module docstring and :data:`SPEC_FORMS`).
 
@@ -652,6 +670,8 @@ def load_data(
         classes: the model's classes in output order (names, or a file with one per line): class folders are
             labelled by their place in it, and every folder must be in it.
         workers: processes decoding image files (default: up to 4 for folders of more than 256 images, else 0).
+        pad: centre every image (and mask) on a black N x N or (H, W) canvas after ``input_size``, before the
+            normalisation (so rotations about the centre keep the corners).
 
     Raises:
         DataError: a bad spec or option, missing or unreadable files; the message is one line.
@@ -671,7 +691,7 @@ def load_data(
     if resample not in RESAMPLES:
         raise DataError(f"unknown resample {resample!r}; valid: {', '.join(RESAMPLES)}")
     side = None if resize is None else _positive_int(resize, "resize")
-    geometry = _Geometry(size, side, _size(crop, "crop"), resample)
+    geometry = _Geometry(size, side, _size(crop, "crop"), resample, _size(pad, "pad"))
     names = _classes(classes)
     src = _open(spec, split, limit, size, channels, shape, download, cache, seed, geometry.fixed, names)
     if names is not None and src.class_source != "classes":

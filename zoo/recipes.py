@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
+from equiaudit.data import AuditData
 from equiaudit.errors import EquiauditError
 
 from .registry import create, model_info
@@ -75,15 +79,23 @@ class Recipe:
     audit_limit: int = 100
     note: str = ""
     train_limit: int | None = None
+    # The butterfly study's augmentation set (training.AUGMENTS): with it the data are padded on a black canvas
+    # PAD_FACTOR times their side (so rotations keep the corners) and normalised with the ImageNet statistics.
+    augment: str | None = None
+    # Hold out this fraction of a data set without splits (Leeds butterflies) for testing; train on the rest.
+    holdout: float | None = None
     test_split: str = "test"  # the split of ``dataset`` the card is tested on (flowers: val; its test is unlabelled)
 
     # Training fields added after the first shipped checkpoints: left out of the key while None, so the
     # recipes that do not use them keep the key their shipped cards were trained under.
-    _LATER_FIELDS = ("train_limit",)
+    _LATER_FIELDS = ("train_limit", "augment", "holdout")
 
     @property
     def data_options(self) -> dict[str, Any]:
-        return {} if self.input_size is None else {"input_size": self.input_size}
+        options: dict[str, Any] = {} if self.input_size is None else {"input_size": self.input_size}
+        if self.augment is not None:
+            options.update(pad=padded_side(self), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return options
 
     def training_fields(self) -> dict[str, Any]:
         """The fields that decide the weights (not how the card measures them)."""
@@ -116,6 +128,33 @@ class Recipe:
 
 
 _ROT = ("so2:36",)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PAD_FACTOR = 1.5  # the butterfly study pads 256 px images to 384 px
+BUTTERFLY_MODELS = ("unet-gn", "group-unet-gn-c4")
+
+
+def _butterfly_recipes() -> list[Recipe]:
+    """The butterfly study's four models: its U-Net and group U-Net, each with the minimal and the full
+    augmentation set; AdamW (lr 1e-3, weight decay 1e-2), batch 16, as the study (which trains 150 epochs)."""
+    return [
+        Recipe(
+            f"{model}@{augment}",
+            model,
+            "shapes-seg",
+            epochs=40,
+            lr=1e-3,
+            batch_size=16,
+            weight_decay=1e-2,
+            augment=augment,
+            audits=_ROT,
+            audit_limit=32,
+            note=f"the segmentation study's {model} with the {augment} augmentation set (padded, normalised)",
+        )
+        for model in BUTTERFLY_MODELS
+        for augment in ("minimal", "full")
+    ]
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -200,7 +239,7 @@ RECIPES: dict[str, Recipe] = {
             batch_size=16,
             audits=_ROT,
             audit_limit=32,
-            note="the U-Net of the segmentation study; random rotations (black corners) in training",
+            note="the zoo's U-Net on shapes, random rotations (black corners) in training (the study trains unet-gn)",
         ),
         Recipe(
             "group-unet-c4",
@@ -211,8 +250,9 @@ RECIPES: dict[str, Recipe] = {
             batch_size=16,
             audits=(*_ROT, "c4"),
             audit_limit=32,
-            note="the group U-Net of the segmentation study; random rotations (black corners) in training",
+            note="the zoo's C4 group U-Net on shapes, random rotations in training (the study trains group-unet-gn-c4)",
         ),
+        *_butterfly_recipes(),
         Recipe(
             "dss",
             "dss",
@@ -267,6 +307,57 @@ RECIPES: dict[str, Recipe] = {
 }
 _NATIVE_SIZE = {"digits": 28, "rot-digits": 28, "scale-digits": 28, "shapes-seg": 64}
 SHIPPED: tuple[str, ...] = tuple(name for name in RECIPES if "@" not in name)
+
+
+def padded_side(recipe: Recipe) -> int:
+    """The side of the black canvas of a recipe with ``augment``: :data:`PAD_FACTOR` times the image side (its
+    ``input_size``, else the data set's native one), rounded up to a multiple of 8 (the U-Nets' pooling)."""
+    side = image_side(recipe)
+    if side is None:
+        raise EquiauditError(f"recipe {recipe.name!r} pads its images: give it an input_size for {recipe.dataset!r}")
+    return 8 * math.ceil(PAD_FACTOR * side / 8)
+
+
+def image_side(recipe: Recipe) -> int | None:
+    """The side of the recipe's images before any padding: its ``input_size``, else the data set's native side
+    (None when unknown)."""
+    return recipe.input_size or _NATIVE_SIZE.get(recipe.dataset)
+
+
+def recipe_data(recipe: Recipe, limit: int | None = None) -> tuple[AuditData, AuditData]:
+    """The training and test data of ``recipe`` (with its data options): the data set's train and test splits,
+    or with ``holdout`` its images split once (a fixed permutation) into training and held-out test images.
+    ``limit`` caps both (and ``train_limit`` the training images). A segmenter's data keep only their masks."""
+    opts = recipe.data_options
+    if recipe.holdout is None:
+        train = as_data(recipe.dataset, "train", limit=_train_limit(recipe, limit), **opts)
+        test = as_data(recipe.dataset, recipe.test_split, limit=limit, **opts)
+    else:
+        train, test = holdout_split(as_data(recipe.dataset, "all", **opts), recipe.holdout)
+        train, test = _first(train, _train_limit(recipe, limit)), _first(test, limit)
+    if model_info(recipe.model).task == "segment":
+        train, test = (replace(d, has_labels=False) if d.has_masks else d for d in (train, test))
+    return train, test
+
+
+def holdout_split(data: AuditData, fraction: float) -> tuple[AuditData, AuditData]:
+    """``data`` split into training images and ``fraction`` of held-out ones, by a fixed permutation (seed 0)."""
+    if not 0 < fraction < 1:
+        raise EquiauditError(f"holdout must be a fraction between 0 and 1, got {fraction!r}")
+    n = len(data)
+    held = round(n * fraction)
+    if held < 1 or n - held < 2:
+        raise EquiauditError(f"{data.spec!r} has {n} images: too few to hold out {fraction:g} of them")
+    perm = np.random.RandomState(0).permutation(n)
+    parts = sorted(perm[: n - held].tolist()), sorted(perm[n - held :].tolist())
+    train, test = (
+        replace(data, dataset=Subset(data.dataset, p), split=s) for p, s in zip(parts, ("train", "test"), strict=True)
+    )
+    return train, test
+
+
+def _first(data: AuditData, limit: int | None) -> AuditData:
+    return data if limit is None or len(data) <= limit else replace(data, dataset=Subset(data.dataset, range(limit)))
 
 
 def recipe_for(name: str) -> Recipe:
@@ -328,7 +419,7 @@ def fit(
     seed_everything(recipe.seed)
     model = create(recipe.model, tiny=tiny, **recipe.create_kwargs)
     opts = recipe.data_options
-    train_data = as_data(recipe.dataset, "train", limit=_train_limit(recipe, limit), **opts)
+    train_data, test_data = recipe_data(recipe, limit)
     say(f"training {recipe.name} on {recipe.dataset} ({len(train_data)} images, {recipe.epochs} epochs)")
     result = train(
         model,
@@ -341,8 +432,10 @@ def fit(
         augment_rotation=recipe.augment_rotation,
         device=device,
         progress=progress,
+        augment=recipe.augment,
+        validation=test_data if recipe.augment is not None else None,
     )
-    metrics, test_images = _test_metrics(model, recipe, limit, say)
+    metrics, test_images = _test_metrics(model, recipe, limit, say, test_data)
     audits = _card_audits(model, recipe, limit, say) if audit_card else []
     card = {
         "model": {
@@ -380,14 +473,16 @@ def _train_limit(recipe: Recipe, limit: int | None) -> int | None:
 
 
 def _test_metrics(
-    model: nn.Module, recipe: Recipe, limit: int | None, say: Callable[[str], None]
+    model: nn.Module, recipe: Recipe, limit: int | None, say: Callable[[str], None], test: AuditData | None = None
 ) -> tuple[dict[str, Any], int | None]:
-    """The card's test metrics of ``model`` on the recipe's data sets, and the test images of the first."""
+    """The card's test metrics of ``model`` on the recipe's data sets (``test``: the first one's test data),
+    and the test images of the first."""
     metrics, test_images = {}, None
     for spec in (recipe.dataset, *recipe.evals):
         say(f"testing {recipe.name} on {spec}")
+        data = test if test is not None and spec == recipe.dataset else spec
         split = recipe.test_split if spec == recipe.dataset else "test"
-        ev = evaluate(model, spec, split=split, limit=limit, **recipe.data_options)
+        ev = evaluate(model, data, split=split, limit=limit, **recipe.data_options)
         metrics[spec] = ev.to_dict()
         test_images = test_images or ev.images
     return metrics, test_images

@@ -39,6 +39,7 @@ SHAPES_COUNTS = {"train": 512, "test": 128}
 SHAPES_SIZE = (64, 64)
 _SHAPES_SPLIT_KEY = {"train": 0, "test": 1}
 _SUPERSAMPLE = 4
+SHAPES_CACHE = 1024  # shapes items kept in memory (48 KB each at 64x64)
 
 
 # --------------------------------------------------------------------------------------------- digits
@@ -243,8 +244,15 @@ def shapes_item(size: tuple[int, int], seed: int, split: str, index: int) -> Ite
     """Shapes image ``index`` of ``split``: 1-3 shapes over a texture, and their exact union mask.
 
     Pixels are blended by the shape's coverage (4x4 supersampling); the mask says whether the pixel
-    centre lies inside a shape, so it is exact.
+    centre lies inside a shape, so it is exact. The last :data:`SHAPES_CACHE` items made are kept (copies are
+    returned), as training runs read the same images again and again.
     """
+    x, y, mask = _shapes_item(tuple(size), seed, split, index)
+    return x.clone(), y, mask.clone()
+
+
+@functools.lru_cache(maxsize=SHAPES_CACHE)
+def _shapes_item(size: tuple[int, int], seed: int, split: str, index: int) -> Item:
     h, w = size
     key = _SHAPES_SPLIT_KEY[split]
     # Separate generators: the texture draws a number of values that depends on the size, the shapes

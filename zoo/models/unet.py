@@ -8,6 +8,8 @@ with ``rot90``; with the group convolutions of :mod:`.gcnn` the group U-Net is t
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,7 +19,7 @@ from equiaudit.errors import InputMismatchError
 from ..registry import register_model
 from .gcnn import GroupBatchNorm, GroupConv2d, LiftingConv2d, group_pool
 
-__all__ = ["GroupUNet", "UNet"]
+__all__ = ["GroupUNet", "StudyGroupUNet", "StudyUNet", "UNet"]
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -146,3 +148,137 @@ def group_unet_c4(*, tiny: bool = False, in_channels: int = 3, base_channels: in
     if tiny:
         base_channels, depth = 1, 2
     return GroupUNet("c4", in_channels, base_channels, depth)
+
+
+# ---- the butterfly study's U-Nets: GroupNorm, residual down blocks, 4 levels ------------------------------------
+
+STUDY_FILTERS = (32, 32, 64, 64)  # the study's U-Net; its group U-Net has half of each
+NORM_GROUPS = 4  # GroupNorm groups per layer, as the study
+
+
+def _act() -> nn.Module:
+    """SiLU: the study's code takes the activation as a parameter. With ReLU, on images padded with black, the
+    last block's useful units died early (the highest logit stayed at the output bias, no foreground predicted
+    after 320 steps on padded shapes); SiLU keeps a gradient for negative inputs."""
+    return nn.SiLU()
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm over channels and every trailing axis: on ``(B, C, G, H, W)`` its statistics span the group
+    axis too, so it commutes with rotating the maps and permuting the group axis."""
+    return nn.GroupNorm(min(NORM_GROUPS, channels), channels)
+
+
+class _ConvNormBlock(nn.Module):
+    """Two ``conv -> GroupNorm -> SiLU`` layers; ``conv(c_in, c_out)`` builds a convolution."""
+
+    def __init__(self, conv, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(conv(c_in, c_out), _norm(c_out), _act(), conv(c_out, c_out), _norm(c_out), _act())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class _ResidualDown(nn.Module):
+    """The study's down block: ``x + block(x)`` at ``c_in`` channels, then ``conv -> GroupNorm -> SiLU`` to
+    ``c_out`` (a residual connection from the block's input to its output)."""
+
+    def __init__(self, conv, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.block = _ConvNormBlock(conv, c_in, c_in)
+        self.proj = nn.Sequential(conv(c_in, c_out), _norm(c_out), _act())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x + self.block(x))
+
+
+class _StudyUNet(nn.Module):
+    """First conv to ``filters[0]``; a residual down block per consecutive pair of ``filters``, each followed by
+    2x2 average pooling; up-sampling (2x nearest), concatenation with the block's output and a two-conv block
+    per level on the way back; last conv to one logit channel. ``conv(c_in, c_out)`` makes every 3x3
+    convolution after the first."""
+
+    def __init__(self, first: nn.Module, conv, filters: tuple[int, ...], last: nn.Module) -> None:
+        super().__init__()
+        pairs = list(itertools.pairwise(filters))
+        self.first, self.last = first, last
+        self.downs = nn.ModuleList(_ResidualDown(conv, a, b) for a, b in pairs)
+        self.ups = nn.ModuleList(_ConvNormBlock(conv, 2 * b, a) for a, b in reversed(pairs))
+        self.multiple = 2 ** len(pairs)
+
+    def reduce(self, x: Tensor) -> Tensor:
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        if h % self.multiple or w % self.multiple:
+            raise InputMismatchError(f"U-Net input size {h}x{w} must be divisible by {self.multiple}")
+        x = self.first(x)
+        skips = []
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+            x = _spatial(lambda t: F.avg_pool2d(t, 2), x)
+        for up, skip in zip(self.ups, reversed(skips), strict=True):
+            x = _spatial(lambda t: F.interpolate(t, scale_factor=2, mode="nearest"), x)
+            x = up(torch.cat([skip, x], dim=1))
+        return self.reduce(self.last(x))
+
+
+class StudyUNet(_StudyUNet):
+    """The butterfly study's U-Net: GroupNorm, residual down blocks, filters ``(32, 32, 64, 64)`` (4 levels)."""
+
+    def __init__(self, in_channels: int = 3, filters: tuple[int, ...] = STUDY_FILTERS) -> None:
+        def conv(c_in: int, c_out: int) -> nn.Conv2d:
+            return nn.Conv2d(c_in, c_out, 3, padding=1)
+
+        super().__init__(conv(in_channels, filters[0]), conv, tuple(filters), conv(filters[0], 1))
+
+
+class StudyGroupUNet(_StudyUNet):
+    """The butterfly study's group U-Net: the same layout on ``(B, C, G, H, W)`` group maps (lifting conv first,
+    group convs after, GroupNorm over channels and the group axis), the last group conv averaged over the group:
+    exactly C4-equivariant on sides divisible by ``2**(len(filters) - 1)``."""
+
+    def __init__(self, group: str = "c4", in_channels: int = 3, filters: tuple[int, ...] = (16, 16, 32, 32)) -> None:
+        def conv(c_in: int, c_out: int) -> GroupConv2d:
+            return GroupConv2d(group, c_in, c_out, 3)
+
+        first = LiftingConv2d(group, in_channels, filters[0], 3)
+        super().__init__(first, conv, tuple(filters), conv(filters[0], 1))
+
+    def reduce(self, x: Tensor) -> Tensor:
+        return x.mean(dim=2)
+
+
+_STUDY = dict(
+    _COMMON,
+    input_shape=(3, 96, 96),
+    reference="The butterfly segmentation study (dogeplusplus, group U-Net vs U-Net): GroupNorm, residual down blocks",
+)
+
+
+@register_model(
+    "unet-gn",
+    description="The butterfly study's U-Net: GroupNorm, SiLU, residual down blocks, filters 32-32-64-64 (4 levels)",
+    groups=(),
+    exact_groups=(),
+    **_STUDY,
+)
+def unet_gn(*, tiny: bool = False, in_channels: int = 3, filters: tuple[int, ...] = STUDY_FILTERS) -> StudyUNet:
+    return StudyUNet(in_channels, (2, 4) if tiny else tuple(filters))
+
+
+@register_model(
+    "group-unet-gn-c4",
+    description="The butterfly study's C4 group U-Net (half the filters of unet-gn, 16-16-32-32), exactly "
+    "C4-equivariant on sides divisible by 8",
+    groups=("c4",),
+    exact_groups=("c4",),
+    **_STUDY,
+)
+def group_unet_gn_c4(
+    *, tiny: bool = False, in_channels: int = 3, filters: tuple[int, ...] = tuple(f // 2 for f in STUDY_FILTERS)
+) -> StudyGroupUNet:
+    return StudyGroupUNet("c4", in_channels, (1, 2) if tiny else tuple(filters))

@@ -227,6 +227,7 @@ class StudyContext:
         self.cache = self.out_dir / "checkpoints"
         self.audits: dict[str, AuditResult] = {}
         self.models: dict[str, dict[str, Any]] = {}
+        self.cards: dict[str, dict[str, Any]] = {}  # each model's card (its training history included)
         self.files: dict[str, str] = {}
 
     # ---------------------------------------------------------------------------------------------- output
@@ -271,6 +272,7 @@ class StudyContext:
             model, card, origin = self._full(recipe)
         model.to(self.device).eval()
         self.models[recipe.name] = _provenance(recipe, card, origin)
+        self.cards[recipe.name] = card
         self.status(f"{recipe.name}: {origin}")
         return model, recipe
 
