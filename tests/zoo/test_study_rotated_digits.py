@@ -57,7 +57,27 @@ def test_the_gate_is_computed_and_stated(quick) -> None:
     assert any(note.startswith("Gate:") and f"{100 * difference:+.1f} points" in note for note in quick.notes)
 
 
-@pytest.mark.parametrize(("cnn", "gcnn", "passed"), [(0.998, 0.990, True), (0.998, 0.987, False), (0.95, 0.99, True)])
+def test_the_slant_setting_trains_both_models_with_the_same_jitter(quick) -> None:
+    from equiaudit.zoo.recipes import RECIPES, SLANT_DEGREES
+
+    for name in rotated_digits.MODELS:
+        slant = RECIPES[name + rotated_digits.SLANT]
+        assert slant.model == name and slant.augment_rotation == SLANT_DEGREES == 15.0
+        assert RECIPES[name].augment_rotation == 0.0 and slant.dataset == RECIPES[name].dataset
+        m = quick.measured["slant"][name]
+        assert m["checkpoints"] == [f"{name}@slant", f"{name}@slant@seed1"] and m["rotated"]["n"] == 2
+    gap = quick.measured["slant"]["gap"]["values"]
+    slant = quick.measured["slant"]
+    assert gap == pytest.approx(
+        [g - c for g, c in zip(slant["gcnn-c4"]["rotated"]["values"], slant["cnn"]["rotated"]["values"], strict=True)]
+    )
+    assert set(quick.audits) == {"cnn", "gcnn-c4", "cnn@slant", "gcnn-c4@slant"}
+    assert any(note.startswith("With +-15 degree slant") for note in quick.notes)
+
+
+@pytest.mark.parametrize(
+    ("cnn", "gcnn", "passed"), [(0.998, 0.990, True), (0.998, 0.987, False), (0.95, 0.99, True), (1.0, 0.99, True)]
+)
 def test_gate_allows_one_point_below_the_cnn(cnn: float, gcnn: float, passed: bool) -> None:
     measured = {"cnn": {"upright": {"mean": cnn}}, "gcnn-c4": {"upright": {"mean": gcnn}}}
     assert rotated_digits._gate(measured)["passed"] is passed

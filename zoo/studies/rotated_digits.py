@@ -1,5 +1,9 @@
 """Study 1, rotated digits: a CNN and a C4 group CNN trained on upright digits, tested on rotated ones.
 
+Two training settings, each over ``ctx.seeds``: strictly upright (the shipped ``cnn`` and ``gcnn-c4``), and with
+MNIST-like handwriting slant (``NAME@slant``: a random rotation in +-15 degrees, since UCI's boxed 8x8 scans
+barely slant while MNIST's handwriting does; the published models saw MNIST's).
+
 Published on MNIST (trained upright, tested on randomly rotated digits): CNN 47% vs GCNN 91% (UvA DL tutorial
 'Regular Group Convolutions'), 44.8% vs 85.5% (the GCNN study, Posit AI blog). Each model is trained for every
 seed of ``ctx.seeds``; accuracies are reported as the mean over seeds with a 95% Student-t interval. The
@@ -15,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from ..recipes import Recipe
+from ..recipes import SLANT_DEGREES, Recipe
 from .common import (
     StudyContext,
     StudyResult,
@@ -32,6 +36,8 @@ NAME = "rotated-digits"
 TITLE = "Study 1 - rotated digits: CNN vs gcnn-c4, trained on upright digits, tested on rotated ones"
 MODELS = ("cnn", "gcnn-c4")
 OPTIONS = ("seeds",)
+SLANT = "@slant"  # the recipes of the slant setting are NAME@slant
+AUDITS_PER_MODEL = 2  # one per setting
 # Rotated accuracy on MNIST: (UvA tutorial, GCNN study).
 PUBLISHED = {"cnn": (0.47, 0.448), "gcnn-c4": (0.91, 0.855)}
 SOURCES = ("UvA DL tutorial (MNIST)", "GCNN study, Posit AI blog (MNIST)")
@@ -41,9 +47,8 @@ AUDIT_GROUP, AUDIT_IMAGES = "so2:36", 200
 
 def run(ctx: StudyContext) -> StudyResult:
     started = time.perf_counter()
-    measured: dict[str, Any] = {name: _measure(ctx, name) for name in MODELS}
-    measured["gap"] = _gap(measured)
-    measured["gate"] = _gate(measured)
+    measured: dict[str, Any] = _setting(ctx, "")
+    measured["slant"] = _setting(ctx, SLANT)
     group = ctx.audits[MODELS[0]].group.spec
     tables = [
         _accuracy_table(measured),
@@ -51,9 +56,16 @@ def run(ctx: StudyContext) -> StudyResult:
         _angle_table(measured),
         _published(ctx, measured),
     ]
-    return ctx.finish(
-        TITLE, tables, _notes(ctx, measured), measured, started, comparisons=[("report", list(MODELS), [])]
-    )
+    keys = [name + suffix for suffix in ("", SLANT) for name in MODELS]
+    return ctx.finish(TITLE, tables, _notes(ctx, measured), measured, started, comparisons=[("report", keys, [])])
+
+
+def _setting(ctx: StudyContext, suffix: str) -> dict[str, Any]:
+    """Both models of one training setting (recipes ``NAME + suffix``): measured, their gap and the gate."""
+    measured: dict[str, Any] = {name: _measure(ctx, name + suffix) for name in MODELS}
+    measured["gap"] = _gap(measured)
+    measured["gate"] = _gate(measured)
+    return measured
 
 
 def _measure(ctx: StudyContext, name: str) -> dict[str, Any]:
@@ -100,7 +112,8 @@ def _gap(measured: dict[str, Any]) -> dict[str, Any]:
 def _gate(measured: dict[str, Any]) -> dict[str, Any]:
     """Whether gcnn-c4's mean upright accuracy is at most :data:`GATE_POINTS` below the CNN's."""
     cnn, gcnn = measured["cnn"]["upright"]["mean"], measured["gcnn-c4"]["upright"]["mean"]
-    return {"upright_difference": gcnn - cnn, "allowed": -GATE_POINTS, "passed": gcnn - cnn >= -GATE_POINTS}
+    passed = gcnn - cnn >= -GATE_POINTS - 1e-9  # 1e-9: 0.990 - 1.000 is exactly one point, not a float below it
+    return {"upright_difference": gcnn - cnn, "allowed": -GATE_POINTS, "passed": passed}
 
 
 def _accuracy_table(measured: dict[str, Any]) -> Table:
@@ -115,13 +128,26 @@ def _accuracy_table(measured: dict[str, Any]) -> Table:
             ("upright", "ci"),
             ("rotated", "ci"),
             ("change (points)", "pts"),
+            (f"with +-{SLANT_DEGREES:g} deg slant: upright", "ci"),
+            (f"with +-{SLANT_DEGREES:g} deg slant: rotated", "ci"),
             (f"published rotated: {SOURCES[0]}", "pct"),
             (f"published rotated: {SOURCES[1]}", "pct"),
         ],
     )
     for name in MODELS:
-        m = measured[name]
-        table.rows.append([name, m["parameters"], m["upright"], m["rotated"], -m["drop"]["mean"], *PUBLISHED[name]])
+        m, sl = measured[name], measured["slant"][name]
+        table.rows.append(
+            [
+                name,
+                m["parameters"],
+                m["upright"],
+                m["rotated"],
+                -m["drop"]["mean"],
+                sl["upright"],
+                sl["rotated"],
+                *PUBLISHED[name],
+            ]
+        )
     return table
 
 
@@ -138,8 +164,8 @@ def _invariance_table(measured: dict[str, Any], group: str) -> Table:
             ("accuracy over angles", "pct"),
             ("worst-case accuracy", "pct"),
         ],
-        measured,
-        MODELS,
+        {**measured, **{name + SLANT: measured["slant"][name] for name in MODELS}},
+        [*MODELS, *(name + SLANT for name in MODELS)],
         [
             "agreement_mean",
             "quarter_turn_agreement",
@@ -153,15 +179,16 @@ def _invariance_table(measured: dict[str, Any], group: str) -> Table:
 def _angle_table(measured: dict[str, Any]) -> Table:
     """Each model's accuracy at every 30 degrees of the audit."""
     curves = {name: measured[name]["accuracy_by_angle"] for name in MODELS}
-    by_deg = Table("Accuracy by rotation angle (audit)", [("angle", "int")] + [(n, "pct") for n in MODELS])
+    curves |= {name + SLANT: measured["slant"][name]["accuracy_by_angle"] for name in MODELS}
+    by_deg = Table("Accuracy by rotation angle (audit)", [("angle", "int")] + [(n, "pct") for n in curves])
     for angle in pick(curves[MODELS[0]], 30.0):
-        by_deg.rows.append([angle] + [curves[n].get(angle) for n in MODELS])
+        by_deg.rows.append([angle] + [curves[n].get(angle) for n in curves])
     return by_deg
 
 
 def _published(ctx: StudyContext, measured: dict[str, Any]) -> Table:
     """One row per published claim: what was published, what we measured, why they differ."""
-    cnn, gcnn, gap = measured["cnn"]["rotated"], measured["gcnn-c4"]["rotated"], measured["gap"]
+    slant = measured["slant"]
     train_images = ctx.models[measured["cnn"]["checkpoints"][0]]["train_images"]
     setting = (
         f"{train_images:,} UCI digits (8x8 scans upsampled) instead of 60,000 MNIST digits; "
@@ -175,7 +202,9 @@ def _published(ctx: StudyContext, measured: dict[str, Any]) -> Table:
         (
             f"{source}: rotated accuracy, CNN vs GCNN",
             f"{100 * PUBLISHED['cnn'][i]:.1f}% vs {100 * PUBLISHED['gcnn-c4'][i]:.1f}%",
-            f"CNN {_ci(cnn)} vs gcnn-c4 {_ci(gcnn)}",
+            f"trained upright: CNN {_ci(measured['cnn']['rotated'])} vs gcnn-c4 "
+            f"{_ci(measured['gcnn-c4']['rotated'])}; with +-{SLANT_DEGREES:g} deg slant: CNN "
+            f"{_ci(slant['cnn']['rotated'])} vs gcnn-c4 {_ci(slant['gcnn-c4']['rotated'])}",
             why[i],
         )
         for i, source in enumerate(SOURCES)
@@ -185,8 +214,9 @@ def _published(ctx: StudyContext, measured: dict[str, Any]) -> Table:
         (
             "gap in rotated accuracy, GCNN minus CNN (points)",
             " / ".join(f"{g:+.1f}" for g in published_gaps),
-            f"{100 * gap['mean']:+.1f} [{100 * gap['low']:+.1f}, {100 * gap['high']:+.1f}]",
-            f"{setting}: fewer digits to learn each class's shape from, at every angle between quarter turns",
+            f"trained upright {_points(measured['gap'])}; with slant {_points(slant['gap'])}",
+            f"{setting}: fewer digits to learn each class's shape from, at every angle between quarter turns; "
+            f"MNIST's handwriting slants, UCI's boxed scans barely do (the slant setting adds it)",
         )
     )
     return published_table(rows)
@@ -207,12 +237,29 @@ def _notes(ctx: StudyContext, measured: dict[str, Any]) -> list[str]:
         f"{100 * gcnn['drop']['mean']:.1f}; gcnn-c4 is {100 * gap['mean']:+.1f} points above the CNN on rotated "
         f"digits. gcnn-c4 is exactly invariant to quarter turns (agreement "
         f"{_pct(gcnn['quarter_turn_agreement'])}), so its accuracy only dips between them.",
+        _slant_note(measured["slant"]),
         f"Differs from the published setting: {first['cnn']['train_images']} UCI digits (8x8 scans upsampled to "
         f"20x20 on 28x28) instead of 60,000 MNIST digits; {cnn['test_images']} test digits instead of 10,000; "
         f"{first['cnn']['epochs']} (CNN) and {first['gcnn-c4']['epochs']} (gcnn-c4) epochs; BatchNorm instead "
         f"of the tutorial's LayerNorm; gcnn-c4 follows the tutorial otherwise (lifting and four group "
         f"convolutions without padding, pooling over rotations and space, linear head).",
     ]
+
+
+def _slant_note(slant: dict[str, Any]) -> str:
+    """What the slant setting measured, and whether its gate holds."""
+    gate = slant["gate"]
+    verdict = "holds" if gate["passed"] else "FAILS"
+    return (
+        f"With +-{SLANT_DEGREES:g} degree slant in training (both models; MNIST's handwriting slants, UCI's boxed "
+        f"scans barely do): the CNN reaches {_ci(slant['cnn']['rotated'])} on rotated digits, gcnn-c4 "
+        f"{_ci(slant['gcnn-c4']['rotated'])}, a gap of {_points(slant['gap'])} points; gcnn-c4's upright accuracy "
+        f"is {100 * gate['upright_difference']:+.1f} points from the CNN's: the gate {verdict}."
+    )
+
+
+def _points(interval: dict[str, Any]) -> str:
+    return f"{100 * interval['mean']:+.1f} [{100 * interval['low']:+.1f}, {100 * interval['high']:+.1f}]"
 
 
 def _ci(interval: dict[str, Any]) -> str:
