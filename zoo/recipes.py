@@ -232,6 +232,33 @@ RECIPES: dict[str, Recipe] = {
             audits=("scale:0.5..2:9",),
             note="the plain CNN of the scale study",
         ),
+        Recipe(
+            "dss-v2@scale-digits",
+            "dss-v2",
+            "scale-digits",
+            epochs=6,
+            evals=("digits",),
+            audits=("scale:0.5..2:9",),
+            note="the DSS v2 (bilinear pyramid) of the scale study",
+        ),
+        Recipe(
+            "deform-dss@scale-digits",
+            "deform-dss",
+            "scale-digits",
+            epochs=6,
+            evals=("digits",),
+            audits=("scale:0.5..2:9",),
+            note="the deformable DSS of the scale study",
+        ),
+        Recipe(
+            "so2-cnn@scale-digits",
+            "so2-cnn",
+            "scale-digits",
+            epochs=8,
+            evals=("digits",),
+            audits=("scale:0.5..2:9",),
+            note="the SO(2) group CNN (e2cnn) of the scale study",
+        ),
     )
 }
 _NATIVE_SIZE = {"digits": 28, "rot-digits": 28, "scale-digits": 28, "shapes-seg": 64}

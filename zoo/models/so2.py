@@ -1,0 +1,116 @@
+"""The SO(2) group CNN of the scale study, built with e2cnn.
+
+``group="so2"`` (default): ``gspaces.Rot2dOnR2(-1, max_frequency)``, every layer's fields are ``ψ_0 ⊕ ψ_1 ⊕ ... ⊕
+ψ_F`` (the irreducible representations of SO(2) up to frequency ``F``), normalised by ``GNormBatchNorm`` and passed
+through norm-ReLUs (``NormNonLinearity``), which act on each field's norm and so commute with every rotation.
+``group="cN"``: ``Rot2dOnR2(N)`` with regular fields, ``InnerBatchNorm`` and ReLU (C_N approximates SO(2)).
+Either way the end is invariant: the fields' norms (``NormPool``) or their maximum over the group
+(``GroupPooling``), averaged over space, then a linear head.
+
+**Exactness:** e2cnn samples its analytically steerable filters on the pixel grid, which quarter turns map onto
+itself, so the convolutions before the first stride-2 pooling are exactly C4-equivariant (float rounding) on
+any size; other angles hold up to the filters' sampling. Strided pooling on 28x28 maps (even sides) samples
+positions that are not symmetric about the centre, so the logits are C4-invariant only approximately.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..registry import register_model
+from .steerable import _e2cnn, _r2conv, _SteerableModel
+
+__all__ = ["SO2CNN"]
+
+
+def _space(gspaces: Any, group: str, max_frequency: int) -> tuple[Any, bool]:
+    """``(gspace, regular)`` of ``group`` ("so2" or "cN")."""
+    if group == "so2":
+        return gspaces.Rot2dOnR2(-1, maximum_frequency=max_frequency), False
+    found = re.fullmatch(r"c(\d+)", group)
+    if found is None or int(found.group(1)) < 2:
+        raise ValueError(f"SO2CNN group must be 'so2' or 'cN' with N >= 2, got {group!r}")
+    return gspaces.Rot2dOnR2(int(found.group(1))), True
+
+
+class SO2CNN(_SteerableModel):
+    """Five R2Conv blocks (kernels 7, 5, 5, 5, 5; 'same' padding) with antialiased stride-2 average pooling
+    after the second and fourth (28 -> 14 -> 7), an invariant map, global average pooling and a linear head.
+
+    ``widths`` count fields per block: ``so2`` fields hold one copy of every irrep up to ``max_frequency``
+    (``2F + 1`` channels), ``cN`` regular fields ``N`` channels."""
+
+    _KERNELS = (7, 5, 5, 5, 5)
+    _POOL_AFTER = (1, 3)
+
+    def __init__(
+        self,
+        group: str = "so2",
+        in_channels: int = 1,
+        num_classes: int = 10,
+        widths: tuple[int, ...] = (12, 16, 20, 24, 32),
+        max_frequency: int = 2,
+    ) -> None:
+        super().__init__()
+        if len(widths) != len(self._KERNELS):
+            raise ValueError(f"SO2CNN needs {len(self._KERNELS)} widths, got {widths}")
+        gspaces, enn = _e2cnn()
+        gs, regular = _space(gspaces, group, max_frequency)
+        field = gs.regular_repr if regular else None
+        irreps = None if regular else [gs.irrep(f) for f in range(max_frequency + 1)]
+        self.input_type = t = enn.FieldType(gs, in_channels * [gs.trivial_repr])
+        layers: list[nn.Module] = []
+        for i, (k, width) in enumerate(zip(self._KERNELS, widths, strict=True)):
+            out = enn.FieldType(gs, width * [field]) if regular else enn.FieldType(gs, width * irreps)
+            layers.append(_r2conv(enn, t, out, k, padding=k // 2, bias=False))
+            if regular:
+                layers += [enn.InnerBatchNorm(out), enn.ReLU(out, inplace=True)]
+            else:
+                layers += [enn.GNormBatchNorm(out), enn.NormNonLinearity(out, "n_relu", bias=True)]
+            if i in self._POOL_AFTER:
+                layers.append(enn.PointwiseAvgPoolAntialiased(out, sigma=0.66, stride=2, padding=1))
+            t = out
+        layers.append(enn.GroupPooling(t) if regular else enn.NormPool(t))
+        self.features = enn.SequentialModule(*layers)
+        self.head = nn.Linear(self.features.out_type.size, num_classes)
+        self._wrap = enn.GeometricTensor
+        self._finish_init()
+
+    @property
+    def embedding(self) -> str:
+        """The module whose output is the last feature map before global pooling (the scale study's layer)."""
+        return f"features.{len(self.features._modules) - 1}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.features(self._wrap(x, self.input_type)).tensor
+        return self.head(features.mean(dim=(-2, -1)))
+
+
+@register_model(
+    "so2-cnn",
+    family="scale",
+    description="SO(2) group CNN (e2cnn Rot2dOnR2(-1, 2): irreducible fields up to frequency 2, norm-ReLUs, "
+    "norm pooling); exactly C4-equivariant before the first stride-2 pooling, rotation-invariant up to sampling",
+    task="classify",
+    groups=("c4", "so2:36"),
+    exact_groups=(),
+    input_shape=(1, 28, 28),
+    num_classes=10,
+    default_dataset="scale-digits",
+    reference="Weiler & Cesa 2019, General E(2)-Equivariant Steerable CNNs; the SO(2) CNN of the scale study",
+)
+def so2_cnn(
+    *,
+    tiny: bool = False,
+    group: str = "so2",
+    in_channels: int = 1,
+    num_classes: int = 10,
+    widths: tuple[int, ...] = (12, 16, 20, 24, 32),
+    max_frequency: int = 2,
+) -> SO2CNN:
+    if tiny:
+        widths, max_frequency = (1, 1, 1, 1, 1), 1
+    return SO2CNN(group, in_channels, num_classes, tuple(widths), max_frequency)
