@@ -383,9 +383,20 @@ def study(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1...")] = "auto",
     markdown: Annotated[bool, typer.Option(help="Print the tables as Markdown instead.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages on stderr.")] = False,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="Train each model with seeds 0..N-1 (default 3; 2 with --quick).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Run the study on this data instead of its offline default (flowers:PATH, rot-mnist...)."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Pretrained weights (a state dict) for the study's baseline model.")
+    ] = None,
+    download: Annotated[bool, typer.Option("--download", help="Let the study's data loader download.")] = False,
 ) -> None:
     """Rerun a reference study end to end: train or load its models, audit them, print and save tables."""
-    from equiaudit.zoo.studies import list_studies, run_study, study_title
+    from equiaudit.zoo.studies import list_studies, run_study, study_options, study_title
 
     if name is None:
         table = Table(title="reference studies (equiaudit zoo study NAME)", title_justify="left")
@@ -395,12 +406,20 @@ def study(
             table.add_row(n, study_title(n))
         out.print(table)
         return
+    options = {"seeds": seeds, "data": data, "weights": weights, "download": download}
     names = list_studies() if name == "all" else [name]
+    if name == "all":
+        if data is not None or weights is not None or download:
+            raise _fail("--data, --weights and --download are given to one study, not to 'all'")
+        options = {"seeds": seeds}
     for n in names:
+        given = {k: v for k, v in options.items() if name != "all" or k in study_options(n)}
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = run_study(n, quick=quick, out_dir=out_dir, device=device, log=None if quiet else err)
+                result = run_study(
+                    n, quick=quick, out_dir=out_dir, device=device, log=None if quiet else err, options=given
+                )
         except EquiauditError as exc:
             raise _fail(str(exc)) from None
         for w in caught:

@@ -74,6 +74,11 @@ class Recipe:
     audit_data: str | None = None
     audit_limit: int = 100
     note: str = ""
+    train_limit: int | None = None
+
+    # Training fields added after the first shipped checkpoints: left out of the key while None, so the
+    # recipes that do not use them keep the key their shipped cards were trained under.
+    _LATER_FIELDS = ("train_limit",)
 
     @property
     def data_options(self) -> dict[str, Any]:
@@ -92,8 +97,10 @@ class Recipe:
             "augment_rotation",
             "input_size",
             "create_kwargs",
+            *self._LATER_FIELDS,
         )
-        return {k: v for k, v in asdict(self).items() if k in keys}
+        fields = {k: v for k, v in asdict(self).items() if k in keys}
+        return {k: v for k, v in fields.items() if k not in self._LATER_FIELDS or v is not None}
 
     def key(self) -> str:
         """A short hash of :meth:`training_fields`: equal keys, equal training."""
@@ -324,7 +331,7 @@ def fit(
     seed_everything(recipe.seed)
     model = create(recipe.model, tiny=tiny, **recipe.create_kwargs)
     opts = recipe.data_options
-    train_data = as_data(recipe.dataset, "train", limit=limit, **opts)
+    train_data = as_data(recipe.dataset, "train", limit=_train_limit(recipe, limit), **opts)
     say(f"training {recipe.name} on {recipe.dataset} ({len(train_data)} images, {recipe.epochs} epochs)")
     result = train(
         model,
@@ -367,6 +374,12 @@ def fit(
         "recipe": recipe.to_dict(),
     }
     return model, card
+
+
+def _train_limit(recipe: Recipe, limit: int | None) -> int | None:
+    """Training images to use: the recipe's ``train_limit`` and the caller's ``limit``, whichever is smaller."""
+    given = [n for n in (recipe.train_limit, limit) if n is not None]
+    return min(given) if given else None
 
 
 def _test_metrics(

@@ -110,3 +110,100 @@ def test_scale_study_reads_the_feature_map_error_from_the_per_layer_audit() -> N
     assert len(rows) == 2  # the tiny CNN's two convolutions
     j = res.layers["elements"].index("scale2")
     assert by_scale[2.0] == sum(r["error"][j] for r in rows) / 2 and by_scale[2.0] > 0.05
+
+
+def test_seed_interval_is_the_student_t_interval_of_the_mean() -> None:
+    from equiaudit.zoo.studies.common import seed_interval
+
+    got = seed_interval([0.90, 0.92, 0.97])
+    mean = (0.90 + 0.92 + 0.97) / 3
+    sd = (((0.90 - mean) ** 2 + (0.92 - mean) ** 2 + (0.97 - mean) ** 2) / 2) ** 0.5
+    half = 4.303 * sd / 3**0.5  # t(0.975, df=2)
+    assert got["n"] == 3 and got["values"] == [0.90, 0.92, 0.97]
+    assert got["mean"] == pytest.approx(mean) and got["low"] == pytest.approx(mean - half)
+    assert got["high"] == pytest.approx(mean + half)
+    assert seed_interval([0.5]) == {"mean": 0.5, "low": 0.5, "high": 0.5, "n": 1, "values": [0.5]}
+    wide = seed_interval([float(i % 2) for i in range(40)])  # beyond the table: the normal quantile
+    assert wide["high"] - wide["mean"] == pytest.approx(1.96 * (40 / 39 / 4) ** 0.5 / 40**0.5)
+    with pytest.raises(ValueError):
+        seed_interval([])
+
+
+def test_interval_cells_and_the_published_table() -> None:
+    from equiaudit.zoo.studies.common import published_table, seed_interval
+
+    table = Table("t", [("model", "text"), ("acc", "ci"), ("err", "ci3")])
+    table.rows.append(["a", seed_interval([0.9, 0.92, 0.94]), {"mean": 0.25, "low": 0.2, "high": 0.3}])
+    assert table.cells() == [["a", "92.0% [87.0, 97.0]", "0.250 [0.200, 0.300]"]]
+    assert json.loads(json.dumps(table.to_dict()))["rows"][0][1]["values"] == [0.9, 0.92, 0.94]
+    pub = published_table([("rotated accuracy", "91%", "85%", "fewer digits")])
+    assert pub.title == "Published / ours / why different"
+    assert [h for h, _ in pub.columns] == ["what", "published", "ours", "why different"]
+    assert pub.cells() == [["rotated accuracy", "91%", "85%", "fewer digits"]]
+
+
+def test_recipe_variants_are_named_and_keyed_apart(tmp_path: Path) -> None:
+    ctx = _context(tmp_path)
+    base = RECIPES["cnn"]
+    assert ctx.recipe("cnn") == base
+    assert ctx.recipe("cnn", seed=base.seed) == base  # the default seed is no variant
+    seeded = ctx.recipe("cnn", seed=1)
+    assert seeded.name == "cnn@seed1" and seeded.seed == 1 and seeded.key() != base.key()
+    limited = ctx.recipe("cnn", seed=1, train_limit=300)
+    assert limited.name == f"cnn@{limited.key()[:8]}" and limited.train_limit == 300
+    assert "train_limit" in limited.training_fields() and "train_limit" not in base.training_fields()
+    quick = StudyContext("rotated-digits", quick=True, out_dir=tmp_path, device=torch.device("cpu"), log=None)
+    assert quick.recipe("cnn", seed=2).epochs == 1 and quick.recipe("cnn", seed=2).name == "cnn@seed2"
+
+
+def test_shipped_cards_keep_their_recipe_keys() -> None:
+    # a later training field left at its default must not make every shipped checkpoint look stale
+    from equiaudit.zoo.checkpoints import load_card
+    from equiaudit.zoo.recipes import SHIPPED
+
+    for name in SHIPPED:
+        card = load_card(name)
+        if card["recipe"]["key"] != RECIPES[name].key():
+            assert card["recipe"] != RECIPES[name].to_dict(), name  # only a changed recipe may differ
+
+
+def test_train_limit_trains_on_the_first_images(tmp_path: Path, monkeypatch) -> None:
+    from equiaudit.zoo.recipes import fit
+
+    recipe = replace(RECIPES["cnn"], epochs=1, train_limit=20, evals=(), audits=())
+    _, card = fit(recipe, tiny=True)
+    assert card["data"]["train_images"] == 20 and card["recipe"]["train_limit"] == 20
+    _, card = fit(recipe, tiny=True, limit=12)
+    assert card["data"]["train_images"] == 12
+
+
+def test_seeds_and_options_of_a_study(tmp_path: Path) -> None:
+    def ctx(quick: bool, options: dict, accepts: tuple = ("data", "seeds")) -> StudyContext:
+        return StudyContext(
+            "x", quick=quick, out_dir=tmp_path, device=torch.device("cpu"), log=None, options=options, accepts=accepts
+        )
+
+    assert ctx(False, {}).seeds == (0, 1, 2) and ctx(True, {}).seeds == (0, 1)
+    assert ctx(False, {"seeds": 5}).seeds == (0, 1, 2, 3, 4)
+    assert ctx(False, {"data": "flowers:/x", "weights": None}).option("data") == "flowers:/x"
+    assert ctx(False, {}).option("data", "digits") == "digits"
+    with pytest.raises(EquiauditError, match=r"the x study takes no --weights \(it takes: --data, --seeds\)"):
+        ctx(False, {"weights": "w.pt"})
+    with pytest.raises(EquiauditError, match="takes no --download"):
+        ctx(False, {"download": True}, accepts=())
+    with pytest.raises(EquiauditError, match="--seeds must be a whole number"):
+        ctx(False, {"seeds": 0})
+    with pytest.raises(EquiauditError, match="unknown study option 'colour'"):
+        ctx(False, {"colour": 1})
+    assert ctx(False, {"download": False}, accepts=()).options == {}
+
+
+def test_results_json_records_how_the_run_was_made(tmp_path: Path) -> None:
+    result = run_study("rotated-digits", quick=True, out_dir=tmp_path, device="cpu")
+    run = json.loads((tmp_path / "rotated-digits" / "results.json").read_text())["run"]
+    assert run == result.run
+    assert run["device"] == "cpu" and run["device_name"] == "cpu" and run["torch"] == torch.__version__
+    assert run["seeds"] == [0, 1] and run["started"].endswith("Z")
+    assert run["commit"] is None or len(run["commit"].split("+")[0]) == 40
+    for entry in result.models.values():
+        assert entry["seed"] == 0 and entry["device"] == "cpu"

@@ -145,3 +145,31 @@ def test_study_lists_runs_and_rejects_unknown_names(tmp_path: Path) -> None:
     assert (tmp_path / "rotated-digits" / "results.json").is_file()
     res = _run("zoo", "study", "nope", "--out", str(tmp_path))
     assert res.exit_code == 2 and "unknown study 'nope'" in res.stderr
+
+
+def test_study_options_a_study_does_not_take_are_one_line_errors(tmp_path: Path, monkeypatch) -> None:
+    from equiaudit.zoo.studies import list_studies, study_options
+
+    name = next(n for n in list_studies() if "weights" not in study_options(n))
+    res = _run("zoo", "study", name, "--quick", "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path))
+    assert res.exit_code == 2 and f"the {name} study takes no --weights" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = _run("zoo", "study", "all", "--quick", "--data", "digits", "--out", str(tmp_path))
+    assert res.exit_code == 2 and "given to one study, not to 'all'" in res.stderr
+    res = _run("zoo", "study", name, "--seeds", "0", "--out", str(tmp_path))
+    assert res.exit_code == 2
+
+
+def test_study_options_reach_the_study(tmp_path: Path, monkeypatch) -> None:
+    import equiaudit.zoo.studies as studies
+
+    seen = {}
+
+    def fake(name, **kwargs):
+        seen[name] = kwargs["options"]
+        raise studies.EquiauditError("stop here")
+
+    monkeypatch.setattr(studies, "run_study", fake)
+    res = _run("zoo", "study", "rotated-digits", "--seeds", "4", "--data", "x", "--out", str(tmp_path))
+    assert res.exit_code == 2 and "stop here" in res.stderr
+    assert seen["rotated-digits"] == {"seeds": 4, "data": "x", "weights": None, "download": False}

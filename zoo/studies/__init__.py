@@ -15,7 +15,7 @@ import importlib
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,9 +27,9 @@ from .common import StudyContext, StudyResult, Table
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["STUDIES", "StudyResult", "Table", "list_studies", "run_study", "study_title"]
+__all__ = ["STUDIES", "StudyResult", "Table", "list_studies", "run_study", "study_options", "study_title"]
 
-# name -> module (each has NAME, TITLE, MODELS and run(ctx))
+# name -> module (each has NAME, TITLE, MODELS, OPTIONS and run(ctx))
 STUDIES = {
     "rotated-digits": "rotated_digits",
     "rot-digits-hnet": "rot_digits_hnet",
@@ -56,6 +56,11 @@ def study_title(name: str) -> str:
     return _module(name).TITLE
 
 
+def study_options(name: str) -> tuple[str, ...]:
+    """The options study ``name`` takes (its module's ``OPTIONS``)."""
+    return tuple(getattr(_module(name), "OPTIONS", ()))
+
+
 def run_study(
     name: str,
     *,
@@ -64,6 +69,7 @@ def run_study(
     device: str | torch.device | None = None,
     console: Console | None = None,
     log: Console | None = None,
+    options: dict[str, Any] | None = None,
 ) -> StudyResult:
     """Run study ``name`` and write its results under ``out_dir / name``.
 
@@ -72,9 +78,19 @@ def run_study(
             numbers mean nothing).
         device: ``None`` / ``auto`` picks CUDA when present.
         console: where the tables are printed (None: not printed); ``log``: progress and messages.
+        options: what the user gave the study (``data``, ``weights``, ``download``, ``seeds``: see
+            :data:`.common.STUDY_OPTIONS`); an option the study does not take is a one-line error.
     """
     module = _module(name)
-    ctx = StudyContext(name, quick=quick, out_dir=Path(out_dir), device=resolve_device(device), log=log)
+    ctx = StudyContext(
+        name,
+        quick=quick,
+        out_dir=Path(out_dir),
+        device=resolve_device(device),
+        log=log,
+        options=options,
+        accepts=study_options(name),
+    )
     started = time.perf_counter()
     result = module.run(ctx)
     result.seconds = time.perf_counter() - started

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,11 +33,42 @@ from ..training import Evaluation, evaluate, progress_bars
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["QUICK_AUDIT_IMAGES", "QUICK_TRAIN_IMAGES", "StudyContext", "StudyResult", "Table"]
+__all__ = [
+    "QUICK_AUDIT_IMAGES",
+    "QUICK_TRAIN_IMAGES",
+    "STUDY_OPTIONS",
+    "StudyContext",
+    "StudyResult",
+    "Table",
+    "published_table",
+    "seed_interval",
+]
 
 QUICK_TRAIN_IMAGES = 48  # quick mode: tiny models, one epoch on this many images
 QUICK_AUDIT_IMAGES = 6  # ... and this many test images per evaluation and audit
-RESULTS_VERSION = 1
+FULL_SEEDS, QUICK_SEEDS = 3, 2  # seeds a study trains of each model it reports over seeds
+RESULTS_VERSION = 2
+# What a user may give a study (`equiaudit zoo study NAME --data ... --weights ... --download --seeds N`);
+# each study module lists the ones it takes in OPTIONS.
+STUDY_OPTIONS = {
+    "data": "--data",
+    "weights": "--weights",
+    "download": "--download",
+    "seeds": "--seeds",
+}
+# Two-sided 95% Student-t quantiles by degrees of freedom (1-30); the normal 1.96 beyond.
+_T95 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def _interval_text(value: Any, scale: float, digits: int) -> str:
+    mean, low, high = (scale * value[k] for k in ("mean", "low", "high"))
+    unit = "%" if scale == 100 else ""
+    return f"{mean:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
+
 
 _FORMATS: dict[str, Callable[[Any], str]] = {
     "pct": lambda v: f"{100 * v:.1f}%",
@@ -45,6 +77,8 @@ _FORMATS: dict[str, Callable[[Any], str]] = {
     "f3": lambda v: f"{v:.3f}",
     "pts": lambda v: f"{100 * v:+.1f}",
     "text": str,
+    "ci": lambda v: _interval_text(v, 100, 1),
+    "ci3": lambda v: _interval_text(v, 1, 3),
 }
 
 
@@ -53,8 +87,9 @@ class Table:
     """Rows of raw values (floats stay floats in JSON) with a display format per column.
 
     ``columns`` are ``(header, format)`` with format ``pct`` (a fraction shown as %), ``pts`` (a difference
-    of fractions shown in signed percentage points), ``int``, ``sci``, ``f3`` or ``text``; ``None`` shows
-    as ``-``.
+    of fractions shown in signed percentage points), ``int``, ``sci``, ``f3``, ``text``, ``ci`` (an interval
+    dict with ``mean``, ``low``, ``high`` of a fraction, shown as ``97.1% [96.5, 97.7]``) or ``ci3`` (the same
+    for a plain number, 3 decimals); ``None`` shows as ``-``.
     """
 
     title: str
@@ -93,6 +128,31 @@ class Table:
         }
 
 
+def seed_interval(values: Sequence[float]) -> dict[str, Any]:
+    """The mean of ``values`` (one per seed) with its two-sided 95% Student-t interval: ``{"mean", "low",
+    "high", "n", "values"}``; ``low == high == mean`` for a single value."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("seed_interval needs at least one value")
+    n = len(vals)
+    mean = sum(vals) / n
+    half = 0.0
+    if n > 1:
+        sd = (sum((v - mean) ** 2 for v in vals) / (n - 1)) ** 0.5
+        half = (_T95[n - 2] if n - 1 <= len(_T95) else 1.96) * sd / n**0.5
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "values": vals}
+
+
+def published_table(rows: Iterable[tuple[str, str, str, str]]) -> Table:
+    """The table every study ends with: each published claim beside what we measured, and why they differ."""
+    table = Table(
+        "Published / ours / why different",
+        [("what", "text"), ("published", "text"), ("ours", "text"), ("why different", "text")],
+    )
+    table.rows.extend([list(row) for row in rows])
+    return table
+
+
 @dataclass
 class StudyResult:
     """What a study measured: its tables (measured beside published), notes on what differs, the numbers
@@ -108,6 +168,7 @@ class StudyResult:
     audits: dict[str, AuditResult] = field(default_factory=dict, repr=False)
     files: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    run: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +183,7 @@ class StudyResult:
             "models": self.models,
             "files": self.files,
             "seconds": self.seconds,
+            "run": self.run,
         }
 
     def to_markdown(self) -> str:
@@ -146,8 +208,20 @@ class StudyResult:
 class StudyContext:
     """Models, evaluations and audits for one study run; messages and progress go to ``log``."""
 
-    def __init__(self, name: str, *, quick: bool, out_dir: Path, device: torch.device, log: Console | None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        quick: bool,
+        out_dir: Path,
+        device: torch.device,
+        log: Console | None,
+        options: dict[str, Any] | None = None,
+        accepts: Sequence[str] = (),
+    ):
         self.name, self.quick, self.device, self.log = name, quick, device, log
+        self.options = _check_options(name, options or {}, accepts)
+        self.started = time.time()
         self.out_dir = Path(out_dir)
         self.folder = self.out_dir / name
         self.cache = self.out_dir / "checkpoints"
@@ -163,21 +237,41 @@ class StudyContext:
 
     # ---------------------------------------------------------------------------------------------- models
 
-    def recipe(self, name: str) -> Recipe:
-        recipe = RECIPES[name]
+    def option(self, key: str, default: Any = None) -> Any:
+        """The study option ``key`` the user gave (see :data:`STUDY_OPTIONS`), else ``default``."""
+        value = self.options.get(key)
+        return default if value is None else value
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds to train each model over: ``--seeds N`` gives 0..N-1; default 3 (2 in quick mode)."""
+        return tuple(range(self.option("seeds", QUICK_SEEDS if self.quick else FULL_SEEDS)))
+
+    def recipe(self, name: str, *, seed: int | None = None, **changes: Any) -> Recipe:
+        """Recipe ``name`` with ``seed`` and the Recipe fields in ``changes`` replaced; a changed recipe is
+        renamed ``NAME@seedS`` (only the seed changed) or ``NAME@HASH`` (its key), so its checkpoint is cached
+        apart. In quick mode it trains one epoch."""
+        base = RECIPES[name]
+        if seed is not None:
+            changes["seed"] = seed
+        recipe = replace(base, **changes)
+        if recipe.key() != base.key():
+            only_seed = replace(base, seed=recipe.seed) == recipe
+            recipe = replace(recipe, name=f"{name}@seed{recipe.seed}" if only_seed else f"{name}@{recipe.key()[:8]}")
         return replace(recipe, epochs=1) if self.quick else recipe
 
-    def model(self, name: str) -> tuple[nn.Module, Recipe]:
-        """The trained model of recipe ``name`` (see the module docstring for where it comes from)."""
-        recipe = self.recipe(name)
+    def model(self, name: str, *, seed: int | None = None, **changes: Any) -> tuple[nn.Module, Recipe]:
+        """The trained model of recipe ``name`` with ``seed`` and ``changes`` (see :meth:`recipe`; the module
+        docstring says where it comes from); its provenance is ``self.models[recipe.name]``."""
+        recipe = self.recipe(name, seed=seed, **changes)
         if self.quick:
             model, card = self._fit(recipe, tiny=True, limit=QUICK_TRAIN_IMAGES)
             origin = "trained now (quick: tiny variant, 1 epoch)"
         else:
             model, card, origin = self._full(recipe)
         model.to(self.device).eval()
-        self.models[name] = _provenance(recipe, card, origin)
-        self.status(f"{name}: {origin}")
+        self.models[recipe.name] = _provenance(recipe, card, origin)
+        self.status(f"{recipe.name}: {origin}")
         return model, recipe
 
     def _full(self, recipe: Recipe) -> tuple[nn.Module, dict[str, Any], str]:
@@ -260,12 +354,27 @@ class StudyContext:
             dict(self.audits),
             self.files,
             time.perf_counter() - started,
+            self.run_info(),
         )
         path = self.folder / "results.json"
         result.files["results"] = str(path)
         atomic_write_text(path, json.dumps(result.to_dict(), indent=2, allow_nan=False, default=_json_default) + "\n")
         self.status(f"results: {path}")
         return result
+
+    def run_info(self) -> dict[str, Any]:
+        """How this run was made: code commit, device, torch, seeds, options, start time (UTC)."""
+        dev = self.device
+        return {
+            "commit": _commit(),
+            "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "seeds": list(self.seeds),
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in self.options.items()},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+        }
 
     def _comparison(self, stem: str, title: str, keys: list[str], matrices: list[Any]) -> None:
         try:
@@ -300,10 +409,46 @@ def _provenance(recipe: Recipe, card: dict[str, Any], origin: str) -> dict[str, 
         "dataset": recipe.dataset,
         "train_images": card["data"]["train_images"],
         "epochs": card["training"]["epochs"],
+        "seed": recipe.seed,
+        "device": card["training"].get("device"),
         "train_seconds": card["training"]["seconds"],
         "recipe_key": recipe.key(),
         "sha256": card.get("sha256"),
     }
+
+
+def _check_options(study: str, options: dict[str, Any], accepts: Sequence[str]) -> dict[str, Any]:
+    """``options`` without the unset ones; one that ``study`` does not take is a one-line error."""
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    for key in given:
+        if key not in STUDY_OPTIONS:
+            raise EquiauditError(f"unknown study option {key!r}; options: {', '.join(STUDY_OPTIONS)}")
+        if key not in accepts:
+            takes = ", ".join(STUDY_OPTIONS[k] for k in accepts) or "none"
+            raise EquiauditError(f"the {study} study takes no {STUDY_OPTIONS[key]} (it takes: {takes})")
+    seeds = given.get("seeds")
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
+        raise EquiauditError(f"--seeds must be a whole number >= 1, got {seeds!r}")
+    return given
+
+
+def _commit() -> str | None:
+    """The git commit of the code that ran (``+dirty`` when it has uncommitted changes), None outside a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
 
 
 def _matching_card(recipe: Recipe, directory: Path | None) -> dict[str, Any] | None:
