@@ -82,7 +82,9 @@ class DeformScaleConv2d(ScaleConv2d):
         self, in_channels: int, out_channels: int, scale_size: int = 2, kernel_size: int = 3, bias: bool = True
     ) -> None:
         super().__init__(in_channels, out_channels, scale_size, kernel_size, bias)
-        self.offset_weight = nn.Parameter(torch.zeros(2 * kernel_size**2, in_channels, scale_size, kernel_size, kernel_size))
+        self.offset_weight = nn.Parameter(
+            torch.zeros(2 * kernel_size**2, in_channels, scale_size, kernel_size, kernel_size)
+        )
         self.offset_bias = nn.Parameter(torch.zeros(2 * kernel_size**2))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -71,7 +71,7 @@ class SO2CNN(_SteerableModel):
             else:
                 layers += [enn.GNormBatchNorm(out), enn.NormNonLinearity(out, "n_relu", bias=True)]
             if i in self._POOL_AFTER:
-                layers.append(enn.PointwiseAvgPoolAntialiased(out, sigma=0.66, stride=2, padding=1))
+                layers.append(enn.PointwiseAvgPoolAntialiased(out, sigma=0.66, stride=2, padding=2))
             t = out
         layers.append(enn.GroupPooling(t) if regular else enn.NormPool(t))
         self.features = enn.SequentialModule(*layers)

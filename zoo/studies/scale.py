@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -79,16 +80,36 @@ def feature_error_by_scale(result: Any) -> dict[float, float | None]:
     return out
 
 
+def _nanmean(values: np.ndarray, axis: int | None = None) -> Any:
+    """``np.nanmean`` without the warning on all-NaN slices (they stay NaN: nothing could be compared)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+def _value(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
 def _moved_mean(values: np.ndarray, scales: list[float]) -> np.ndarray:
     """Per image, the mean over the elements that move the image (identity left out) of ``(N, G)`` values."""
     moved = [j for j, s in enumerate(scales) if abs(s - 1.0) > 1e-9]
-    return np.nanmean(values[:, moved], axis=1)
+    return _nanmean(values[:, moved], axis=1)
 
 
-def _interval(values: np.ndarray) -> dict[str, float]:
-    """Mean of per-image values and its percentile bootstrap interval over the images."""
+def _interval(values: np.ndarray) -> dict[str, float] | None:
+    """Mean of the per-image values (NaN ones left out) and its percentile bootstrap interval over the images."""
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
     low, high = bootstrap_mean(values[:, None], CONFIDENCE)
     return {"mean": float(values.mean()), "low": float(low[0]), "high": float(high[0]), "n": int(values.size)}
+
+
+def _over_seeds(values: list[float]) -> dict[str, Any] | None:
+    """:func:`seed_interval` of the finite values, None when there is none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return seed_interval(finite) if finite else None
 
 
 def _test_images(ctx: StudyContext, recipe: Any) -> torch.Tensor:
@@ -124,11 +145,19 @@ def _measure(ctx: StudyContext, name: str) -> dict[str, Any]:
     runs = [_seed_run(ctx, name, seed, scales, group.elements) for seed in ctx.seeds]
     first = runs[0]
     res = ctx.audit(
-        LABELS[name], first["model"], first["recipe"], DATA, AUDIT_GROUP, AUDIT_IMAGES, QUICK_GROUP, layers=_layers(first)
+        LABELS[name],
+        first["model"],
+        first["recipe"],
+        DATA,
+        AUDIT_GROUP,
+        AUDIT_IMAGES,
+        QUICK_GROUP,
+        layers=_layers(first),
+        layer_action="spatial",  # a zoom moves every map's positions and nothing else, e2cnn fields included
     )
-    per_seed = {key: [float(np.nanmean(_moved_mean(r[key], scales))) for r in runs] for key in ("features", "logits")}
+    per_seed = {key: [float(_nanmean(_moved_mean(r[key], scales))) for r in runs] for key in ("features", "logits")}
     by_seed_scale = {
-        key: {s: float(np.mean([np.nanmean(r[key][:, j]) for r in runs])) for j, s in enumerate(scales)}
+        key: {s: _value(_nanmean(np.array([_nanmean(r[key][:, j]) for r in runs]))) for j, s in enumerate(scales)}
         for key in ("features", "logits")
     }
     return {
@@ -138,8 +167,8 @@ def _measure(ctx: StudyContext, name: str) -> dict[str, Any]:
         "seeds": list(ctx.seeds),
         "accuracy": seed_interval([r["accuracy"] for r in runs]),
         "test_images": first["test_images"],
-        "document_error": seed_interval(per_seed["features"]),
-        "logit_error": seed_interval(per_seed["logits"]),
+        "document_error": _over_seeds(per_seed["features"]),
+        "logit_error": _over_seeds(per_seed["logits"]),
         "document_error_images": _interval(_moved_mean(first["features"], scales)),
         "logit_error_images": _interval(_moved_mean(first["logits"], scales)),
         "document_error_by_scale": by_seed_scale["features"],
@@ -250,21 +279,38 @@ def _image_table(measured: dict[str, dict[str, Any]], names: list[str]) -> Table
     return table
 
 
-def _lowest(measured: dict[str, dict[str, Any]], names: list[str], key: str) -> list[str]:
-    return sorted(names, key=lambda n: measured[n][key]["mean"])
+def _mean(measured: dict[str, dict[str, Any]], name: str, key: str) -> float | None:
+    value = measured[name][key]
+    return None if value is None else value["mean"]
+
+
+def _ranked(measured: dict[str, dict[str, Any]], names: list[str], key: str) -> list[str]:
+    """``names`` with a ``key`` interval, lowest mean first."""
+    return sorted((n for n in names if _mean(measured, n, key) is not None), key=lambda n: _mean(measured, n, key))
+
+
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _published(measured: dict[str, dict[str, Any]], names: list[str]) -> Table:
     """The document's claims (its graphs give no numbers) against ours."""
     rising = [n for n in names if (measured[n]["document_error_slope"] or 0.0) > 0]
-    ranked = _lowest(measured, names, "document_error")
-    doc = {n: measured[n]["document_error"]["mean"] for n in names}
-    acc = {n: measured[n]["accuracy"]["mean"] for n in names}
+    ranked = _ranked(measured, names, "document_error")
+    doc = {n: _mean(measured, n, "document_error") for n in names}
+    acc = {n: 100 * measured[n]["accuracy"]["mean"] for n in names}
     small, large = _split_scales(measured[names[0]]["document_error_by_scale"])
+    curve = {n: measured[n]["document_error_by_scale"] for n in ("dss", "deform-dss")}
     gap = {
-        part: measured["deform-dss"]["document_error_by_scale"][s] - measured["dss"]["document_error_by_scale"][s]
+        part: _difference(curve["deform-dss"].get(s), curve["dss"].get(s))
         for part, s in (("small", small), ("large", large))
     }
+    lowest = f"{ranked[0]} ({_num(doc[ranked[0]])})" if ranked else "-"
+    rank = f"rank {ranked.index('so2-cnn') + 1} of {len(ranked)}" if "so2-cnn" in ranked else "not measured"
     why = (
         "UCI digits rescaled in [0.3, 1] on 28 px instead of MNIST-scale; small models; zoom-ins crop the digits; "
         "DSS with 3 levels of base 2"
@@ -280,29 +326,28 @@ def _published(measured: dict[str, dict[str, Any]], names: list[str]) -> Table:
             (
                 "SO(2) group CNN has the lowest equivariance error",
                 "lowest curve (graph)",
-                f"lowest: {ranked[0]} ({doc[ranked[0]]:.3f}); so2-cnn {doc['so2-cnn']:.3f} "
-                f"(rank {ranked.index('so2-cnn') + 1} of {len(names)})",
-                "SO(2) equivariance does not act on scale; our so2-cnn is small and norm-pooled " + "(" + why + ")",
+                f"lowest: {lowest}; so2-cnn {_num(doc['so2-cnn'])} ({rank})",
+                "rotation equivariance does not act on scale; " + why,
             ),
             (
                 "deformable convolution beats plain convolution in accuracy and equivariance",
                 "higher accuracy, lower error than the CNN (graphs)",
-                f"accuracy {100 * acc['deform-cnn']:.1f}% vs {100 * acc['cnn']:.1f}%; error "
-                f"{doc['deform-cnn']:.3f} vs {doc['cnn']:.3f}",
+                f"accuracy {acc['deform-cnn']:.1f}% vs {acc['cnn']:.1f}%; error {_num(doc['deform-cnn'])} vs "
+                f"{_num(doc['cnn'])}",
                 why,
             ),
             (
                 "DSS v2 underperforms DSS v1",
                 "lower accuracy (graph)",
-                f"accuracy {100 * acc['dss-v2']:.1f}% vs {100 * acc['dss']:.1f}%; error {doc['dss-v2']:.3f} vs "
-                f"{doc['dss']:.3f}",
+                f"accuracy {acc['dss-v2']:.1f}% vs {acc['dss']:.1f}%; error {_num(doc['dss-v2'])} vs "
+                f"{_num(doc['dss'])}",
                 why,
             ),
             (
                 "deformable DSS helps for small scale changes, hurts for large ones",
                 "graph, no numbers",
-                f"deform-dss minus dss error: {gap['small']:+.3f} at scale {small:.3f}, {gap['large']:+.3f} at "
-                f"{large:.3f}",
+                f"deform-dss minus dss error: {_num(gap['small'], '+.3f')} at scale {small:.3f}, "
+                f"{_num(gap['large'], '+.3f')} at {large:.3f}",
                 why,
             ),
         ]
@@ -329,7 +374,9 @@ def run(ctx: StudyContext) -> StudyResult:
     ]
     failed = [n for n in names if not measured[n]["within_gate"]]
     epochs = ", ".join(f"{n} {measured[n]['epochs']}" for n in names)
-    ranked = ", ".join(f"{n} {measured[n]['document_error']['mean']:.3f}" for n in _lowest(measured, names, "document_error"))
+    ranked = ", ".join(
+        f"{n} {_mean(measured, n, 'document_error'):.3f}" for n in _ranked(measured, names, "document_error")
+    )
     notes = [
         f"Accuracy gate (every model within {100 * GATE:g} points of the CNN's mean accuracy): "
         + ("met by every model." if not failed else f"NOT met by {', '.join(failed)}."),
