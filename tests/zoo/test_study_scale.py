@@ -24,6 +24,7 @@ from equiaudit.zoo.studies.scale_metric import embedding_layer, level_shift, sca
 from torch import nn
 
 from equiaudit import audit
+from equiaudit.errors import EquiauditError
 from equiaudit.groups import parse_group
 from equiaudit.transforms import transform
 
@@ -62,14 +63,16 @@ def test_new_models_have_study_recipes_tiny_variants_and_comparable_sizes() -> N
 
 
 @pytest.mark.parametrize("group", ["so2", "c8"])
-def test_so2_cnn_is_exactly_c4_equivariant_at_its_first_convolutions_with_their_field_types(group: str) -> None:
+def test_so2_cnn_is_exactly_c4_equivariant_at_every_layer_with_its_field_type(group: str) -> None:
     torch.manual_seed(0)
-    model = create("so2-cnn", tiny=True, group=group, widths=(2, 2, 2, 2, 2)).eval()
-    res = audit(model, torch.rand(4, 1, 28, 28), "c4", layers="features.0,features.3", samples=0)
-    rows = {r["name"]: r for r in res.layers["layers"]}
-    for name in ("features.0", "features.3"):  # both before the first stride-2 pooling
-        assert rows[name]["action"] == "field" and rows[name]["holds"]
-        assert max(e for e in rows[name]["error_max"] if e is not None) < 1e-5
+    model = create("so2-cnn", tiny=True, group=group).eval()
+    res = audit(model, torch.rand(4, 1, 28, 28), "c4", layers="auto", samples=0)
+    rows = res.layers["layers"]
+    assert [r["module"] for r in rows].count("R2Conv") == 5 and rows[-1]["name"] == embedding_layer(model)
+    for row in rows:  # convolutions, poolings (blur, 2x2 blocks on 28 and 14) and the invariant map
+        assert row["action"] == "field" and row["holds"], row["name"]
+        assert max(e for e in row["error_max"] if e is not None) < 1e-5
+    assert res.summary["invariance_error_max"] < 1e-5
 
 
 def test_so2_cnn_rejects_an_unknown_group() -> None:
@@ -183,3 +186,10 @@ def test_the_gate_marks_models_within_two_points_of_the_cnn(tmp_path: Path) -> N
     study._gate(measured, ["cnn", "a", "b"])
     assert [measured[n]["within_gate"] for n in ("cnn", "a", "b")] == [True, True, False]
     assert measured["b"]["accuracy_gap"] == pytest.approx(-0.021)
+
+
+def test_data_option_refuses_images_that_are_not_labelled_one_channel_digits(tmp_path: Path) -> None:
+    with pytest.raises(EquiauditError, match="the scale study needs labelled one-channel digit images; 'photos'"):
+        run_study("scale", quick=True, out_dir=tmp_path, device="cpu", options={"data": "photos"})
+    with pytest.raises(EquiauditError, match="takes no --weights"):
+        run_study("scale", quick=True, out_dir=tmp_path, device="cpu", options={"weights": "w.pt"})

@@ -8,9 +8,10 @@ Either way the end is invariant: the fields' norms (``NormPool``) or their maxim
 (``GroupPooling``), averaged over space, then a linear head.
 
 **Exactness:** e2cnn samples its analytically steerable filters on the pixel grid, which quarter turns map onto
-itself, so the convolutions before the first stride-2 pooling are exactly C4-equivariant (float rounding) on
-any size; other angles hold up to the filters' sampling. Strided pooling on 28x28 maps (even sides) samples
-positions that are not symmetric about the centre, so the logits are C4-invariant only approximately.
+itself, so every convolution is exactly C4-equivariant (float rounding); other angles hold up to the filters'
+sampling. Each downsampling is a Gaussian blur ('same' size) followed by 2x2 average pooling, whose blocks
+quarter turns permute on even sides (28 -> 14 -> 7), so the logits are exactly C4-invariant on 28x28 (a
+strided blur would sample positions that are not symmetric about the centre of an even side).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from .steerable import _e2cnn, _r2conv, _SteerableModel
 
 __all__ = ["SO2CNN"]
 
+# Norm-ReLUs compute relu(|x| - exp(log_bias)); e2cnn starts log_bias at 0, a threshold of 1 that silences most
+# fields of a deep stack at initialisation; exp(-2) = 0.14 lets them through.
+NORM_RELU_LOG_BIAS = -2.0
+
 
 def _space(gspaces: Any, group: str, max_frequency: int) -> tuple[Any, bool]:
     """``(gspace, regular)`` of ``group`` ("so2" or "cN")."""
@@ -37,8 +42,8 @@ def _space(gspaces: Any, group: str, max_frequency: int) -> tuple[Any, bool]:
 
 
 class SO2CNN(_SteerableModel):
-    """Five R2Conv blocks (kernels 7, 5, 5, 5, 5; 'same' padding) with antialiased stride-2 average pooling
-    after the second and fourth (28 -> 14 -> 7), an invariant map, global average pooling and a linear head.
+    """Five R2Conv blocks (kernels 7, 5, 5, 5, 5; 'same' padding) with antialiased 2x2 average pooling after the
+    second and fourth (28 -> 14 -> 7), an invariant map, global average pooling and a linear head.
 
     ``widths`` count fields per block: ``so2`` fields hold one copy of every irrep up to ``max_frequency``
     (``2F + 1`` channels), ``cN`` regular fields ``N`` channels."""
@@ -69,9 +74,14 @@ class SO2CNN(_SteerableModel):
             if regular:
                 layers += [enn.InnerBatchNorm(out), enn.ReLU(out, inplace=True)]
             else:
-                layers += [enn.GNormBatchNorm(out), enn.NormNonLinearity(out, "n_relu", bias=True)]
-            if i in self._POOL_AFTER:
-                layers.append(enn.PointwiseAvgPoolAntialiased(out, sigma=0.66, stride=2, padding=2))
+                act = enn.NormNonLinearity(out, "n_relu", bias=True)
+                nn.init.constant_(act.log_bias, NORM_RELU_LOG_BIAS)
+                layers += [enn.GNormBatchNorm(out), act]
+            if i in self._POOL_AFTER:  # a Gaussian blur, then 2x2 blocks: antialiased, and exact under C4 on 28
+                layers += [
+                    enn.PointwiseAvgPoolAntialiased(out, sigma=0.66, stride=1, padding=2),
+                    enn.PointwiseAvgPool(out, 2),
+                ]
             t = out
         layers.append(enn.GroupPooling(t) if regular else enn.NormPool(t))
         self.features = enn.SequentialModule(*layers)
@@ -93,10 +103,10 @@ class SO2CNN(_SteerableModel):
     "so2-cnn",
     family="scale",
     description="SO(2) group CNN (e2cnn Rot2dOnR2(-1, 2): irreducible fields up to frequency 2, norm-ReLUs, "
-    "norm pooling); exactly C4-equivariant before the first stride-2 pooling, rotation-invariant up to sampling",
+    "norm pooling); exactly C4-invariant on 28x28, rotation-invariant up to the filters' sampling",
     task="classify",
-    groups=("c4", "so2:36"),
-    exact_groups=(),
+    groups=("so2", "c4"),
+    exact_groups=("c4",),
     input_shape=(1, 28, 28),
     num_classes=10,
     default_dataset="scale-digits",
@@ -112,5 +122,5 @@ def so2_cnn(
     max_frequency: int = 2,
 ) -> SO2CNN:
     if tiny:
-        widths, max_frequency = (1, 1, 1, 1, 1), 1
+        widths, max_frequency = (2, 2, 2, 2, 2), 1
     return SO2CNN(group, in_channels, num_classes, tuple(widths), max_frequency)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from equiaudit.errors import EquiauditError
 from equiaudit.groups import parse_group
 from equiaudit.intervals import bootstrap_mean
 
@@ -52,7 +53,7 @@ LABELS = {
     "deform-dss@scale-digits": "deform-dss",
     "so2-cnn@scale-digits": "so2-cnn",
 }
-OPTIONS = ("seeds",)
+OPTIONS = ("data", "seeds")
 DATA = "scale-digits"
 AUDIT_GROUP, QUICK_GROUP, AUDIT_IMAGES = "scale:0.5..2:9", "scale:0.5,1,2", 200
 GATE = 0.02  # every model's accuracy within 2 points of the CNN's
@@ -112,18 +113,34 @@ def _over_seeds(values: list[float]) -> dict[str, Any] | None:
     return seed_interval(finite) if finite else None
 
 
+def _data(ctx: StudyContext) -> str:
+    """The data set the study trains and measures on: ``--data`` (e.g. ``mnist-scale:PATH``, the document's
+    MNIST-scale) or the offline :data:`DATA`; one-channel labelled images, else a one-line error."""
+    from equiaudit.data import load_data
+
+    spec = str(ctx.option("data", DATA))
+    if spec != DATA:
+        probe = load_data(spec, split="test", limit=1)
+        if probe.input_shape[0] != 1 or not probe.has_labels:
+            raise EquiauditError(
+                f"the scale study needs labelled one-channel digit images; {spec!r} has {probe.input_shape[0]} "
+                f"channel(s){'' if probe.has_labels else ' and no labels'}"
+            )
+    return spec
+
+
 def _test_images(ctx: StudyContext, recipe: Any) -> torch.Tensor:
     from equiaudit.data import load_data
 
     n = QUICK_AUDIT_IMAGES if ctx.quick else AUDIT_IMAGES
-    data = load_data(DATA, split="test", limit=n, **recipe.data_options)
+    data = load_data(recipe.dataset, split="test", limit=n, **recipe.data_options)
     return torch.stack([data.dataset[i][0] for i in range(len(data.dataset))]).to(ctx.device)
 
 
-def _seed_run(ctx: StudyContext, name: str, seed: int, scales: list[float], elements: Any) -> dict[str, Any]:
-    """Train (or load) ``name`` with ``seed``; its accuracy and per-image document / logit errors."""
-    model, recipe = ctx.model(name, seed=seed)
-    test = ctx.evaluate(model, recipe, DATA)
+def _seed_run(ctx: StudyContext, name: str, seed: int, scales: list[float], elements: Any, data: str) -> dict[str, Any]:
+    """Train (or load) ``name`` with ``seed`` on ``data``; its accuracy and per-image document / logit errors."""
+    model, recipe = ctx.model(name, seed=seed, **({} if data == DATA else {"dataset": data}))
+    test = ctx.evaluate(model, recipe, recipe.dataset)
     images = _test_images(ctx, recipe)
     features, logits = scale_errors(model, images, elements)
     return {
@@ -138,17 +155,17 @@ def _seed_run(ctx: StudyContext, name: str, seed: int, scales: list[float], elem
     }
 
 
-def _measure(ctx: StudyContext, name: str) -> dict[str, Any]:
+def _measure(ctx: StudyContext, name: str, data: str) -> dict[str, Any]:
     """Every seed of ``name``; the per-layer audit of the first seed's model; the numbers of the tables."""
     group = parse_group(QUICK_GROUP if ctx.quick else AUDIT_GROUP)
     scales = [float(g.scale) for g in group.elements]
-    runs = [_seed_run(ctx, name, seed, scales, group.elements) for seed in ctx.seeds]
+    runs = [_seed_run(ctx, name, seed, scales, group.elements, data) for seed in ctx.seeds]
     first = runs[0]
     res = ctx.audit(
         LABELS[name],
         first["model"],
         first["recipe"],
-        DATA,
+        data,
         AUDIT_GROUP,
         AUDIT_IMAGES,
         QUICK_GROUP,
@@ -161,6 +178,7 @@ def _measure(ctx: StudyContext, name: str) -> dict[str, Any]:
         for key in ("features", "logits")
     }
     return {
+        "data": data,
         "parameters": first["provenance"]["parameters"],
         "epochs": first["provenance"]["epochs"],
         "train_seconds": [r["provenance"]["train_seconds"] for r in runs],
@@ -210,7 +228,7 @@ def _summary_table(measured: dict[str, dict[str, Any]], names: list[str], ctx: S
     first = measured[names[0]]
     seeds = len(ctx.seeds)
     table = Table(
-        f"Accuracy on {first['test_images']} rescaled test digits ({DATA}) and the errors under "
+        f"Accuracy on {first['test_images']} test images of {first['data']} and the errors under "
         f"{first['audit_group']} ({first['images']} images), mean over {seeds} seeds [95% t-interval]",
         [
             ("model", "text"),
@@ -311,10 +329,7 @@ def _published(measured: dict[str, dict[str, Any]], names: list[str]) -> Table:
     }
     lowest = f"{ranked[0]} ({_num(doc[ranked[0]])})" if ranked else "-"
     rank = f"rank {ranked.index('so2-cnn') + 1} of {len(ranked)}" if "so2-cnn" in ranked else "not measured"
-    why = (
-        "UCI digits rescaled in [0.3, 1] on 28 px instead of MNIST-scale; small models; zoom-ins crop the digits; "
-        "DSS with 3 levels of base 2"
-    )
+    why = f"{_setting(measured[names[0]]['data'])}; small models; zoom-ins crop the digits; DSS: 3 levels, base 2"
     return published_table(
         [
             (
@@ -354,6 +369,12 @@ def _published(measured: dict[str, dict[str, Any]], names: list[str]) -> Table:
     )
 
 
+def _setting(data: str) -> str:
+    if data == DATA:
+        return "UCI digits rescaled by random factors in [0.3, 1] (as MNIST-scale) instead of MNIST-scale"
+    return f"trained and measured on {data}"
+
+
 def _split_scales(errors: dict[float, float]) -> tuple[float, float]:
     """The smallest and the largest zoom-out (scale < 1) of the curve: a small and a large scale change."""
     outs = sorted((s for s in errors if s < 1.0), reverse=True)
@@ -362,7 +383,8 @@ def _split_scales(errors: dict[float, float]) -> tuple[float, float]:
 
 def run(ctx: StudyContext) -> StudyResult:
     started = time.perf_counter()
-    measured = {LABELS[name]: _measure(ctx, name) for name in MODELS}
+    data = _data(ctx)
+    measured = {LABELS[name]: _measure(ctx, name, data) for name in MODELS}
     names = [LABELS[n] for n in MODELS]
     _gate(measured, names)
     tables = [
@@ -388,8 +410,10 @@ def run(ctx: StudyContext) -> StudyResult:
         "channel, by the moved map) differs from the per-layer audit's (all channels, by the reference map, undone "
         "zoom, compared region only), which is reported beside it. The code's numerator is a matrix 2-norm (largest "
         "singular value); ours is the Euclidean norm of the map; dead channels are left out.",
-        f"Differs from the published setting: {measured[names[0]]['test_images']} UCI test digits rescaled by "
-        f"random factors in [0.3, 1] (as MNIST-scale) instead of MNIST-scale; scale factors {AUDIT_GROUP} (the "
-        f"document zooms out by 1/1.1 .. 1/3 only); epochs: {epochs}.",
+        "Per-layer audit (first seed): every convolution and block (layers=auto; DSS v2: its level-pooled map, as "
+        "its pyramid blocks output lists of maps), spatial action (a zoom moves positions only, e2cnn fields "
+        "included; scale-space levels are folded into the channels and not shifted there).",
+        f"Differs from the published setting: {_setting(data)}; {measured[names[0]]['test_images']} test images; "
+        f"scale factors {AUDIT_GROUP} (the document zooms out by 1/1.1 .. 1/3 only); epochs: {epochs}.",
     ]
     return ctx.finish(TITLE, tables, notes, measured, started, comparisons=[("report", names, [])])
