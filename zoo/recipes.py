@@ -243,7 +243,7 @@ RECIPES: dict[str, Recipe] = {
             "dss-v2@scale-digits",
             "dss-v2",
             "scale-digits",
-            epochs=6,
+            epochs=10,
             evals=("digits",),
             audits=("scale:0.5..2:9",),
             note="the DSS v2 (bilinear pyramid) of the scale study",
