@@ -137,7 +137,7 @@ def _test_images(ctx: StudyContext, recipe: Any) -> torch.Tensor:
     return torch.stack([data.dataset[i][0] for i in range(len(data.dataset))]).to(ctx.device)
 
 
-def _seed_run(ctx: StudyContext, name: str, seed: int, scales: list[float], elements: Any, data: str) -> dict[str, Any]:
+def _seed_run(ctx: StudyContext, name: str, seed: int, elements: Any, data: str) -> dict[str, Any]:
     """Train (or load) ``name`` with ``seed`` on ``data``; its accuracy and per-image document / logit errors."""
     model, recipe = ctx.model(name, seed=seed, **({} if data == DATA else {"dataset": data}))
     test = ctx.evaluate(model, recipe, recipe.dataset)
@@ -151,7 +151,6 @@ def _seed_run(ctx: StudyContext, name: str, seed: int, scales: list[float], elem
         "features": features,
         "logits": logits,
         "provenance": ctx.models[recipe.name],
-        "scales": scales,
     }
 
 
@@ -159,7 +158,7 @@ def _measure(ctx: StudyContext, name: str, data: str) -> dict[str, Any]:
     """Every seed of ``name``; the per-layer audit of the first seed's model; the numbers of the tables."""
     group = parse_group(QUICK_GROUP if ctx.quick else AUDIT_GROUP)
     scales = [float(g.scale) for g in group.elements]
-    runs = [_seed_run(ctx, name, seed, scales, group.elements, data) for seed in ctx.seeds]
+    runs = [_seed_run(ctx, name, seed, group.elements, data) for seed in ctx.seeds]
     first = runs[0]
     res = ctx.audit(
         LABELS[name],
@@ -172,29 +171,41 @@ def _measure(ctx: StudyContext, name: str, data: str) -> dict[str, Any]:
         layers=_layers(first),
         layer_action="spatial",  # a zoom moves every map's positions and nothing else, e2cnn fields included
     )
+    return {"data": data, **_seed_numbers(runs, scales), **_audit_numbers(res)}
+
+
+def _seed_numbers(runs: list[dict[str, Any]], scales: list[float]) -> dict[str, Any]:
+    """Accuracy and the document / logit errors over the seeds' runs; intervals over images for the first."""
+    first = runs[0]
     per_seed = {key: [float(_nanmean(_moved_mean(r[key], scales))) for r in runs] for key in ("features", "logits")}
-    by_seed_scale = {
+    by_scale_mean = {
         key: {s: _value(_nanmean(np.array([_nanmean(r[key][:, j]) for r in runs]))) for j, s in enumerate(scales)}
         for key in ("features", "logits")
     }
     return {
-        "data": data,
         "parameters": first["provenance"]["parameters"],
         "epochs": first["provenance"]["epochs"],
         "train_seconds": [r["provenance"]["train_seconds"] for r in runs],
-        "seeds": list(ctx.seeds),
+        "seeds": [r["provenance"]["seed"] for r in runs],
         "accuracy": seed_interval([r["accuracy"] for r in runs]),
         "test_images": first["test_images"],
         "document_error": _over_seeds(per_seed["features"]),
         "logit_error": _over_seeds(per_seed["logits"]),
         "document_error_images": _interval(_moved_mean(first["features"], scales)),
         "logit_error_images": _interval(_moved_mean(first["logits"], scales)),
-        "document_error_by_scale": by_seed_scale["features"],
-        "logit_error_by_scale": by_seed_scale["logits"],
-        "document_error_slope": _slope(by_seed_scale["features"]),
+        "document_error_by_scale": by_scale_mean["features"],
+        "logit_error_by_scale": by_scale_mean["logits"],
+        "document_error_slope": _slope(by_scale_mean["features"]),
         "images": int(first["features"].shape[0]),
-        "layer_error_mean": _moved(feature_error_by_scale(res)),
-        "layer_error_by_scale": feature_error_by_scale(res),
+    }
+
+
+def _audit_numbers(res: Any) -> dict[str, Any]:
+    """What the first seed's per-layer audit adds."""
+    layers = feature_error_by_scale(res)
+    return {
+        "layer_error_mean": _moved(layers),
+        "layer_error_by_scale": layers,
         "layers": [r["name"] for r in res.layers["layers"]],
         "invariance_error_by_scale": by_scale(res, "invariance_error"),
         "agreement_mean": summary_value(res, "agreement_mean"),
