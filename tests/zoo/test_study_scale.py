@@ -113,14 +113,14 @@ def test_dss_v2_pyramid_shapes_and_a_centre_tap_kernel_passes_each_level_through
     assert embedding_layer(model) == "levels" and model(x).shape == (2, 10)
 
 
-def _hand_errors(model: nn.Module, layer: nn.Module, x: torch.Tensor, elements: list) -> list[list[float]]:
+def _hand_errors(model: nn.Module, layer: nn.Module, x: torch.Tensor, elements: list) -> tuple[list, list]:
     """The document's error by loops: per image and element, the mean over channels (and matched levels) of
-    ||L_s Φ(f)_c - Φ(L_s f)_c|| / ||Φ(L_s f)_c||."""
+    ||L_s Φ(f)_c - Φ(L_s f)_c|| / ||Φ(L_s f)_c||; and the pooled form, one ratio of norms over all of them."""
     maps = []
     handle = layer.register_forward_hook(lambda _m, _i, out: maps.append(out.detach()))
-    out = []
+    out, pooled = [], []
     for i in range(x.shape[0]):
-        row = []
+        row, row_pooled = [], []
         for g in elements:
             maps.clear()
             model(x[i : i + 1])
@@ -137,9 +137,12 @@ def _hand_errors(model: nn.Module, layer: nn.Module, x: torch.Tensor, elements: 
                     pairs.append((pred[c], moved[c]))
             ratios = [float((p - m).norm() / m.norm()) for p, m in pairs if float(m.norm()) > 1e-12]
             row.append(sum(ratios) / len(ratios))
+            num, den = sum(float((p - m).norm()) ** 2 for p, m in pairs), sum(float(m.norm()) ** 2 for _, m in pairs)
+            row_pooled.append(math.sqrt(num / den))
         out.append(row)
+        pooled.append(row_pooled)
     handle.remove()
-    return out
+    return out, pooled
 
 
 @pytest.mark.parametrize("name", ["cnn", "dss"])
@@ -148,17 +151,19 @@ def test_the_document_error_equals_a_hand_computation_in_float64(name: str) -> N
     model = create(name, tiny=True).double().eval()
     x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
     elements = list(parse_group(ZOOMS).elements)
-    features, logits = scale_errors(model, x, elements, batch=2)
+    errors = scale_errors(model, x, elements, batch=2)
     layer = dict(model.named_modules())[embedding_layer(model)]
-    hand = _hand_errors(model, layer, x, elements)
-    assert features.shape == logits.shape == (3, len(elements))
-    torch.testing.assert_close(
-        torch.from_numpy(features), torch.tensor(hand, dtype=torch.float64), rtol=1e-9, atol=1e-12
-    )
-    assert features[:, elements.index(next(g for g in elements if g.is_identity))].tolist() == [0.0] * 3
+    hand, hand_pooled = _hand_errors(model, layer, x, elements)
+    assert errors.features.shape == errors.pooled.shape == errors.logits.shape == (3, len(elements))
+    for got, want in ((errors.features, hand), (errors.pooled, hand_pooled)):
+        torch.testing.assert_close(
+            torch.from_numpy(got), torch.tensor(want, dtype=torch.float64), rtol=1e-9, atol=1e-12
+        )
+    identity = elements.index(next(g for g in elements if g.is_identity))
+    assert errors.features[:, identity].tolist() == errors.pooled[:, identity].tolist() == [0.0] * 3
     res = audit(model, x, ZOOMS, samples=0, input_mask="none")  # the logit column: the audit's invariance error
     expected = by_scale(res, "invariance_error")
-    assert logits.mean(axis=0).tolist() == pytest.approx([expected[g.scale] for g in elements], rel=1e-6)
+    assert errors.logits.mean(axis=0).tolist() == pytest.approx([expected[g.scale] for g in elements], rel=1e-6)
 
 
 def test_a_pointwise_linear_map_commutes_with_every_zoom() -> None:
@@ -173,8 +178,8 @@ def test_a_pointwise_linear_map_commutes_with_every_zoom() -> None:
 
     torch.manual_seed(2)
     model = Pointwise().double()
-    features, _ = scale_errors(model, torch.rand(2, 1, 20, 20, dtype=torch.float64), parse_group(ZOOMS).elements)
-    assert features.max() < 1e-12
+    errors = scale_errors(model, torch.rand(2, 1, 20, 20, dtype=torch.float64), parse_group(ZOOMS).elements)
+    assert errors.features.max() < 1e-12 and errors.pooled.max() < 1e-12
 
 
 def test_level_shift_follows_the_scale_space_convention() -> None:

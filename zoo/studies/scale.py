@@ -142,14 +142,15 @@ def _seed_run(ctx: StudyContext, name: str, seed: int, elements: Any, data: str)
     model, recipe = ctx.model(name, seed=seed, **({} if data == DATA else {"dataset": data}))
     test = ctx.evaluate(model, recipe, recipe.dataset)
     images = _test_images(ctx, recipe)
-    features, logits = scale_errors(model, images, elements)
+    errors = scale_errors(model, images, elements)
     return {
         "model": model,
         "recipe": recipe,
         "accuracy": test.accuracy,
         "test_images": test.images,
-        "features": features,
-        "logits": logits,
+        "features": errors.features,
+        "pooled": errors.pooled,
+        "logits": errors.logits,
         "provenance": ctx.models[recipe.name],
     }
 
@@ -177,10 +178,11 @@ def _measure(ctx: StudyContext, name: str, data: str) -> dict[str, Any]:
 def _seed_numbers(runs: list[dict[str, Any]], scales: list[float]) -> dict[str, Any]:
     """Accuracy and the document / logit errors over the seeds' runs; intervals over images for the first."""
     first = runs[0]
-    per_seed = {key: [float(_nanmean(_moved_mean(r[key], scales))) for r in runs] for key in ("features", "logits")}
+    keys = ("features", "pooled", "logits")
+    per_seed = {key: [float(_nanmean(_moved_mean(r[key], scales))) for r in runs] for key in keys}
     by_scale_mean = {
         key: {s: _value(_nanmean(np.array([_nanmean(r[key][:, j]) for r in runs]))) for j, s in enumerate(scales)}
-        for key in ("features", "logits")
+        for key in keys
     }
     return {
         "parameters": first["provenance"]["parameters"],
@@ -190,10 +192,12 @@ def _seed_numbers(runs: list[dict[str, Any]], scales: list[float]) -> dict[str, 
         "accuracy": seed_interval([r["accuracy"] for r in runs]),
         "test_images": first["test_images"],
         "document_error": _over_seeds(per_seed["features"]),
+        "pooled_error": _over_seeds(per_seed["pooled"]),
         "logit_error": _over_seeds(per_seed["logits"]),
         "document_error_images": _interval(_moved_mean(first["features"], scales)),
         "logit_error_images": _interval(_moved_mean(first["logits"], scales)),
         "document_error_by_scale": by_scale_mean["features"],
+        "pooled_error_by_scale": by_scale_mean["pooled"],
         "logit_error_by_scale": by_scale_mean["logits"],
         "document_error_slope": _slope(by_scale_mean["features"]),
         "images": int(first["features"].shape[0]),
@@ -249,6 +253,7 @@ def _summary_table(measured: dict[str, dict[str, Any]], names: list[str], ctx: S
             ("vs cnn", "pts"),
             (f"within {100 * GATE:g} pts", "text"),
             ("feature-map error (document)", "ci3"),
+            ("channels pooled", "ci3"),
             ("logit error", "ci3"),
             ("per-layer error (audit)", "f3"),
             ("error growth per octave", "f3"),
@@ -265,6 +270,7 @@ def _summary_table(measured: dict[str, dict[str, Any]], names: list[str], ctx: S
                 m["accuracy_gap"],
                 "yes" if m["within_gate"] else "no",
                 m["document_error"],
+                m["pooled_error"],
                 m["logit_error"],
                 m["layer_error_mean"],
                 m["document_error_slope"],
@@ -286,14 +292,11 @@ def _by_scale_table(measured: dict[str, dict[str, Any]], names: list[str]) -> Ta
     return table
 
 
-def _layer_table(measured: dict[str, dict[str, Any]], names: list[str]) -> Table:
-    table = Table(
-        "Per-layer audit (first seed): mean over each model's audited layers of ||ρ(g)^-1 Φ(g x) - Φ(x)|| / "
-        "||Φ(x)|| (maps rescaled back at their own resolution, compared region only), by scale factor",
-        [("scale", "f3")] + [(n, "f3") for n in names],
-    )
-    for s in sorted(measured[names[0]]["layer_error_by_scale"]):
-        table.rows.append([s, *(measured[n]["layer_error_by_scale"].get(s) for n in names)])
+def _curve_table(title: str, measured: dict[str, dict[str, Any]], names: list[str], key: str) -> Table:
+    """One row per scale factor, one column per model: ``measured[model][key][scale]``."""
+    table = Table(title, [("scale", "f3")] + [(n, "f3") for n in names])
+    for s in sorted(measured[names[0]][key]):
+        table.rows.append([s, *(measured[n][key].get(s) for n in names)])
     return table
 
 
@@ -401,7 +404,20 @@ def run(ctx: StudyContext) -> StudyResult:
     tables = [
         _summary_table(measured, names, ctx),
         _by_scale_table(measured, names),
-        _layer_table(measured, names),
+        _curve_table(
+            "The document's feature-map error with the channels pooled (one norm ratio over all channels, which "
+            "near-silent channels cannot dominate), by scale factor (mean over seeds)",
+            measured,
+            names,
+            "pooled_error_by_scale",
+        ),
+        _curve_table(
+            "Per-layer audit (first seed): mean over each model's audited layers of ||ρ(g)^-1 Φ(g x) - Φ(x)|| / "
+            "||Φ(x)|| (maps rescaled back at their own resolution, compared region only), by scale factor",
+            measured,
+            names,
+            "layer_error_by_scale",
+        ),
         _image_table(measured, names),
         _published(measured, names),
     ]

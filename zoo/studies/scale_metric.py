@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from equiaudit.layers import LayerRecorder
 from equiaudit.metrics import logit_error
 from equiaudit.transforms import ElementPlan, sampling_dtype
 
-__all__ = ["embedding_layer", "level_shift", "map_error", "scale_errors"]
+__all__ = ["ScaleErrors", "embedding_layer", "level_shift", "map_error", "scale_errors"]
 
 _EPS = 1e-12
 
@@ -55,8 +56,10 @@ def level_shift(scale: float) -> int:
 
 
 def map_error(ref: torch.Tensor, moved: torch.Tensor, elements: Sequence[GroupElement]) -> torch.Tensor:
-    """``(G, B)`` document errors (module docstring) from the maps ``ref = Φ(f)`` ``(B, C[, S], h, w)`` and
-    ``moved[i] = Φ(g_i f)`` ``(G, B, C[, S], h, w)``; NaN where nothing can be compared."""
+    """``(2, G, B)`` errors from the maps ``ref = Φ(f)`` ``(B, C[, S], h, w)`` and ``moved[i] = Φ(g_i f)``
+    ``(G, B, C[, S], h, w)``: the document's (module docstring), and the same pooled over the channels (one ratio
+    of norms over every channel and level, which near-silent channels cannot dominate); NaN where nothing can
+    be compared."""
     size = tuple(ref.shape[-2:])
     plan = ElementPlan(elements, size, device=ref.device, dtype=sampling_dtype(ref.dtype))
     pred = plan(ref.flatten(1, -3)).view(len(elements), *ref.shape)  # L_s Φ(f)
@@ -67,14 +70,24 @@ def map_error(ref: torch.Tensor, moved: torch.Tensor, elements: Sequence[GroupEl
             k, n = level_shift(g.scale), ref.shape[2]
             levels = [lv for lv in range(n) if 0 <= lv + k < n]
             if not levels:
-                rows.append(torch.full(ref.shape[:1], float("nan"), dtype=ref.dtype, device=ref.device))
+                rows.append(torch.full((2, ref.shape[0]), float("nan"), dtype=ref.dtype, device=ref.device))
                 continue
             p, m = p[:, :, [lv + k for lv in levels]], m[:, :, levels]
         num = torch.linalg.vector_norm(p - m, dim=(-2, -1)).flatten(1)  # (B, channels [x levels])
         den = torch.linalg.vector_norm(m, dim=(-2, -1)).flatten(1)
         ratio = torch.where(den > _EPS, num / den.clamp_min(_EPS), torch.nan)
-        rows.append(ratio.nanmean(dim=1))
-    return torch.stack(rows)
+        pooled = num.square().sum(1).sqrt() / den.square().sum(1).sqrt().clamp_min(_EPS)
+        rows.append(torch.stack([ratio.nanmean(dim=1), pooled]))
+    return torch.stack(rows, dim=1)
+
+
+@dataclass
+class ScaleErrors:
+    """Per image and element ``(N, G)`` float64 arrays (see :func:`scale_errors`)."""
+
+    features: np.ndarray  # the document's feature-map error
+    pooled: np.ndarray  # the same with one ratio over all channels
+    logits: np.ndarray  # the logits' invariance error
 
 
 @torch.inference_mode()
@@ -85,10 +98,10 @@ def scale_errors(
     *,
     layer: str | None = None,
     batch: int = 16,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per image and element ``(N, G)``: the document's feature-map error at ``layer`` (default
-    :func:`embedding_layer`) and the logits' invariance error (:func:`equiaudit.metrics.logit_error`), from one
-    forward of each chunk of images with every zoom of them (bilinear, zeros brought in)."""
+) -> ScaleErrors:
+    """The document's feature-map error at ``layer`` (default :func:`embedding_layer`), its channel-pooled form
+    (:func:`map_error`) and the logits' invariance error (:func:`equiaudit.metrics.logit_error`) of every image
+    and element, from one forward of each chunk of images with every zoom of them (bilinear, zeros brought in)."""
     model.eval()
     layer = layer or embedding_layer(model)
     recorder = LayerRecorder(model, layer)
@@ -104,7 +117,5 @@ def scale_errors(
         maps = recorder.take()[layer][:rows]
         features.append(map_error(maps[:b], maps[b:].view(g, b, *maps.shape[1:]), elements))
         logits.append(logit_error(out[b:].view(g, b, -1), out[:b]))
-    return (
-        torch.cat(features, dim=1).T.double().cpu().numpy(),
-        torch.cat(logits, dim=1).T.double().cpu().numpy(),
-    )
+    maps_errors = torch.cat(features, dim=2).double().cpu().numpy()  # (2, G, N)
+    return ScaleErrors(maps_errors[0].T, maps_errors[1].T, torch.cat(logits, dim=1).T.double().cpu().numpy())
