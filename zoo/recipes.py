@@ -215,7 +215,7 @@ RECIPES: dict[str, Recipe] = {
             "dss",
             "dss",
             "scale-digits",
-            epochs=4,
+            epochs=7,
             evals=("digits",),
             audits=("scale:0.5..2:9",),
             note="the DSS model of the scale study",
