@@ -395,13 +395,8 @@ def _split_scales(errors: dict[float, float]) -> tuple[float, float]:
     return (outs[0], outs[-1]) if outs else (1.0, 1.0)
 
 
-def run(ctx: StudyContext) -> StudyResult:
-    started = time.perf_counter()
-    data = _data(ctx)
-    measured = {LABELS[name]: _measure(ctx, name, data) for name in MODELS}
-    names = [LABELS[n] for n in MODELS]
-    _gate(measured, names)
-    tables = [
+def _tables(measured: dict[str, dict[str, Any]], names: list[str], ctx: StudyContext) -> list[Table]:
+    return [
         _summary_table(measured, names, ctx),
         _by_scale_table(measured, names),
         _curve_table(
@@ -421,26 +416,43 @@ def run(ctx: StudyContext) -> StudyResult:
         _image_table(measured, names),
         _published(measured, names),
     ]
+
+
+def _notes(measured: dict[str, dict[str, Any]], names: list[str], data: str) -> list[str]:
     failed = [n for n in names if not measured[n]["within_gate"]]
     epochs = ", ".join(f"{n} {measured[n]['epochs']}" for n in names)
     ranked = ", ".join(
         f"{n} {_mean(measured, n, 'document_error'):.3f}" for n in _ranked(measured, names, "document_error")
     )
-    notes = [
+    return [
         f"Accuracy gate (every model within {100 * GATE:g} points of the CNN's mean accuracy): "
         + ("met by every model." if not failed else f"NOT met by {', '.join(failed)}."),
         f"Document's feature-map error, lowest first: {ranked}.",
         "Feature-map error as the document defines it: on the last feature map (before the scale / global pooling), "
         "per channel ||L_s Φ(f) - Φ(L_s f)|| / ||Φ(L_s f)||, L_s the same zoom at the map's resolution with zeros "
         "brought in, the whole map; scale-space maps (DSS, DSS v2, deformable DSS) also shift their levels by "
-        "round(-log2 s). Computed with the per-layer machinery's hooks because the document's normalisation (per "
-        "channel, by the moved map) differs from the per-layer audit's (all channels, by the reference map, undone "
-        "zoom, compared region only), which is reported beside it. The code's numerator is a matrix 2-norm (largest "
-        "singular value); ours is the Euclidean norm of the map; dead channels are left out.",
+        "round(-log2 s), the levels without a partner left out. Computed with the per-layer machinery's hooks "
+        "because the document's normalisation (per channel, by the moved map) differs from the per-layer audit's "
+        "(all channels, by the reference map, undone zoom, compared region only), which is reported beside it. The "
+        "code's numerator is a matrix 2-norm (largest singular value); ours is the Euclidean norm of the map; dead "
+        "channels are left out.",
         "Per-layer audit (first seed): every convolution and block (layers=auto; DSS v2: its level-pooled map, as "
         "its pyramid blocks output lists of maps), spatial action (a zoom moves positions only, e2cnn fields "
         "included; scale-space levels are folded into the channels and not shifted there).",
+        "so2-cnn: e2cnn regular fields of C8 (the 8 rotations approximating SO(2), as e2cnn's own example); the "
+        "irreducible-field SO(2) variant (group='so2') did not learn with these settings.",
         f"Differs from the published setting: {_setting(data)}; {measured[names[0]]['test_images']} test images; "
         f"scale factors {AUDIT_GROUP} (the document zooms out by 1/1.1 .. 1/3 only); epochs: {epochs}.",
     ]
-    return ctx.finish(TITLE, tables, notes, measured, started, comparisons=[("report", names, [])])
+
+
+def run(ctx: StudyContext) -> StudyResult:
+    started = time.perf_counter()
+    data = _data(ctx)
+    measured = {LABELS[name]: _measure(ctx, name, data) for name in MODELS}
+    names = [LABELS[n] for n in MODELS]
+    _gate(measured, names)
+    notes = _notes(measured, names, data)
+    return ctx.finish(
+        TITLE, _tables(measured, names, ctx), notes, measured, started, comparisons=[("report", names, [])]
+    )
