@@ -43,9 +43,19 @@ def _space(gspaces: Any, group: str, max_frequency: int) -> tuple[Any, bool]:
     return gspaces.Rot2dOnR2(int(found.group(1))), True
 
 
+def _head(features: int, hidden: int, num_classes: int) -> nn.Module:
+    """e2cnn's example head (linear, BatchNorm, ELU, linear: the invariant features are few, one per field), or
+    one linear layer when ``hidden`` is 0."""
+    if not hidden:
+        return nn.Linear(features, num_classes)
+    return nn.Sequential(
+        nn.Linear(features, hidden), nn.BatchNorm1d(hidden), nn.ELU(inplace=True), nn.Linear(hidden, num_classes)
+    )
+
+
 class SO2CNN(_SteerableModel):
     """Five R2Conv blocks (kernels 7, 5, 5, 5, 5; 'same' padding) with antialiased 2x2 average pooling after the
-    second and fourth (28 -> 14 -> 7), an invariant map, global average pooling and a linear head.
+    second and fourth (28 -> 14 -> 7), an invariant map, global average pooling and a head (:func:`_head`).
 
     ``widths`` count fields per block: ``cN`` regular fields hold ``N`` channels, ``so2`` fields one copy of every
     irrep up to ``max_frequency`` (``2F + 1`` channels)."""
@@ -60,6 +70,7 @@ class SO2CNN(_SteerableModel):
         num_classes: int = 10,
         widths: tuple[int, ...] = (8, 12, 16, 16, 24),
         max_frequency: int = 2,
+        fc_hidden: int = 64,
     ) -> None:
         super().__init__()
         if len(widths) != len(self._KERNELS):
@@ -87,7 +98,7 @@ class SO2CNN(_SteerableModel):
             t = out
         layers.append(enn.GroupPooling(t) if regular else enn.NormPool(t))
         self.features = enn.SequentialModule(*layers)
-        self.head = nn.Linear(self.features.out_type.size, num_classes)
+        self.head = _head(self.features.out_type.size, fc_hidden, num_classes)
         self._wrap = enn.GeometricTensor
         self._finish_init()
 
@@ -122,8 +133,9 @@ def so2_cnn(
     num_classes: int = 10,
     widths: tuple[int, ...] = (8, 12, 16, 16, 24),
     max_frequency: int = 2,
+    fc_hidden: int = 64,
 ) -> SO2CNN:
     if tiny:
         widths = (2,) * 5 if group == "so2" else (1,) * 5  # one regular field is N channels already
-        max_frequency = 1
-    return SO2CNN(group, in_channels, num_classes, tuple(widths), max_frequency)
+        max_frequency, fc_hidden = 1, 0
+    return SO2CNN(group, in_channels, num_classes, tuple(widths), max_frequency, fc_hidden)
