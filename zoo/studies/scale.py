@@ -455,7 +455,8 @@ def _notes(measured: dict[str, dict[str, Any]], names: list[str], data: str) -> 
         "so2-cnn: e2cnn regular fields of C8 (the 8 rotations approximating SO(2), as e2cnn's own example); the "
         "irreducible-field SO(2) variant (group='so2') did not learn with these settings.",
         f"Differs from the published setting: {_setting(data)}; {measured[names[0]]['test_images']} test images; "
-        f"scale factors {AUDIT_GROUP} (the document zooms out by 1/1.1 .. 1/3 only); epochs: {epochs}.",
+        f"scale factors {measured[names[0]]['audit_group']} (the document zooms out by 1/1.1 .. 1/3 only); "
+        f"epochs: {epochs}.",
     ]
 
 
