@@ -7,7 +7,9 @@ Specs (see :data:`SPEC_FORMS`):
   ``rot-digits``: each rotated by a random angle in [0, 360); ``scale-digits``: each rescaled by a
   random factor in [0.3, 1] about the centre (as MNIST-scale). Same splits.
 - ``shapes-seg``: generated RGB shapes on textures with exact foreground masks (64x64; train 512 /
-  test 128), a stand-in for segmentation data. ``photos``: 7 public-domain / CC0 photographs (128x128).
+  test 128), a stand-in for segmentation data. ``blossoms``: generated rotationally symmetric flowers (96x96 RGB,
+  24 classes of petal count, shape and colour, random orientation; train 3,600 / val 480 / test 1,200; rendered at
+  ``input_size`` when given), a stand-in for the flowers data. ``photos``: 7 public-domain / CC0 photographs (128x128).
 - ``noise``: band-limited Gaussian noise of ``input_shape`` (default (1, 28, 28)); 256 images unless
   ``limit`` says otherwise; made lazily per index from ``seed``.
 - ``mnist``, ``rot-mnist``, ``mnist-scale``, ``flowers``, ``butterflies``, each optionally ``NAME:DIR``
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .datasets.arrays import arrays_source, load_array_file
+from .datasets.blossoms import load_blossoms
 from .datasets.core import SPLITS, Item, RangeItems, Source, read_range, splitless
 from .datasets.images import (
     ImageFileDataset,
@@ -64,7 +67,7 @@ __all__ = [
 ]  # fmt: skip
 
 SPEC_FORMS = (
-    "digits, rot-digits, scale-digits, shapes-seg, photos, noise, mnist[:DIR], rot-mnist[:DIR], "
+    "digits, rot-digits, scale-digits, shapes-seg, blossoms, photos, noise, mnist[:DIR], rot-mnist[:DIR], "
     "mnist-scale[:DIR], flowers[:DIR], butterflies[:DIR], imagenet[:DIR], a folder of images, or a .npz/.pt file"
 )
 RESAMPLES = ("bilinear", "bicubic", "nearest")
@@ -74,7 +77,7 @@ _PREFETCH_BATCH = 8  # items per worker round trip
 NOISE_SHAPE = (1, 28, 28)
 NOISE_COUNT = 256
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
-_GENERATED = ("digits", "rot-digits", "scale-digits", "shapes-seg", "photos", "noise")
+_GENERATED = ("digits", "rot-digits", "scale-digits", "shapes-seg", "blossoms", "photos", "noise")
 _ROOTED = {
     "mnist": "",
     "rot-mnist": "rot-mnist",
@@ -527,6 +530,8 @@ def _open(
         return load_digits(spec, split, limit, seed)
     if spec == "shapes-seg":
         return load_shapes(split, size, limit, seed)
+    if spec == "blossoms":
+        return load_blossoms(split, size, limit, seed)
     if spec == "photos":
         return load_photos(split, channels, resized)
     if spec == "noise":

@@ -287,12 +287,16 @@ class _RecordsBatches(nn.Module):
 
 
 def test_auto_batch_size_follows_the_largest_activation(digits: torch.Tensor) -> None:
-    from equiaudit.engine import AUTO_BATCH_BYTES, AUTO_BATCH_MAX, auto_batch_size
+    from equiaudit.engine import AUTO_BATCH_BYTES, AUTO_BATCH_CAP, AUTO_BATCH_MAX, auto_batch_size
 
-    cpu = torch.device("cpu")
+    cpu, gpu = torch.device("cpu"), torch.device("meta")  # meta: any device but the CPU
     assert auto_batch_size(AUTO_BATCH_BYTES["cpu"] / 40, cpu) == 40
-    assert auto_batch_size(1.0, cpu) == AUTO_BATCH_MAX and auto_batch_size(1e12, cpu) == 1
-    assert auto_batch_size(AUTO_BATCH_BYTES["cpu"] / 40, torch.device("meta")) == AUTO_BATCH_MAX  # a GPU's budget
+    assert auto_batch_size(1.0, cpu) == AUTO_BATCH_MAX == AUTO_BATCH_CAP["cpu"] and auto_batch_size(1e12, cpu) == 1
+    assert auto_batch_size(AUTO_BATCH_BYTES["cpu"] / 40, cpu, input_bytes_per_image=1e9) == 40  # CPU: activations
+    # a GPU's budget: 2 GiB of activations, and of four forwards' inputs; the cap is high
+    assert auto_batch_size(AUTO_BATCH_BYTES["other"] / 1000, gpu) == 1000
+    assert auto_batch_size(AUTO_BATCH_BYTES["other"] / 1000, gpu, AUTO_BATCH_BYTES["other"] / 500) == 125
+    assert auto_batch_size(1.0, gpu) == AUTO_BATCH_CAP["other"] == 4096
     narrow, wide = _seeded(_RecordsBatches(4)), _seeded(_RecordsBatches(256))
     small = audit(narrow, digits, "so2:8", task="dense", samples=0).run
     large = audit(wide, digits, "so2:8", task="dense", samples=0).run

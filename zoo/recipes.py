@@ -75,6 +75,7 @@ class Recipe:
     audit_limit: int = 100
     note: str = ""
     train_limit: int | None = None
+    test_split: str = "test"  # the split of ``dataset`` the card is tested on (flowers: val; its test is unlabelled)
 
     # Training fields added after the first shipped checkpoints: left out of the key while None, so the
     # recipes that do not use them keep the key their shipped cards were trained under.
@@ -230,6 +231,28 @@ RECIPES: dict[str, Recipe] = {
             note="the deformable CNN of the scale study",
         ),
         # Trained by the studies, not shipped (a checkpoint is named after its model; `cnn` ships above).
+        Recipe(  # the petals study's pair: a quarter of every width keeps the 18% parameter ratio
+            "wrn16-8-d8d4d1@blossoms",
+            "wrn16-8-d8d4d1",
+            "blossoms",
+            epochs=20,
+            batch_size=64,
+            input_size=97,
+            create_kwargs={"widen_factor": 2, "num_classes": 24},
+            note="e2cnn WRN16 D8-D4-D1 at widen 2 (0.75M parameters) on blossoms rendered at 97 px (8k+1: the "
+            "mirror is exact on the grid); from scratch, no augmentation",
+        ),
+        Recipe(
+            "wide-resnet50-2@blossoms",
+            "wide-resnet50-2",
+            "blossoms",
+            epochs=20,
+            batch_size=64,
+            input_size=224,
+            create_kwargs={"planes": 16, "num_classes": 24},
+            note="torchvision's wide ResNet-50-2 at a quarter of every width (4.2M parameters) on blossoms rendered "
+            "at 224 px; from scratch, no augmentation",
+        ),
         Recipe(
             "cnn@scale-digits",
             "cnn",
@@ -390,7 +413,8 @@ def _test_metrics(
     metrics, test_images = {}, None
     for spec in (recipe.dataset, *recipe.evals):
         say(f"testing {recipe.name} on {spec}")
-        ev = evaluate(model, spec, split="test", limit=limit, **recipe.data_options)
+        split = recipe.test_split if spec == recipe.dataset else "test"
+        ev = evaluate(model, spec, split=split, limit=limit, **recipe.data_options)
         metrics[spec] = ev.to_dict()
         test_images = test_images or ev.images
     return metrics, test_images

@@ -196,8 +196,8 @@ class _WideBasic(nn.Module):
 
 class SteerableWideResNet(_SteerableModel):
     """e2cnn's equivariant wide ResNet (``examples/e2wrn.py``): stem conv, three stages of ``(depth - 4) / 6``
-    wide blocks with widths ``16k, 32k, 64k`` (``k = widen_factor``, regular fields, ``fixparams``: channels
-    scaled by ``sqrt(|G|)`` to keep the parameter count of the plain WRN), equivariant to ``D_N`` in stage 1,
+    wide blocks with widths ``16k, 32k, 64k`` (``k = widen_factor``, 16 = ``base``; regular fields, ``fixparams``:
+    channels scaled by ``sqrt(|G|)`` to keep the parameter count of the plain WRN), equivariant to ``D_N`` in stage 1,
     restricted to ``D_{N/2}`` before stage 2 and to ``D_1`` (one mirror) before stage 3, which ends in
     invariant (trivial) fields; average pooling and a linear head."""
 
@@ -210,6 +210,7 @@ class SteerableWideResNet(_SteerableModel):
         in_channels: int = 3,
         rotations: int = 8,
         initial_stride: int = 2,
+        base: int = 16,
     ) -> None:
         super().__init__()
         if (depth - 4) % 6:
@@ -225,12 +226,12 @@ class SteerableWideResNet(_SteerableModel):
             return enn.FieldType(space, int(planes * math.sqrt(order) / order) * [space.regular_repr])
 
         self.input_type = enn.FieldType(gs, in_channels * [gs.trivial_repr])
-        t = fields(gs, 16)
+        t = fields(gs, base)
         self.stem = _r2conv(
             enn, self.input_type, t, 5, padding=2, bias=False, sigma=None, frequencies_cutoff=lambda r: 3 * r
         )
         stages: list[nn.Module] = []
-        for i, (planes, stride) in enumerate(((16, initial_stride), (32, 2), (64, 2))):
+        for i, (planes, stride) in enumerate(((base, initial_stride), (2 * base, 2), (4 * base, 2))):
             if i:  # restrict D_N -> D_{N/2} before stage 2, -> D_1 before stage 3 (the "D8D4D1" of the name)
                 sub = (0, rotations // 2) if i == 1 else (0, 1)
                 restrict = enn.RestrictionModule(t, sub)
@@ -338,7 +339,10 @@ def wrn16_8_d8d4d1(
     depth: int = 16,
     widen_factor: int = 8,
     dropout: float = 0.3,
+    base: int = 16,
 ) -> SteerableWideResNet:
+    """``widen_factor`` 2 is the study's reduced width (0.75M parameters, 18% of wide-resnet50-2 at a quarter
+    width); ``tiny``: depth 10, widen 1, base 4 (for tests)."""
     if tiny:
-        depth, widen_factor = 10, 1
-    return SteerableWideResNet(depth, widen_factor, dropout, num_classes, in_channels)
+        depth, widen_factor, base = 10, 1, 4
+    return SteerableWideResNet(depth, widen_factor, dropout, num_classes, in_channels, base=base)
