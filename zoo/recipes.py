@@ -275,7 +275,7 @@ RECIPES: dict[str, Recipe] = {
             "deform-dss@scale-digits",
             "deform-dss",
             "scale-digits",
-            epochs=6,
+            epochs=10,
             evals=("digits",),
             audits=("scale:0.5..2:9",),
             note="the deformable DSS of the scale study",
