@@ -1,0 +1,200 @@
+"""Study 4 (scale): its models (SO(2) group CNN, DSS v2, deformable DSS), the document's feature-map error and the
+study in quick mode."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from equiaudit.zoo import create
+from equiaudit.zoo.models.scale import (
+    DeformScaleConv2d,
+    LevelMaxPool,
+    PyramidScaleConv2d,
+    ScaleConv2d,
+    scale_pyramid,
+)
+from equiaudit.zoo.recipes import RECIPES, SHIPPED
+from equiaudit.zoo.studies import run_study
+from equiaudit.zoo.studies import scale as study
+from equiaudit.zoo.studies.common import by_scale
+from equiaudit.zoo.studies.scale_metric import embedding_layer, level_shift, scale_errors
+from torch import nn
+
+from equiaudit import audit
+from equiaudit.errors import EquiauditError
+from equiaudit.groups import parse_group
+from equiaudit.transforms import transform
+
+ZOOMS = "scale:0.5,0.8,1,1.25,2"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory):
+    return run_study("scale", quick=True, out_dir=tmp_path_factory.mktemp("scale"), device="cpu")
+
+
+def test_quick_mode_runs_every_model_over_the_seeds_and_ends_with_the_published_table(quick) -> None:
+    labels = [study.LABELS[m] for m in study.MODELS]
+    assert "so2-cnn" in labels and "dss-v2" in labels and "deform-dss" in labels
+    assert [row[0] for row in quick.tables[0].rows] == labels
+    for name in study.MODELS:  # seed 0 under the recipe's name, seed 1 as its variant
+        assert name in quick.models and f"{name}@seed1" in quick.models
+    for label in labels:
+        m = quick.measured[label]
+        assert m["seeds"] == [0, 1] and m["accuracy"]["n"] == 2
+        assert isinstance(m["within_gate"], bool)
+        assert m["within_gate"] == (m["accuracy"]["mean"] >= quick.measured["cnn"]["accuracy"]["mean"] - study.GATE)
+        assert m["document_error_by_scale"][1.0] == 0.0 and m["logit_error_by_scale"][1.0] == 0.0
+    assert quick.tables[-1].title == "Published / ours / why different" and len(quick.tables[-1].rows) == 6
+    assert any("Accuracy gate" in n for n in quick.notes)
+
+
+def test_new_models_have_study_recipes_tiny_variants_and_comparable_sizes() -> None:
+    for model in ("so2-cnn", "dss-v2", "deform-dss"):
+        name = f"{model}@scale-digits"
+        assert RECIPES[name].model == model and RECIPES[name].dataset == "scale-digits" and name not in SHIPPED
+        full = sum(p.numel() for p in create(model).parameters())
+        tiny = sum(p.numel() for p in create(model, tiny=True).parameters())
+        assert 70_000 <= full <= 100_000 and tiny < 2_000
+        assert create(model, tiny=True).eval()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("group", ["so2", "c8"])
+def test_so2_cnn_is_exactly_c4_equivariant_at_every_layer_with_its_field_type(group: str) -> None:
+    torch.manual_seed(0)
+    model = create("so2-cnn", tiny=True, group=group).eval()
+    res = audit(model, torch.rand(4, 1, 28, 28), "c4", layers="auto", samples=0)
+    rows = res.layers["layers"]
+    assert [r["module"] for r in rows].count("R2Conv") == 5 and rows[-1]["name"] == embedding_layer(model)
+    for row in rows:  # convolutions, poolings (blur, 2x2 blocks on 28 and 14) and the invariant map
+        assert row["action"] == "field" and row["holds"], row["name"]
+        assert max(e for e in row["error_max"] if e is not None) < 1e-5
+    assert res.summary["invariance_error_max"] < 1e-5
+
+
+def test_so2_cnn_rejects_an_unknown_group() -> None:
+    with pytest.raises(ValueError, match="'so2' or 'cN'"):
+        create("so2-cnn", tiny=True, group="d4")
+
+
+def test_zero_offsets_make_the_deformable_scale_convolution_the_plain_one() -> None:
+    torch.manual_seed(0)
+    plain, deform = ScaleConv2d(3, 4, 2, 3), DeformScaleConv2d(3, 4, 2, 3)
+    deform.load_state_dict(plain.state_dict(), strict=False)  # the offset branch stays zero
+    x = torch.rand(2, 3, 3, 12, 12)  # three levels: dilations 1, 2, 4
+    torch.testing.assert_close(deform(x), plain(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        deform.offset_bias.fill_(0.5)  # half a pixel at level 0, two at level 2: sampling moves
+    assert (deform(x) - plain(x)).abs().max() > 1e-3
+    model = create("deform-dss", tiny=True).eval()
+    assert sum(isinstance(m, DeformScaleConv2d) for m in model.modules()) == 2
+    assert all(not m.offset_weight.any() for m in model.modules() if isinstance(m, DeformScaleConv2d))
+
+
+def test_dss_v2_pyramid_shapes_and_a_centre_tap_kernel_passes_each_level_through() -> None:
+    x = torch.rand(2, 1, 28, 28)
+    levels = scale_pyramid(x, 3)
+    assert [tuple(lv.shape[-2:]) for lv in levels] == [(28, 28), (14, 14), (7, 7)]
+    constant = scale_pyramid(torch.full((1, 1, 28, 28), 0.3), 3)  # bilinear resizing keeps a constant
+    assert all(torch.allclose(lv, torch.full_like(lv, 0.3)) for lv in constant)
+    conv = PyramidScaleConv2d(1, 1, 2, 3)
+    with torch.no_grad():
+        conv.conv.weight.zero_()
+        conv.conv.weight[0, 0, 0, 1, 1] = 1.0  # own level, centre tap
+        conv.conv.bias.zero_()
+    out = conv(levels)
+    assert all(torch.allclose(o, lv) for o, lv in zip(out, levels, strict=True))
+    pooled = LevelMaxPool()(out)
+    assert pooled.shape == (2, 1, 3, 7, 7) and torch.equal(pooled[:, :, 2], levels[2])
+    model = create("dss-v2", tiny=True).eval()
+    assert embedding_layer(model) == "levels" and model(x).shape == (2, 10)
+
+
+def _hand_errors(model: nn.Module, layer: nn.Module, x: torch.Tensor, elements: list) -> tuple[list, list]:
+    """The document's error by loops: per image and element, the mean over channels (and matched levels) of
+    ||L_s Φ(f)_c - Φ(L_s f)_c|| / ||Φ(L_s f)_c||; and the pooled form, one ratio of norms over all of them."""
+    maps = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: maps.append(out.detach()))
+    out, pooled = [], []
+    for i in range(x.shape[0]):
+        row, row_pooled = [], []
+        for g in elements:
+            maps.clear()
+            model(x[i : i + 1])
+            model(transform(x[i : i + 1], g))
+            ref, moved = maps[0][0], maps[1][0]
+            pred = transform(ref.reshape(1, -1, *ref.shape[-2:]), g)[0].reshape(ref.shape)
+            pairs = []
+            for c in range(ref.shape[0]):
+                if ref.dim() == 4:  # (C, S, h, w): levels l of moved against l + k of the prediction
+                    k = round(-math.log2(g.scale))
+                    n = ref.shape[1]
+                    pairs += [(pred[c, lv + k], moved[c, lv]) for lv in range(n) if 0 <= lv + k < n]
+                else:
+                    pairs.append((pred[c], moved[c]))
+            ratios = [float((p - m).norm() / m.norm()) for p, m in pairs if float(m.norm()) > 1e-12]
+            row.append(sum(ratios) / len(ratios))
+            num, den = sum(float((p - m).norm()) ** 2 for p, m in pairs), sum(float(m.norm()) ** 2 for _, m in pairs)
+            row_pooled.append(math.sqrt(num / den))
+        out.append(row)
+        pooled.append(row_pooled)
+    handle.remove()
+    return out, pooled
+
+
+@pytest.mark.parametrize("name", ["cnn", "dss"])
+def test_the_document_error_equals_a_hand_computation_in_float64(name: str) -> None:
+    torch.manual_seed(1)
+    model = create(name, tiny=True).double().eval()
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    elements = list(parse_group(ZOOMS).elements)
+    errors = scale_errors(model, x, elements, batch=2)
+    layer = dict(model.named_modules())[embedding_layer(model)]
+    hand, hand_pooled = _hand_errors(model, layer, x, elements)
+    assert errors.features.shape == errors.pooled.shape == errors.logits.shape == (3, len(elements))
+    for got, want in ((errors.features, hand), (errors.pooled, hand_pooled)):
+        torch.testing.assert_close(
+            torch.from_numpy(got), torch.tensor(want, dtype=torch.float64), rtol=1e-9, atol=1e-12
+        )
+    identity = elements.index(next(g for g in elements if g.is_identity))
+    assert errors.features[:, identity].tolist() == errors.pooled[:, identity].tolist() == [0.0] * 3
+    res = audit(model, x, ZOOMS, samples=0, input_mask="none")  # the logit column: the audit's invariance error
+    expected = by_scale(res, "invariance_error")
+    assert errors.logits.mean(axis=0).tolist() == pytest.approx([expected[g.scale] for g in elements], rel=1e-6)
+
+
+def test_a_pointwise_linear_map_commutes_with_every_zoom() -> None:
+    class Pointwise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False))
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x).mean(dim=(-2, -1)))
+
+    torch.manual_seed(2)
+    model = Pointwise().double()
+    errors = scale_errors(model, torch.rand(2, 1, 20, 20, dtype=torch.float64), parse_group(ZOOMS).elements)
+    assert errors.features.max() < 1e-12 and errors.pooled.max() < 1e-12
+
+
+def test_level_shift_follows_the_scale_space_convention() -> None:
+    assert [level_shift(s) for s in (0.25, 0.5, 0.59, 0.84, 1.0, 1.19, 2.0)] == [2, 1, 1, 0, 0, 0, -1]
+
+
+def test_the_gate_marks_models_within_two_points_of_the_cnn(tmp_path: Path) -> None:
+    measured = {n: {"accuracy": {"mean": a}} for n, a in (("cnn", 0.99), ("a", 0.971), ("b", 0.969))}
+    study._gate(measured, ["cnn", "a", "b"])
+    assert [measured[n]["within_gate"] for n in ("cnn", "a", "b")] == [True, True, False]
+    assert measured["b"]["accuracy_gap"] == pytest.approx(-0.021)
+
+
+def test_data_option_refuses_images_that_are_not_labelled_one_channel_digits(tmp_path: Path) -> None:
+    with pytest.raises(EquiauditError, match="the scale study needs labelled one-channel digit images; 'photos'"):
+        run_study("scale", quick=True, out_dir=tmp_path, device="cpu", options={"data": "photos"})
+    with pytest.raises(EquiauditError, match="takes no --weights"):
+        run_study("scale", quick=True, out_dir=tmp_path, device="cpu", options={"weights": "w.pt"})

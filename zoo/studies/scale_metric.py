@@ -1,0 +1,121 @@
+"""The scale study's document's feature-map equivariance error, computed with the per-layer machinery's hooks.
+
+The document (``equivariance_test.py`` / ``equiv_funcs.py`` of its code) measures, on the model's last feature
+map ``Φ`` (its "embedding", before the scale pooling and the head), for an input zoom ``L_s``::
+
+    Δ(s) = mean over images and channels c of  || L_s Φ(f)_c - Φ(L_s f)_c ||_2 / || Φ(L_s f)_c ||_2
+
+``L_s`` acts on the map at the map's own resolution (the same zoom about the centre, zeros brought in), over
+the whole map; it is normalised by the moved input's map, per channel. On a scale-space map ``(C, S, h, w)`` it
+also shifts the levels: level ``ℓ`` of ``Φ(L_s f)`` is compared with level ``ℓ + k`` of ``Φ(f)``, ``k =
+round(-log2 s)`` (level ``s`` holds the image at scale ``2^s``; the document rounds the same way); levels with
+no partner are left out (the document clamped them to the last level).
+
+Two choices differ from the document's code and are stated in the study: the numerator is the Euclidean norm
+of the channel's map (the code's ``np.linalg.norm(M, 2)`` of a matrix is its largest singular value, while the
+denominator is the Frobenius norm), and channels whose moved map is zero (a dead ReLU channel) are left out
+(the code divides by zero there). Our per-layer audit (:mod:`equiaudit.layers`) instead undoes the zoom on
+``Φ(L_s f)``, normalises by ``||Φ(f)||`` over all channels together and compares a masked region only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from equiaudit.groups import GroupElement
+from equiaudit.layers import LayerRecorder
+from equiaudit.metrics import logit_error
+from equiaudit.transforms import ElementPlan, sampling_dtype
+
+__all__ = ["ScaleErrors", "embedding_layer", "level_shift", "map_error", "scale_errors"]
+
+_EPS = 1e-12
+
+
+def embedding_layer(model: nn.Module) -> str:
+    """The name of the module whose output is ``model``'s last feature map: its ``embedding`` attribute, else the
+    last module of its ``features``."""
+    name = getattr(model, "embedding", None)
+    if isinstance(name, str):
+        return name
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential) and len(features):
+        return f"features.{len(features) - 1}"
+    raise ValueError(f"{type(model).__name__} names no embedding layer (an `embedding` attribute or `features`)")
+
+
+def level_shift(scale: float) -> int:
+    """``k``: a zoom by ``scale`` moves a scale-space level ``ℓ + k`` of the original to level ``ℓ``."""
+    return round(-math.log2(scale))
+
+
+def map_error(ref: torch.Tensor, moved: torch.Tensor, elements: Sequence[GroupElement]) -> torch.Tensor:
+    """``(2, G, B)`` errors from the maps ``ref = Φ(f)`` ``(B, C[, S], h, w)`` and ``moved[i] = Φ(g_i f)``
+    ``(G, B, C[, S], h, w)``: the document's (module docstring), and the same pooled over the channels (one ratio
+    of norms over every channel and level, which near-silent channels cannot dominate); NaN where nothing can
+    be compared."""
+    size = tuple(ref.shape[-2:])
+    plan = ElementPlan(elements, size, device=ref.device, dtype=sampling_dtype(ref.dtype))
+    pred = plan(ref.flatten(1, -3)).view(len(elements), *ref.shape)  # L_s Φ(f)
+    rows = []
+    for i, g in enumerate(elements):
+        p, m = pred[i], moved[i]
+        if ref.dim() == 5:  # (B, C, S, h, w): level ℓ of Φ(L_s f) against level ℓ + k of L_s Φ(f)
+            k, n = level_shift(g.scale), ref.shape[2]
+            levels = [lv for lv in range(n) if 0 <= lv + k < n]
+            if not levels:
+                rows.append(torch.full((2, ref.shape[0]), float("nan"), dtype=ref.dtype, device=ref.device))
+                continue
+            p, m = p[:, :, [lv + k for lv in levels]], m[:, :, levels]
+        num = torch.linalg.vector_norm(p - m, dim=(-2, -1)).flatten(1)  # (B, channels [x levels])
+        den = torch.linalg.vector_norm(m, dim=(-2, -1)).flatten(1)
+        ratio = torch.where(den > _EPS, num / den.clamp_min(_EPS), torch.nan)
+        pooled = num.square().sum(1).sqrt() / den.square().sum(1).sqrt().clamp_min(_EPS)
+        rows.append(torch.stack([ratio.nanmean(dim=1), pooled]))
+    return torch.stack(rows, dim=1)
+
+
+@dataclass
+class ScaleErrors:
+    """Per image and element ``(N, G)`` float64 arrays (see :func:`scale_errors`)."""
+
+    features: np.ndarray  # the document's feature-map error
+    pooled: np.ndarray  # the same with one ratio over all channels
+    logits: np.ndarray  # the logits' invariance error
+
+
+@torch.inference_mode()
+def scale_errors(
+    model: nn.Module,
+    images: torch.Tensor,
+    elements: Sequence[GroupElement],
+    *,
+    layer: str | None = None,
+    batch: int = 16,
+) -> ScaleErrors:
+    """The document's feature-map error at ``layer`` (default :func:`embedding_layer`), its channel-pooled form
+    (:func:`map_error`) and the logits' invariance error (:func:`equiaudit.metrics.logit_error`) of every image
+    and element, from one forward of each chunk of images with every zoom of them (bilinear, zeros brought in)."""
+    model.eval()
+    layer = layer or embedding_layer(model)
+    recorder = LayerRecorder(model, layer)
+    recorder.probe(model, images[:1])
+    plan = ElementPlan(elements, tuple(images.shape[-2:]), device=images.device, dtype=sampling_dtype(images.dtype))
+    g, features, logits = len(elements), [], []
+    for start in range(0, images.shape[0], batch):
+        x = images[start : start + batch]
+        b = x.shape[0]
+        rows = b * (1 + g)
+        with recorder.recording(rows):
+            out = model(torch.cat([x, plan(x).flatten(0, 1)]))
+        maps = recorder.take()[layer][:rows]
+        features.append(map_error(maps[:b], maps[b:].view(g, b, *maps.shape[1:]), elements))
+        logits.append(logit_error(out[b:].view(g, b, -1), out[:b]))
+    maps_errors = torch.cat(features, dim=2).double().cpu().numpy()  # (2, G, N)
+    return ScaleErrors(maps_errors[0].T, maps_errors[1].T, torch.cat(logits, dim=1).T.double().cpu().numpy())
