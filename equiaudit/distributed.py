@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import EquiauditError
+from .errors import DeviceError, EquiauditError
 from .observers import Gallery, Observer, Setup
 
 STATE_VERSION = 1
@@ -57,10 +57,19 @@ def launched() -> bool:
 
 
 def rank_device(device: str | None) -> str | None:
-    """The device of this rank: ``cuda:LOCAL_RANK`` when the audit asks for CUDA (or auto on a CUDA machine)
-    under torchrun, else ``device`` unchanged."""
+    """The device of this rank under torchrun: ``cuda:LOCAL_RANK`` when the audit asks for CUDA (or auto on a
+    CUDA machine), else ``device`` unchanged. With more processes on this machine than visible GPUs, ``auto``
+    puts every rank on the CPU (one backend for all; NCCL takes one GPU per rank) and ``cuda`` is an error."""
     if not launched() or not torch.cuda.is_available() or device not in (None, "auto", "cuda"):
         return device
+    local, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if local > gpus:
+        if device == "cuda":
+            raise DeviceError(
+                f"torchrun started {local} processes on this machine but {gpus} CUDA device(s) are visible; "
+                f"use --nproc-per-node {gpus} or --device cpu"
+            )
+        return "cpu"
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
 

@@ -161,7 +161,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if not torch.cuda.is_available():
             raise DeviceError(f"device {device!r} requested but CUDA is not available; use cpu or auto")
         index = torch.cuda.current_device() if dev.index is None else dev.index
-        if index >= torch.cuda.device_count():
+        if not 0 <= index < torch.cuda.device_count():  # below 0: some torch builds wrap a large index around
             raise DeviceError(
                 f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible"
             )

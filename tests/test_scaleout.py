@@ -26,6 +26,11 @@ from equiaudit.result import AuditResult, load, save
 COUNTS = ("images", "floor_images")
 
 
+# Everything here runs on the CPU: the ranks talk over gloo, and on CUDA a float32 convolution's result depends on
+# the batch it is in (cuDNN picks its algorithm by shape), which 1e-6 cannot absorb (seen on an H200: 1.2e-6).
+CPU = ("--device", "cpu")
+
+
 def _same(a: AuditResult, b: AuditResult, rel: float = 1e-6) -> None:
     """Everything but how the run went (wall time, processes, shard) agrees: counts exactly, floats to ``rel``."""
     da, db = a.to_dict(), b.to_dict()
@@ -70,7 +75,7 @@ def test_shards_merge_into_the_single_process_result(task: str) -> None:
         model = torch.nn.Conv2d(1, 2, 3, padding=1)
         data = (torch.rand(13, 1, 16, 16),)
         options = {"task": "dense"}
-    kw = {"group": "so2:6", "samples": 3, **options}
+    kw = {"group": "so2:6", "samples": 3, "device": "cpu", **options}
     whole = audit(model, data, **kw)
     shards = [audit(model, data, shard=f"{k}/3", **kw) for k in range(3)]
     assert [s.run.shard["stop"] - s.run.shard["start"] for s in shards] == [s.summary["images"] for s in shards]
@@ -86,7 +91,7 @@ def test_shards_merge_into_the_single_process_result(task: str) -> None:
 
 def test_merge_on_the_command_line_from_saved_shards(tmp_path: Path) -> None:
     runner = CliRunner()
-    base = ["scan", "zoo:cnn", "--limit", "30", "-g", "so2:4", "--floor-images", "10", "-q"]
+    base = ["scan", "zoo:cnn", "--limit", "30", "-g", "so2:4", "--floor-images", "10", "-q", *CPU]
     for k in range(2):
         res = runner.invoke(app, [*base, "--shard", f"{k}/2", "--out", str(tmp_path / f"s{k}.json")])
         assert res.exit_code == 0, res.stderr
@@ -113,7 +118,7 @@ def test_merge_refuses_what_is_not_one_audit_in_one_line(tmp_path: Path) -> None
     paths = {}
     for name, opts in {"s0": {"shard": "0/2"}, "s1": {"shard": "1/2"}, "other": {"shard": "1/2", "group": "c2"},
                        "plain": {}}.items():  # fmt: skip
-        res = audit(model, x, **{"group": "c4", **opts, "samples": 0})
+        res = audit(model, x, **{"group": "c4", **opts, "samples": 0, "device": "cpu"})
         paths[name] = str(save(res, tmp_path / f"{name}.json"))
     runner = CliRunner()
     cases = {
@@ -129,7 +134,7 @@ def test_merge_refuses_what_is_not_one_audit_in_one_line(tmp_path: Path) -> None
 
 def test_two_gloo_processes_under_torchrun_give_the_single_process_result(tmp_path: Path) -> None:
     pytest.importorskip("torch.distributed.run")
-    scan = ["-m", "equiaudit", "scan", "zoo:cnn", "--limit", "40", "-g", "so2:6", "--floor-images", "15", "-q",
+    scan = ["-m", "equiaudit", "scan", "zoo:cnn", "--limit", "40", "-g", "so2:6", "--floor-images", "15", "-q", *CPU,
             "--layers", "auto", "--lie", "--search", "random:3,refine", "--search-budget", "4"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -184,7 +189,7 @@ def test_layers_lie_and_searches_merge_into_the_single_process_result() -> None:
     from equiaudit.zoo import create
 
     model = create("gcnn-c4", pretrained=True)
-    kw = {"group": "c4", "limit": 18, "batch_size": 8, **LAYERED}
+    kw = {"group": "c4", "limit": 18, "batch_size": 8, "device": "cpu", **LAYERED}
     whole = audit(model, "digits", **kw)
     shards = [audit(model, "digits", shard=f"{k}/2", **kw) for k in range(2)]
     merged = merge_results(shards)
@@ -203,7 +208,7 @@ def test_layers_lie_and_searches_merge_into_the_single_process_result() -> None:
 
 def test_layers_lie_and_searches_merge_on_the_command_line(tmp_path: Path) -> None:
     runner = CliRunner()
-    base = ["scan", "zoo:cnn", "--limit", "20", "-g", "c4", "--samples", "0", "-q", "--layers", "auto", "--lie",
+    base = ["scan", "zoo:cnn", "--limit", "20", "-g", "c4", "--samples", "0", "-q", *CPU, "--layers", "auto", "--lie",
             "--search", "random:3,refine", "--search-budget", "4"]  # fmt: skip
     for k in range(2):
         res = runner.invoke(app, [*base, "--shard", f"{k}/2", "--out", str(tmp_path / f"s{k}.json")])
@@ -238,7 +243,7 @@ def test_layers_lie_and_searches_merge_on_the_command_line(tmp_path: Path) -> No
 
 def test_auto_layer_actions_refuse_a_first_part_smaller_than_their_images(tmp_path: Path) -> None:
     runner = CliRunner()
-    base = ["scan", "zoo:cnn", "--limit", "10", "-g", "c4", "--samples", "0", "-q", "--layers", "auto"]
+    base = ["scan", "zoo:cnn", "--limit", "10", "-g", "c4", "--samples", "0", "-q", *CPU, "--layers", "auto"]
     res = runner.invoke(app, [*base, "--shard", "1/2"])  # 5 images in shard 0: auto would decide on fewer than 8
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "--layer-action" in res.stderr and "first part holds 5 of 10" in res.stderr
@@ -249,10 +254,27 @@ def test_auto_layer_actions_refuse_a_first_part_smaller_than_their_images(tmp_pa
 def test_a_shard_without_images_merges_with_named_layer_actions() -> None:
     torch.manual_seed(0)
     model, x = SmallCNN().eval(), torch.rand(3, 1, 28, 28)
-    kw = {"group": "c4", "layers": "auto", "layer_action": "spatial", "lie": True, "samples": 0}
+    kw = {"group": "c4", "layers": "auto", "layer_action": "spatial", "lie": True, "samples": 0, "device": "cpu"}
     shards = [audit(model, x, shard=f"{k}/4", **kw) for k in range(4)]
     assert [s.state["images"] for s in shards] == [0, 1, 1, 1]  # shard 0 chose no action
     merged, whole = merge_results(shards), audit(model, x, **kw)
     _close(merged.layers, whole.layers, 1e-6, "layers")
     _close(merged.lie, whole.lie, 1e-6, "lie")
     assert [r["action"] for r in merged.layers["layers"]] == ["spatial", "spatial"]
+
+
+def test_rank_device_with_more_local_processes_than_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    # measured on a one-GPU H200 machine: two torchrun ranks with --device auto asked for cuda:1 and stopped
+    from equiaudit.distributed import rank_device
+    from equiaudit.errors import DeviceError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert rank_device("auto") == "cpu" and rank_device(None) == "cpu" and rank_device("cpu") == "cpu"
+    with pytest.raises(DeviceError, match="torchrun started 2 processes on this machine but 1 CUDA device"):
+        rank_device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert rank_device("auto") == "cuda:1" == rank_device("cuda")

@@ -491,7 +491,9 @@ def test_session_report_agrees_with_pytest_under_each_checks_tolerance(project: 
     """Checks that pass under their own max_error (10, "8x floor") show PASS, as pytest and checks.json say,
     although the report's default rule would fail both models."""
     project.makepyfile(test_tol=TOLERANCES)
-    result = project.runpytest("--equiaudit-report=rep.html")
+    # on the CPU: the last assertion needs the blur model just outside the default rule, and on an H200 CUDA's
+    # float32 convolutions moved its error at 45 degrees inside it (0.0451 against an interval up to 0.0436)
+    result = project.runpytest("--equiaudit-report=rep.html", "--equiaudit-device", "cpu")
     result.assert_outcomes(passed=3)
     summary = json.loads((project.path / "rep.checks.json").read_text())
     checks = {c["test"]: c for c in summary["checks"]}

@@ -65,8 +65,12 @@ _T95 = (
 
 
 def _interval_text(value: Any, scale: float, digits: int) -> str:
+    """``mean [low, high]``; a fraction's (``scale`` 100) interval is shown clipped to 0-100% (the t-interval of
+    a few seeds near 100% reaches past it; the JSON keeps it as computed)."""
     mean, low, high = (scale * value[k] for k in ("mean", "low", "high"))
     unit = "%" if scale == 100 else ""
+    if scale == 100:
+        low, high = max(low, 0.0), min(high, 100.0)
     return f"{mean:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
