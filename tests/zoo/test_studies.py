@@ -138,6 +138,8 @@ def test_interval_cells_and_the_published_table() -> None:
     table = Table("t", [("model", "text"), ("acc", "ci"), ("err", "ci3")])
     table.rows.append(["a", seed_interval([0.9, 0.92, 0.94]), {"mean": 0.25, "low": 0.2, "high": 0.3}])
     assert table.cells() == [["a", "92.0% [87.0, 97.0]", "0.250 [0.200, 0.300]"]]
+    gap = Table("t", [("gap", "cipts")], [[seed_interval([0.30, -0.05])]])
+    assert gap.cells() == [["+12.5 [-209.9, +234.9]"]]  # a signed difference: not clipped
     near_one = seed_interval([0.994, 1.0, 1.0])
     assert near_one["high"] > 1.0 and Table("t", [("acc", "ci")], [[near_one]]).cells() == [["99.8% [98.9, 100.0]"]]
     assert json.loads(json.dumps(table.to_dict()))["rows"][0][1]["values"] == [0.9, 0.92, 0.94]

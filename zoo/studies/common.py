@@ -83,6 +83,9 @@ _FORMATS: dict[str, Callable[[Any], str]] = {
     "text": str,
     "ci": lambda v: _interval_text(v, 100, 1),
     "ci3": lambda v: _interval_text(v, 1, 3),
+    "cipts": lambda v: " ".join(
+        (f"{100 * v['mean']:+.1f}", f"[{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]")
+    ),  # a difference of fractions in signed points, never clipped
 }
 
 
@@ -92,8 +95,9 @@ class Table:
 
     ``columns`` are ``(header, format)`` with format ``pct`` (a fraction shown as %), ``pts`` (a difference
     of fractions shown in signed percentage points), ``int``, ``sci``, ``f3``, ``text``, ``ci`` (an interval
-    dict with ``mean``, ``low``, ``high`` of a fraction, shown as ``97.1% [96.5, 97.7]``) or ``ci3`` (the same
-    for a plain number, 3 decimals); ``None`` shows as ``-``.
+    dict with ``mean``, ``low``, ``high`` of a fraction, shown as ``97.1% [96.5, 97.7]``), ``ci3`` (the same
+    for a plain number, 3 decimals) or ``cipts`` (a difference of fractions in signed points, ``+6.6 [-8.6,
+    +21.8]``); ``None`` shows as ``-``.
     """
 
     title: str

@@ -196,7 +196,7 @@ def _curve_table(curve: list[dict[str, Any]]) -> Table:
             ("epochs (hnet / cnn-hnet)", "text"),
             ("hnet", "ci"),
             ("cnn-hnet", "ci"),
-            ("gap hnet - cnn-hnet (points)", "ci"),
+            ("gap hnet - cnn-hnet (points)", "cipts"),
         ],
     )
     for point in curve:
