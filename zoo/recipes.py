@@ -26,6 +26,7 @@ from torch.utils.data import Subset
 from equiaudit.data import AuditData
 from equiaudit.errors import EquiauditError
 
+from .models.resnet import IMAGENET_MEAN, IMAGENET_STD
 from .registry import create, model_info
 from .training import TrainProgress, as_data, evaluate, seed_everything, train
 
@@ -129,7 +130,6 @@ class Recipe:
 
 _ROT = ("so2:36",)
 SLANT_DEGREES = 15.0  # MNIST-like handwriting slant: the rotated-digits study's second training setting
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PAD_FACTOR = 1.5  # the butterfly study pads 256 px images to 384 px
 BUTTERFLY_MODELS = ("unet-gn", "group-unet-gn-c4")
 

@@ -40,6 +40,7 @@ __all__ = [
     "StudyContext",
     "StudyResult",
     "Table",
+    "interval_text",
     "published_table",
     "seed_interval",
 ]
@@ -64,6 +65,13 @@ _T95 = (
 )  # fmt: skip
 
 
+def interval_text(interval: dict[str, Any], *, signed: bool = False) -> str:
+    """An interval of a fraction as text, unclipped: ``96.0% [95.1, 96.9]``, or with ``signed`` a difference of
+    fractions in points, ``+1.2 [+0.3, +2.1]``."""
+    mean, low, high = (100 * interval[k] for k in ("mean", "low", "high"))
+    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]" if signed else f"{mean:.1f}% [{low:.1f}, {high:.1f}]"
+
+
 def _interval_text(value: Any, scale: float, digits: int) -> str:
     """``mean [low, high]``; a fraction's (``scale`` 100) interval is shown clipped to 0-100% (the t-interval of
     a few seeds near 100% reaches past it; the JSON keeps it as computed)."""
@@ -83,9 +91,7 @@ _FORMATS: dict[str, Callable[[Any], str]] = {
     "text": str,
     "ci": lambda v: _interval_text(v, 100, 1),
     "ci3": lambda v: _interval_text(v, 1, 3),
-    "cipts": lambda v: " ".join(
-        (f"{100 * v['mean']:+.1f}", f"[{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]")
-    ),  # a difference of fractions in signed points, never clipped
+    "cipts": lambda v: interval_text(v, signed=True),  # a difference of fractions in signed points, never clipped
 }
 
 

@@ -22,7 +22,16 @@ from equiaudit.intervals import wilson
 
 from ..recipes import RECIPES, Recipe
 from ..training import _steps_per_epoch
-from .common import QUICK_TRAIN_IMAGES, StudyContext, StudyResult, Table, published_table, seed_interval, summary_value
+from .common import (
+    QUICK_TRAIN_IMAGES,
+    StudyContext,
+    StudyResult,
+    Table,
+    interval_text,
+    published_table,
+    seed_interval,
+    summary_value,
+)
 
 NAME = "rot-digits-hnet"
 TITLE = "Study 2 - rotated digits: H-Net vs a CNN of equal size (cnn-hnet), trained and tested on rotated digits"
@@ -32,6 +41,7 @@ PUBLISHED = {"hnet": 0.9643, "cnn-hnet": 0.9586}  # Rot-MNIST test accuracy, 10,
 PUBLISHED_TRAIN, PUBLISHED_TEST = 10_000, 50_000
 DATA_SETS = ("rot-digits", "rot-mnist")  # --data: the offline default, or Rot-MNIST (rot-mnist[:DIR])
 AUDIT_GROUP, AUDIT_IMAGES = "so2:36", 200
+_ci = interval_text  # the interval texts of the notes and the published table
 CURVE_DIVISORS, QUICK_DIVISORS = (8, 4, 2, 1), (2, 1)  # learning-curve sizes: the training set / these
 
 
@@ -287,9 +297,3 @@ def _clipped(interval: dict[str, Any], floor: float = 0.0) -> dict[str, Any]:
 
 def _pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def _ci(interval: dict[str, Any], signed: bool = False) -> str:
-    """``96.0% [95.1, 96.9]`` (or ``+1.2 [0.3, 2.1]`` with ``signed``, for differences in points)."""
-    mean, low, high = (100 * interval[k] for k in ("mean", "low", "high"))
-    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]" if signed else f"{mean:.1f}% [{low:.1f}, {high:.1f}]"

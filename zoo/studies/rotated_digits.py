@@ -25,6 +25,7 @@ from .common import (
     StudyResult,
     Table,
     by_angle,
+    interval_text,
     model_table,
     pick,
     published_table,
@@ -202,9 +203,9 @@ def _published(ctx: StudyContext, measured: dict[str, Any]) -> Table:
         (
             f"{source}: rotated accuracy, CNN vs GCNN",
             f"{100 * PUBLISHED['cnn'][i]:.1f}% vs {100 * PUBLISHED['gcnn-c4'][i]:.1f}%",
-            f"trained upright: CNN {_ci(measured['cnn']['rotated'])} vs gcnn-c4 "
-            f"{_ci(measured['gcnn-c4']['rotated'])}; with +-{SLANT_DEGREES:g} deg slant: CNN "
-            f"{_ci(slant['cnn']['rotated'])} vs gcnn-c4 {_ci(slant['gcnn-c4']['rotated'])}",
+            f"trained upright: CNN {interval_text(measured['cnn']['rotated'])} vs gcnn-c4 "
+            f"{interval_text(measured['gcnn-c4']['rotated'])}; with +-{SLANT_DEGREES:g} deg slant: CNN "
+            f"{interval_text(slant['cnn']['rotated'])} vs gcnn-c4 {interval_text(slant['gcnn-c4']['rotated'])}",
             why[i],
         )
         for i, source in enumerate(SOURCES)
@@ -214,7 +215,8 @@ def _published(ctx: StudyContext, measured: dict[str, Any]) -> Table:
         (
             "gap in rotated accuracy, GCNN minus CNN (points)",
             " / ".join(f"{g:+.1f}" for g in published_gaps),
-            f"trained upright {_points(measured['gap'])}; with slant {_points(slant['gap'])}",
+            f"trained upright {interval_text(measured['gap'], signed=True)}; "
+            f"with slant {interval_text(slant['gap'], signed=True)}",
             f"{setting}: fewer digits to learn each class's shape from, at every angle between quarter turns; "
             f"MNIST's handwriting slants, UCI's boxed scans barely do (the slant setting adds it)",
         )
@@ -252,18 +254,11 @@ def _slant_note(slant: dict[str, Any]) -> str:
     verdict = "holds" if gate["passed"] else "FAILS"
     return (
         f"With +-{SLANT_DEGREES:g} degree slant in training (both models; MNIST's handwriting slants, UCI's boxed "
-        f"scans barely do): the CNN reaches {_ci(slant['cnn']['rotated'])} on rotated digits, gcnn-c4 "
-        f"{_ci(slant['gcnn-c4']['rotated'])}, a gap of {_points(slant['gap'])} points; gcnn-c4's upright accuracy "
-        f"is {100 * gate['upright_difference']:+.1f} points from the CNN's: the gate {verdict}."
+        f"scans barely do): the CNN reaches {interval_text(slant['cnn']['rotated'])} on rotated digits, gcnn-c4 "
+        f"{interval_text(slant['gcnn-c4']['rotated'])}, a gap of {interval_text(slant['gap'], signed=True)} points; "
+        f"gcnn-c4's upright accuracy is {100 * gate['upright_difference']:+.1f} points from the CNN's: the gate "
+        f"{verdict}."
     )
-
-
-def _points(interval: dict[str, Any]) -> str:
-    return f"{100 * interval['mean']:+.1f} [{100 * interval['low']:+.1f}, {100 * interval['high']:+.1f}]"
-
-
-def _ci(interval: dict[str, Any]) -> str:
-    return f"{100 * interval['mean']:.1f}% [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
 
 
 def _seeds(seeds: Sequence[int]) -> str:
