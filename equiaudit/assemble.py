@@ -136,7 +136,7 @@ def _intervals(
     if "error" in records:
         name = "invariance_error" if sums is not None else "equivariance_error"
         put(name, bootstrap_mean(records["error"], c), BOOTSTRAP)
-    for name in ("kl", "iou_consistency"):  # the other means over images
+    for name in ("kl", "iou_consistency", "iou_truth"):  # the other means over images
         if name in records:
             put(name, bootstrap_mean(records[name], c), BOOTSTRAP)
     if floors is not None and len(floors):

@@ -61,6 +61,7 @@ from .datasets.images import (
 from .datasets.mnist import load_mnist, load_rot_mnist
 from .datasets.synthetic import load_digits, load_noise, load_shapes
 from .errors import DataError
+from .transforms import centre_offset
 
 __all__ = [
     "SPEC_FORMS", "AuditData", "Batch", "convert_channels", "default_cache_dir", "load_data", "normalise",
@@ -132,7 +133,7 @@ def centre_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ch, cw = size
     if ch > h or cw > w:
         raise DataError(f"cannot crop {ch}x{cw} from a {h}x{w} image; resize it first (--resize)")
-    top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
+    top, left = centre_offset(h, ch), centre_offset(w, cw)
     return x[..., top : top + ch, left : left + cw]
 
 
@@ -142,7 +143,7 @@ def pad_centre(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ph, pw = size
     if ph < h or pw < w:
         raise DataError(f"cannot pad a {h}x{w} image to {ph}x{pw}; pad must be at least the image size")
-    top, left = round((ph - h) / 2.0), round((pw - w) / 2.0)
+    top, left = centre_offset(ph, h), centre_offset(pw, w)
     return F.pad(x, (left, pw - w - left, top, ph - h - top))
 
 

@@ -536,7 +536,7 @@ class Engine:
         if not classify:
             floor_size = out_size = (found.out_shape[-2], found.out_shape[-1])
             out_elems = at_resolution(elems, in_size, out_size)  # shifts in output pixels
-            out_mask = valid_mask(out_elems, out_size, spec.mask, self.device, spec.padding)
+            out_mask = valid_mask(out_elems, out_size, spec.mask, self.device, spec.padding, in_size)
             kw["dtype"] = sampling_dtype(found.out_dtype)  # outputs are undone in their own precision
             self.undo = ElementPlan(out_elems, out_size, inverse=True, **kw)
         self._prepare_floor(x, floor_size, classify, kw, None if classify else out_elems)

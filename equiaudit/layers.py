@@ -267,7 +267,7 @@ class LayerObserver(Observer):
         if size is None:
             return None
         elements = at_resolution(self.s.elements, self.s.in_size, size)  # as the engine's output mask
-        mask = valid_mask(elements, size, self.s.mask, self.s.device, self.s.padding)
+        mask = valid_mask(elements, size, self.s.mask, self.s.device, self.s.padding, self.s.in_size)
         return None if bool(mask.all()) else mask  # no mask: two passes less over every map
 
     def _build(

@@ -410,12 +410,13 @@ class WorstLocator(Observer):
 
 class ImageRecord(Observer):
     """A compact per-image record: the headline error of every image under every element (``(N, G)``), the
-    other per-image means (KL for classifiers, IoU consistency for segmentation), and for classifiers the
+    other per-image means (KL for classifiers, IoU consistency and, with masks, IoU against the truth for
+    segmentation), and for classifiers the
     predicted class and, with labels, whether it is right. For intervals, correctness matrices and per-image
     analysis; float32 / int16 / bool, so 10,000 images x 36 elements take a few MB."""
 
     name = "records"
-    FIELDS = ("index", "error", "kl", "iou_consistency", "pred", "correct")
+    FIELDS = ("index", "error", "kl", "iou_consistency", "iou_truth", "pred", "correct")
 
     def setup(self, setup: Setup) -> None:
         self.classify = setup.task == "classify"
@@ -427,7 +428,7 @@ class ImageRecord(Observer):
         # on the device until compute(): no copy (and no wait) per batch
         self.index.append(torch.arange(batch.offset, batch.offset + batch.size))
         self.error.append(batch.error.T.float())
-        for name in ("kl", "iou_consistency"):
+        for name in ("kl", "iou_consistency", "iou_truth"):
             if name in s:
                 getattr(self, name).append(s[name].T.float())
         if self.classify:

@@ -24,7 +24,7 @@ from .groups import Group, parse_group
 from .layers import parse_layers
 from .precision import PRECISIONS
 from .speed import MEMORY_FORMATS
-from .transforms import INPUT_MASKS, INTERPOLATIONS, MASKS, PADDINGS
+from .transforms import INPUT_MASKS, INTERPOLATIONS, MASK_CHOICES, PADDINGS, parse_mask
 
 TASKS = ("auto", "classify", "segment", "dense")
 PROBES = ("none", "noise")
@@ -61,7 +61,10 @@ class AuditSpec:
     interpolation: str = _option("bilinear", "Resampling of interpolated elements.", INTERPOLATIONS)
     padding: str = _option("zeros", "Fill outside the image when resampling.", PADDINGS)
     mask: str = _option(
-        "auto", "Compared region of maps and of the floor: auto (valid under every element), disk or none.", MASKS
+        "auto",
+        "Compared region of maps and of the floor: auto (valid under every element), disk, none, or centre:H[xW] "
+        "(auto within the centre H x W input pixels, e.g. the image inside a --pad canvas).",
+        MASK_CHOICES,
     )
     input_mask: str = _option(
         "auto",
@@ -179,8 +182,9 @@ class AuditSpec:
             _positive_int(self.steps, "steps")
         if not isinstance(group, Group):
             object.__setattr__(self, "_group", parse_group(group, self.steps))
-        for name in ("task", "interpolation", "padding", "mask", "input_mask", "probe"):
+        for name in ("task", "interpolation", "padding", "input_mask", "probe"):
             _choice(getattr(self, name), name, SPEC_FIELDS[name].metadata["choices"])
+        parse_mask(self.mask)
         if self.batch_size is not None:
             _positive_int(self.batch_size, "batch size")
         for name in ("floor_images", "samples"):

@@ -23,6 +23,7 @@ the other paddings the pixels shifted out are lost.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,7 +37,8 @@ from .groups import Group, GroupElement, parse_group
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 PADDINGS = ("zeros", "border", "reflection", "circular")
 _WRAP_PAD = 2  # pixels of circular padding around an image sampled with padding="circular" (bicubic reads 2)
-MASKS = ("auto", "disk", "none")
+MASKS = ("auto", "disk", "none")  # and centre:H[xW] (see parse_mask)
+MASK_CHOICES = (*MASKS, "centre:H[xW]")
 INPUT_MASKS = ("auto", "disk", "none")
 
 
@@ -290,12 +292,46 @@ def transform(x: torch.Tensor, element: GroupElement, **kwargs) -> torch.Tensor:
     return apply_elements(x, (element,), **kwargs)[0]
 
 
+def parse_mask(kind: str) -> tuple[str, tuple[int, int] | None]:
+    """``(kind, centre)`` of a mask option: ``auto`` / ``disk`` / ``none`` with no centre, or ``centre:H[xW]``
+    as ``("auto", (H, W))``; a one-line error otherwise."""
+    if isinstance(kind, str) and kind in MASKS:
+        return kind, None
+    match = re.fullmatch(r"centre:(\d+)(?:x(\d+))?", kind.strip()) if isinstance(kind, str) else None
+    if match is None or int(match[1]) < 1 or int(match[2] or match[1]) < 1:
+        raise EquiauditError(f"unknown mask {kind!r}; valid: {', '.join(MASK_CHOICES)} (e.g. centre:64)")
+    return "auto", (int(match[1]), int(match[2] or match[1]))
+
+
+def centre_offset(outer: int, inner: int) -> int:
+    """Where a centred ``inner``-pixel span starts in ``outer`` pixels (rounded as torchvision's
+    ``CenterCrop``): the one convention of centre crops, pads and ``centre:`` masks."""
+    return round((outer - inner) / 2.0)
+
+
+def centre_region(
+    inner: tuple[int, int], in_size: tuple[int, int], size: tuple[int, int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``(H, W)`` bool mask at ``size`` of the centre ``inner`` pixels of an ``in_size`` input (the image inside
+    a pad canvas, say): exact at the input's resolution; at another resolution the pixels whose centres fall
+    inside that span (both share the image's extent, ``align_corners=False``)."""
+    if inner[0] > in_size[0] or inner[1] > in_size[1]:
+        raise EquiauditError(f"mask centre:{inner[0]}x{inner[1]} is larger than the {in_size[0]}x{in_size[1]} input")
+    axes = []
+    for n_in, n_c, n in zip(in_size, inner, size, strict=True):
+        start = centre_offset(n_in, n_c)
+        centres = (torch.arange(n, dtype=torch.float64) + 0.5) * n_in / n  # in input pixels
+        axes.append((centres >= start) & (centres < start + n_c))
+    return (axes[0][:, None] & axes[1][None, :]).to(device)
+
+
 def valid_mask(
     elements: Sequence[GroupElement],
     size: tuple[int, int],
     kind: str = "auto",
     device: torch.device | str = "cpu",
     padding: str = "zeros",
+    in_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``(H, W)`` bool mask of the pixels compared by default.
 
@@ -303,10 +339,14 @@ def valid_mask(
     sampled element: undoing ``g`` on an output reads it at ``g(p)``. For many rotations this is the inscribed
     disk; for scales > 1 the common visible centre; for shifts the pixels whose shifted position stays inside.
     With ``padding="circular"`` the image is a torus, so shifts keep every pixel: only the elements' linear parts
-    count. ``disk``: the inscribed disk. ``none``: every pixel.
+    count. ``disk``: the inscribed disk. ``none``: every pixel. ``centre:H[xW]``: the ``auto`` region within the
+    centre ``H x W`` pixels of the ``in_size`` input (default ``size``; :func:`centre_region`), e.g. the image
+    inside a pad canvas.
     """
-    if kind not in MASKS:
-        raise EquiauditError(f"unknown mask {kind!r}; valid: {', '.join(MASKS)}")
+    kind, centre = parse_mask(kind)
+    if centre is not None:
+        region = centre_region(centre, in_size or size, size)
+        return valid_mask(elements, size, kind, device, padding) & region.to(device)
     h, w = size
     ys, xs = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
     pts = np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from _models import C4Averaged, ConstantSeg, CoordinateModel, FailsMidScan, Identity, SmallCNN
@@ -101,6 +102,28 @@ def test_segmentation_with_masks() -> None:
     assert res.elements["equivariance_error"].max() < 1e-6
     assert "iou_truth" in res.elements and "iou_truth_reference" in res.summary
     assert res.samples["first"]["seg"].shape == (2, 4, 32, 32)
+    truth = res.records["iou_truth"]  # per image and element; its means are the element column
+    assert truth.shape == (6, 4)
+    np.testing.assert_allclose(truth.mean(0), res.elements["iou_truth"], atol=1e-6, rtol=0)
+    low, high = res.elements["iou_truth_low"], res.elements["iou_truth_high"]
+    assert (low <= res.elements["iou_truth"] + 1e-9).all() and (res.elements["iou_truth"] <= high + 1e-9).all()
+
+
+def test_centre_mask_compares_the_image_inside_its_canvas_only() -> None:
+    torch.manual_seed(0)
+    x = torch.nn.functional.pad(torch.rand(3, 1, 16, 16), (4, 4, 4, 4), value=0.0)
+
+    class Corners(torch.nn.Module):  # the identity, plus a spot in one corner of the canvas, outside the image
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            out = v.clone()
+            out[..., :3, :3] += 5.0
+            return out
+
+    whole, inner = (audit(Corners(), x, "c4", task="dense", mask=m) for m in ("auto", "centre:16"))
+    assert whole.summary["equivariance_error_mean"] > 0.1  # the corner spot does not turn with the image
+    assert inner.summary["equivariance_error_mean"] < 1e-6  # inside the image the model is exactly equivariant
+    with pytest.raises(EquiauditError, match="larger than the 24x24 input"):
+        audit(Corners(), x, "c4", task="dense", mask="centre:25")
 
 
 class _Nan(nn.Module):

@@ -7,9 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from equiaudit.data import pad_centre
 from equiaudit.errors import EquiauditError
 from equiaudit.groups import GroupElement, parse_group
-from equiaudit.transforms import GroupTransform, apply_elements, sampling_grid, transform, valid_mask
+from equiaudit.transforms import (
+    GroupTransform,
+    apply_elements,
+    centre_region,
+    parse_mask,
+    sampling_grid,
+    transform,
+    valid_mask,
+)
 
 
 def _pixel(h: int, w: int, y: int, x: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -92,6 +101,32 @@ def test_valid_mask_is_disk_for_rotations_and_centre_for_zoom() -> None:
     assert rows.min() >= 7 and rows.max() <= 25
     assert valid_mask([GroupElement(scale=0.5)], (33, 33)).all()
     assert valid_mask(parse_group("so2").elements, (8, 8), "none").all()
+
+
+def test_centre_mask_is_the_image_inside_its_pad_canvas() -> None:
+    # at the input's resolution: exactly the pixels pad_centre puts the image on (odd margins rounded alike)
+    for inner, size in (((5, 4), (9, 8)), ((64, 64), (96, 96)), ((3, 3), (8, 8))):
+        canvas = pad_centre(torch.ones(1, *inner), size)[0].bool()
+        assert torch.equal(centre_region(inner, size, size), canvas)
+    # at half the resolution: the pixels whose centres (1, 3, 5, 7 in input pixels) fall in [2, 6)
+    half = centre_region((4, 4), (8, 8), (4, 4))
+    assert torch.equal(half, torch.tensor([False, True, True, False])[:, None] & torch.tensor([0, 1, 1, 0]).bool())
+    # within auto: a 1.5x canvas keeps the image's corners in view under every rotation, so the mask is the crop
+    so2 = parse_group("so2:36").elements
+    crop = valid_mask(so2, (96, 96), "centre:64")
+    assert torch.equal(crop, centre_region((64, 64), (96, 96), (96, 96)))
+    assert torch.equal(valid_mask(so2, (33, 33), "centre:33"), valid_mask(so2, (33, 33)))  # no canvas: auto
+    assert valid_mask(so2, (48, 48), "centre:64", in_size=(96, 96)).sum() == 32 * 32  # an output at half size
+
+
+def test_mask_option_is_parsed_or_refused_in_one_line() -> None:
+    assert parse_mask("disk") == ("disk", None) and parse_mask("centre:64") == ("auto", (64, 64))
+    assert parse_mask("centre:48x64") == ("auto", (48, 64))
+    for bad in ("square", "centre:", "centre:0", "centre:4x", "center:4", "centre:-2"):
+        with pytest.raises(EquiauditError, match="unknown mask"):
+            parse_mask(bad)
+    with pytest.raises(EquiauditError, match="larger than the 8x8 input"):
+        valid_mask([], (8, 8), "centre:9")
 
 
 def test_grids_are_cached_per_size_and_dtype() -> None:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from equiaudit.zoo import create
 from equiaudit.zoo.recipes import RECIPES, holdout_split, padded_side, recipe_data
 from equiaudit.zoo.studies import run_study
 from equiaudit.zoo.studies.common import QUICK_AUDIT_IMAGES
-from equiaudit.zoo.studies.segmentation import LABELS, MODELS, PUBLISHED, rotation_protocol
+from equiaudit.zoo.studies.segmentation import LABELS, MODELS, PUBLISHED, protocol_ious, protocol_options
 from equiaudit.zoo.training import full_augment, rotate_pairs, train
 from PIL import Image
 from torch import nn
 
 from equiaudit.data import AuditData, load_data
+from equiaudit.engine import audit
 from equiaudit.errors import DataError, EquiauditError
 
 
@@ -40,7 +43,7 @@ def test_quick_mode_gives_the_four_models_of_the_final_epoch_table(quick) -> Non
         assert len(m["iou_by_angle"]) == 8 and 0 <= m["iou_spread"]["mean"] <= 1
         spread = m["first_seed_images"]["iou_spread"]
         assert spread["low"] <= spread["high"] and spread["mean"] >= 0
-    assert set(quick.audits) == set(MODELS)
+    assert set(quick.audits) == set(MODELS) | {f"{m}@seed1" for m in MODELS}  # one protocol audit per seed
 
 
 def test_the_group_unet_is_exact_at_quarter_turns_in_the_quick_run(quick) -> None:
@@ -127,9 +130,58 @@ def _padded_data(x: torch.Tensor, mask: torch.Tensor, pad: int) -> AuditData:
     )
 
 
+def _protocol(model: nn.Module, data: AuditData | str, group: str, side: int, **options) -> np.ndarray:
+    """The study's protocol as the study runs it: one engine audit, its per-image IoU against the truth."""
+    res = audit(model, data, group, device="cpu", samples=1, **protocol_options(side), **options)
+    return protocol_ious(res)
+
+
+def _reference_protocol(model: nn.Module, data: AuditData, angles: list[float], side: int) -> np.ndarray:
+    """The protocol by hand in float64: each padded image back in image space, rotated about its centre
+    (bilinear, black fill) by an affine grid written here, segmented, the logits rotated back, the centre
+    ``side`` x ``side`` crop binarised and compared with the truth's crop (foreground IoU, both empty: 1)."""
+    batch = data.read(0, len(data))
+    mean = torch.tensor(data.mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, dtype=torch.float64).view(1, -1, 1, 1)
+    x, truth = batch.x.double() * std + mean, batch.mask[:, 0].double() > 0.5
+    n = x.shape[-1]
+    top = round((n - side) / 2.0)
+    rows = []
+    for a in angles:
+        t = math.radians(a)
+        turn = torch.tensor([[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]], dtype=torch.float64)
+        back = torch.tensor([[math.cos(t), math.sin(t), 0.0], [-math.sin(t), math.cos(t), 0.0]], dtype=torch.float64)
+
+        def rotate(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            grid = F.affine_grid(m.expand(v.shape[0], 2, 3), list(v.shape), align_corners=False)
+            return F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+        with torch.no_grad():
+            logits = rotate(model((rotate(x, turn) - mean) / std), back)
+        pred = (logits[:, 0] > 0)[:, top : top + side, top : top + side]
+        gt = truth[:, top : top + side, top : top + side]
+        inter, union = (pred & gt).flatten(1).sum(1).double(), (pred | gt).flatten(1).sum(1).double()
+        rows.append(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)))
+    return torch.stack(rows, 1).numpy()
+
+
+def test_the_protocol_is_one_audit_that_matches_a_reference_written_here() -> None:
+    data = load_data("shapes-seg", split="test", limit=5, input_size=32, pad=48, mean=(0.5,) * 3, std=(0.25,) * 3)
+    torch.manual_seed(0)
+    model = create("unet-gn", tiny=True).double().eval()  # one logit per pixel
+    angles = [30.0 * k for k in range(12)]
+    got = _protocol(model, data, "so2:12", 32, dtype="float64")
+    # records are float32; one pixel flipped would move an IoU by more than 1 / 1024
+    np.testing.assert_allclose(got, _reference_protocol(model, data, angles, 32), atol=1e-6, rtol=0)
+    assert np.ptp(got) > 0.05  # a model of random weights: the angles do change its IoU
+    for batch_size in (3, 7):  # the audit's batching does not change a per-image number
+        same = _protocol(model, data, "so2:12", 32, dtype="float64", batch_size=batch_size)
+        np.testing.assert_array_equal(same, got)
+
+
 def test_the_protocol_gives_iou_one_for_an_equivariant_model() -> None:
     x, mask = _shape_batch()
-    ious = rotation_protocol(_Pixelwise(), _padded_data(x, mask, 72), "so2:12", torch.device("cpu"), 48)
+    ious = _protocol(_Pixelwise(), _padded_data(x, mask, 72), "so2:12", 48)
     assert ious.shape == (4, 12)
     assert np.all(ious[:, ::3] == 1.0)  # 0, 90, 180, 270 degrees: exact
     assert ious.min() > 0.93  # in between: only the resampling of image and logits
@@ -140,8 +192,8 @@ def test_the_protocol_tells_the_group_unet_from_the_plain_one_at_quarter_turns()
     data = _padded_data(x, mask, 72)
     torch.manual_seed(0)
     plain, group = create("unet-gn", tiny=True).eval(), create("group-unet-gn-c4", tiny=True).eval()
-    assert np.ptp(rotation_protocol(group, data, "c4", torch.device("cpu"), 48), axis=1).max() < 1e-6
-    assert np.ptp(rotation_protocol(plain, data, "c4", torch.device("cpu"), 48), axis=1).max() > 1e-3
+    assert np.ptp(_protocol(group, data, "c4", 48), axis=1).max() < 1e-6
+    assert np.ptp(_protocol(plain, data, "c4", 48), axis=1).max() > 1e-3
 
 
 def test_training_records_each_epochs_train_and_validation_metrics() -> None:

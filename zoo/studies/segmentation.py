@@ -4,9 +4,10 @@ Four models (``unet-gn`` / ``group-unet-gn-c4`` x ``minimal`` / ``full``, see :m
 the context's seeds on generated textured shapes (offline) or on the Leeds butterflies (``--data
 butterflies:PATH``, 20% held out). The study's protocol over 0-360 degrees: every test image, padded on a black
 canvas 1.5 times its side (so rotations keep its corners), is rotated, segmented, the logits rotated back and
-centre-cropped to the image, and the prediction compared with the truth (foreground IoU). The C4 model is
-exact at quarter turns; between them resampling limits every model. Each model (first seed) is also audited
-by :func:`equiaudit.engine.audit` for the HTML report.
+centre-cropped to the image, and the prediction compared with the truth (foreground IoU). That is one
+:func:`equiaudit.engine.audit` per model and seed (:func:`protocol_options`: inputs unmasked, maps compared on
+the centre crop), whose per-image records give the IoU of every image at every angle; the first seed's audit
+is the HTML report's. The C4 model is exact at quarter turns; between them resampling limits every model.
 """
 
 from __future__ import annotations
@@ -15,15 +16,12 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from equiaudit.data import AuditData, centre_crop
 from equiaudit.errors import EquiauditError
 from equiaudit.groups import parse_group
 from equiaudit.intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_mean
-from equiaudit.metrics import binarize, iou
-from equiaudit.transforms import apply_elements
+from equiaudit.result import AuditResult
 
 from ..recipes import Recipe, image_side, recipe_data
 from .common import StudyContext, StudyResult, Table, published_table, seed_interval, summary_value
@@ -39,7 +37,6 @@ LABELS = {
 }
 OPTIONS = ("data", "seeds")
 ANGLES, QUICK_ANGLES = "so2:36", "so2:8"  # the protocol's rotations
-AUDIT_IMAGES = 64  # images of the engine audit (report); the protocol uses the whole test split
 BUTTERFLY_SIZE, BUTTERFLY_HOLDOUT = 128, 0.2  # Leeds butterflies resized to 128 px (256 in the study), 20% held out
 QUICK_BUTTERFLY_SIZE = 32
 CONFIDENCE = 0.95
@@ -78,25 +75,43 @@ def _data_changes(spec: str | None, quick: bool) -> dict[str, Any]:
 
 
 def _measure(ctx: StudyContext, name: str, changes: dict[str, Any]) -> dict[str, Any]:
-    """Train (or load) ``name`` for every seed; its final-epoch metrics and its IoU over the angles."""
+    """Train (or load) ``name`` for every seed and audit it under the protocol (one audit per seed, all test
+    images); its final-epoch metrics and its IoU against the truth over the angles."""
     group = QUICK_ANGLES if ctx.quick else ANGLES
-    runs, audit_key = [], None
+    runs, keys, results = [], [], []
     for seed in ctx.seeds:
         model, recipe = ctx.model(name, seed=seed, **changes)
         _, test = recipe_data(recipe, ctx.limit)
-        ious = rotation_protocol(model, test, group, ctx.device, int(image_side(recipe) or 0))
-        runs.append({"training": _training(ctx, recipe), "ious": ious, "parameters": _count(model)})
-        if audit_key is None:  # the first seed's model is audited for the report
-            audit_key, provenance = recipe.name, ctx.models[recipe.name]
-            data = recipe.dataset if recipe.holdout is None else test  # a held-out split exists only in memory
-            res = ctx.audit(audit_key, model, recipe, data, group, AUDIT_IMAGES, QUICK_ANGLES, input_mask="none")
+        data = recipe.dataset if recipe.holdout is None else test  # a held-out split exists only in memory
+        side = int(image_side(recipe) or 0)
+        options = {**protocol_options(side), **({"split": recipe.test_split} if isinstance(data, str) else {})}
+        res = ctx.audit(recipe.name, model, recipe, data, group, len(test), QUICK_ANGLES, **options)
+        keys.append(recipe.name)
+        results.append(res)
+        runs.append({"training": _training(ctx, recipe), "ious": protocol_ious(res), "parameters": _count(model)})
+    provenance = ctx.models[keys[0]]
     return {
         **_summarise(runs, group),
-        "audit_key": audit_key,
+        "audit_key": keys[0],  # the first seed's audit is the report's
         "epochs": provenance["epochs"],
         "train_images": provenance["train_images"],
-        **_audit_numbers(res),
+        **_audit_numbers(results[0]),
     }
+
+
+def protocol_options(side: int) -> dict[str, Any]:
+    """The study's protocol as audit options: the inputs as they are (the canvas's black border is the study's
+    padding; the group acts in image space, black brought in) and every map compared on the centre ``side`` x
+    ``side`` pixels, the image inside its canvas (the logits are rotated back by the audit, bilinear)."""
+    return {"input_mask": "none", "mask": f"centre:{side}"}
+
+
+def protocol_ious(result: AuditResult) -> np.ndarray:
+    """``(images, angles)`` foreground IoU against the truth, from the audit's per-image records."""
+    records = result.records or {}
+    if "iou_truth" not in records:
+        raise EquiauditError("the audit recorded no per-image IoU against the truth (masks and samples > 0)")
+    return np.asarray(records["iou_truth"], dtype=np.float64)
 
 
 def _count(model: nn.Module) -> int:
@@ -113,35 +128,6 @@ def _training(ctx: StudyContext, recipe: Recipe) -> dict[str, float]:
 
 
 _HISTORY = {"train_iou": "scores", "train_loss": "losses", "val_iou": "val_scores", "val_loss": "val_losses"}
-
-
-def rotation_protocol(
-    model: nn.Module, data: AuditData, group: str, device: torch.device, side: int, batch_size: int = 32
-) -> np.ndarray:
-    """The study's test: ``(images, angles)`` foreground IoU against the truth of every image of ``data``
-    (padded on a black canvas, normalised) rotated by each angle of ``group`` about its centre (black fill, in
-    image space), segmented, its logits rotated back (bilinear) and centre-cropped to ``side`` x ``side``."""
-    elements = parse_group(group).elements
-    mean, std = _stats(data, device)
-    rows = []
-    model.eval()
-    with torch.inference_mode():
-        for batch in data.batches(batch_size):
-            x, truth = batch.x.to(device), batch.mask.to(device)  # type: ignore[union-attr]
-            turned = apply_elements(x * std + mean, elements)  # (G, B, C, H, W): black fill
-            logits = torch.stack([model((t - mean) / std) for t in turned])
-            back = apply_elements(logits, elements, inverse=True)
-            pred = centre_crop(binarize(back.flatten(0, 1)), (side, side))
-            target = centre_crop(truth[:, 0].long(), (side, side)).expand(len(elements), -1, -1, -1)
-            rows.append(iou(pred.view(*back.shape[:2], side, side), target, 2).T.cpu())
-    return torch.cat(rows).numpy()
-
-
-def _stats(data: AuditData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The data's normalisation as ``(1, C, 1, 1)`` tensors (0 and 1 without one)."""
-    mean = torch.tensor(data.mean or (0.0,), device=device).view(1, -1, 1, 1)
-    std = torch.tensor(data.std or (1.0,), device=device).view(1, -1, 1, 1)
-    return mean, std
 
 
 def _summarise(runs: list[dict[str, Any]], group: str) -> dict[str, Any]:
