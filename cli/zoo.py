@@ -394,6 +394,14 @@ def study(
         Path | None, typer.Option(help="Pretrained weights (a state dict) for the study's baseline model.")
     ] = None,
     download: Annotated[bool, typer.Option("--download", help="Let the study's data loader download.")] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Train the study's models that have no checkpoint in N processes first (each on --device; CUDA: "
+            "spread over the visible GPUs; the CPUs shared out), then run the study on them. Full mode only.",
+        ),
+    ] = 1,
 ) -> None:
     """Rerun a reference study end to end: train or load its models, audit them, print and save tables."""
     from equiaudit.zoo.studies import list_studies, run_study, study_options, study_title
@@ -418,7 +426,7 @@ def study(
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 result = run_study(
-                    n, quick=quick, out_dir=out_dir, device=device, log=None if quiet else err, options=given
+                    n, quick=quick, out_dir=out_dir, device=device, log=None if quiet else err, options=given, jobs=jobs
                 )
         except EquiauditError as exc:
             raise _fail(str(exc)) from None

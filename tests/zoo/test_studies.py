@@ -31,6 +31,8 @@ def test_each_study_runs_quickly_and_writes_its_tables(name: str, tmp_path: Path
     assert set(module.MODELS) <= variants  # and a study's further recipes of its models, such as NAME@slant
     assert {v.split("@")[0] for v in variants} == {m.split("@")[0] for m in module.MODELS}
     assert all(m["origin"].startswith("trained now (quick") for m in result.models.values())
+    ctx = StudyContext(name, quick=True, out_dir=tmp_path, device=torch.device("cpu"), log=None)
+    assert {r.name for r in ctx.planned(module.trainings(ctx))} == set(result.models)  # what --jobs trains first
     for table in result.tables:
         assert table.rows and all(len(row) == len(table.columns) for row in table.rows)
     first = result.tables[0]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STUDIES", "StudyResult", "Table", "list_studies", "run_study", "study_options", "study_title"]
 
-# name -> module (each has NAME, TITLE, MODELS, OPTIONS and run(ctx))
+# name -> module (each has NAME, TITLE, MODELS, OPTIONS, trainings(ctx) and run(ctx))
 STUDIES = {
     "rotated-digits": "rotated_digits",
     "rot-digits-hnet": "rot_digits_hnet",
@@ -70,6 +70,7 @@ def run_study(
     console: Console | None = None,
     log: Console | None = None,
     options: dict[str, Any] | None = None,
+    jobs: int = 1,
 ) -> StudyResult:
     """Run study ``name`` and write its results under ``out_dir / name``.
 
@@ -80,6 +81,8 @@ def run_study(
         console: where the tables are printed (None: not printed); ``log``: progress and messages.
         options: what the user gave the study (``data``, ``weights``, ``download``, ``seeds``: see
             :data:`.common.STUDY_OPTIONS`); an option the study does not take is a one-line error.
+        jobs: train the models the study asks for (its ``trainings(ctx)``) that have no checkpoint in this many
+            processes before the run (:mod:`.parallel`; full mode only).
     """
     module = _module(name)
     ctx = StudyContext(
@@ -90,8 +93,10 @@ def run_study(
         log=log,
         options=options,
         accepts=study_options(name),
+        jobs=jobs,
     )
     started = time.perf_counter()
+    ctx.pretrain(module.trainings(ctx))
     result = module.run(ctx)
     result.seconds = time.perf_counter() - started
     if console is not None:

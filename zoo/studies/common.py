@@ -37,6 +37,7 @@ __all__ = [
     "QUICK_AUDIT_IMAGES",
     "QUICK_TRAIN_IMAGES",
     "STUDY_OPTIONS",
+    "Request",
     "StudyContext",
     "StudyResult",
     "Table",
@@ -49,6 +50,8 @@ QUICK_TRAIN_IMAGES = 48  # quick mode: tiny models, one epoch on this many image
 QUICK_AUDIT_IMAGES = 6  # ... and this many test images per evaluation and audit
 FULL_SEEDS, QUICK_SEEDS = 3, 2  # seeds a study trains of each model it reports over seeds
 RESULTS_VERSION = 2
+# One model a study's run asks for: (recipe name, seed or None, recipe changes), as StudyContext.model takes it.
+Request = tuple[str, "int | None", dict[str, Any]]
 # What a user may give a study (`equiaudit zoo study NAME --data ... --weights ... --download --seeds N`);
 # each study module lists the ones it takes in OPTIONS.
 STUDY_OPTIONS = {
@@ -232,8 +235,10 @@ class StudyContext:
         log: Console | None,
         options: dict[str, Any] | None = None,
         accepts: Sequence[str] = (),
+        jobs: int = 1,
     ):
         self.name, self.quick, self.device, self.log = name, quick, device, log
+        self.jobs = _jobs(jobs)
         self.options = _check_options(name, options or {}, accepts)
         self.started = time.time()
         self.out_dir = Path(out_dir)
@@ -274,6 +279,26 @@ class StudyContext:
             only_seed = replace(base, seed=recipe.seed) == recipe
             recipe = replace(recipe, name=f"{name}@seed{recipe.seed}" if only_seed else f"{name}@{recipe.key()[:8]}")
         return replace(recipe, epochs=1) if self.quick else recipe
+
+    def planned(self, requests: Iterable[Request]) -> list[Recipe]:
+        """The recipes of ``requests`` (``(name, seed, changes)`` as :meth:`model` takes them), each once."""
+        recipes = {}
+        for name, seed, changes in requests:
+            recipe = self.recipe(name, seed=seed, **changes)
+            recipes.setdefault(recipe.name, recipe)
+        return list(recipes.values())
+
+    def pretrain(self, requests: Iterable[Request]) -> list[str]:
+        """With ``jobs`` > 1 in full mode: train the requested models that have no checkpoint in parallel
+        processes (:mod:`.parallel`) before the run asks for them; the names trained."""
+        if self.quick or self.jobs == 1:
+            if self.jobs > 1:
+                self.status("--jobs: quick mode trains its tiny models in the run")
+            return []
+        from .parallel import train_all
+
+        missing = [r for r in self.planned(requests) if _checkpoint(r, self.cache) is None]
+        return train_all(missing, self.cache, self.device, self.jobs, self.status)
 
     def model(self, name: str, *, seed: int | None = None, **changes: Any) -> tuple[nn.Module, Recipe]:
         """The trained model of recipe ``name`` with ``seed`` and ``changes`` (see :meth:`recipe`; the module
@@ -387,6 +412,7 @@ class StudyContext:
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "jobs": self.jobs,
             "seeds": list(self.seeds),
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in self.options.items()},
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
@@ -480,9 +506,9 @@ def _matching_card(recipe: Recipe, directory: Path | None) -> dict[str, Any] | N
     return card if trained and card.get("data", {}).get("limit") is None else None
 
 
-def _load_checkpoint(recipe: Recipe, cache: Path) -> tuple[nn.Module, dict[str, Any], str] | None:
-    """``(model, card, origin)`` of the shipped checkpoint trained by ``recipe``, else of the one cached in
-    ``cache``; None when neither exists."""
+def _checkpoint(recipe: Recipe, cache: Path) -> tuple[Path | None, str] | None:
+    """``(directory, origin)`` of the shipped checkpoint trained by ``recipe`` (directory None), else of the one
+    cached in ``cache``; None when neither exists."""
     for directory, origin in (
         (None, "shipped checkpoint"),
         (cache, f"cached checkpoint in {cache}"),
@@ -490,10 +516,23 @@ def _load_checkpoint(recipe: Recipe, cache: Path) -> tuple[nn.Module, dict[str, 
         if directory is None and recipe.name != recipe.model:
             continue  # only checkpoints named after their model ship
         if _matching_card(recipe, directory) is not None:
-            model = create(recipe.model, **recipe.create_kwargs)
-            card = load_pretrained(recipe.name, model, directory)
-            return model, card, origin
+            return directory, origin
     return None
+
+
+def _load_checkpoint(recipe: Recipe, cache: Path) -> tuple[nn.Module, dict[str, Any], str] | None:
+    """``(model, card, origin)`` of the checkpoint :func:`_checkpoint` finds, else None."""
+    found = _checkpoint(recipe, cache)
+    if found is None:
+        return None
+    model = create(recipe.model, **recipe.create_kwargs)
+    return model, load_pretrained(recipe.name, model, found[0]), found[1]
+
+
+def _jobs(jobs: Any) -> int:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise EquiauditError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    return jobs
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from ..recipes import RECIPES, Recipe
 from ..training import _steps_per_epoch
 from .common import (
     QUICK_TRAIN_IMAGES,
+    Request,
     StudyContext,
     StudyResult,
     Table,
@@ -54,6 +55,15 @@ def run(ctx: StudyContext) -> StudyResult:
     measured["curve"] = learning_curve(ctx, data, n_full, measured["models"])
     tables = [_main_table(ctx, measured), _curve_table(measured["curve"]), _published(ctx, measured)]
     return ctx.finish(TITLE, tables, _notes(measured), measured, started, comparisons=[("report", list(MODELS), [])])
+
+
+def trainings(ctx: StudyContext) -> list[Request]:
+    """The models the run asks for: each model on all the training images (the recipe's seed), and on every
+    size of the learning curve with every seed."""
+    data, n_full = _prepare_data(ctx)
+    main = [(name, None, _variant(name, data, n_full, n_full)) for name in MODELS]
+    sizes = curve_sizes(n_full, ctx.quick)
+    return main + [(m, seed, _variant(m, data, n, n_full)) for n in sizes for m in MODELS for seed in ctx.seeds]
 
 
 # -------------------------------------------------------------------------------------------------- data

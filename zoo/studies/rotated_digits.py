@@ -21,6 +21,7 @@ from torch import nn
 
 from ..recipes import SLANT_DEGREES, Recipe
 from .common import (
+    Request,
     StudyContext,
     StudyResult,
     Table,
@@ -59,6 +60,11 @@ def run(ctx: StudyContext) -> StudyResult:
     ]
     keys = [name + suffix for suffix in ("", SLANT) for name in MODELS]
     return ctx.finish(TITLE, tables, _notes(ctx, measured), measured, started, comparisons=[("report", keys, [])])
+
+
+def trainings(ctx: StudyContext) -> list[Request]:
+    """The models the run asks for: both models of both settings, every seed."""
+    return [(name + suffix, seed, {}) for suffix in ("", SLANT) for name in MODELS for seed in ctx.seeds]
 
 
 def _setting(ctx: StudyContext, suffix: str) -> dict[str, Any]:

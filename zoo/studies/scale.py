@@ -22,6 +22,7 @@ from equiaudit.intervals import bootstrap_mean
 
 from .common import (
     QUICK_AUDIT_IMAGES,
+    Request,
     StudyContext,
     StudyResult,
     Table,
@@ -470,3 +471,9 @@ def run(ctx: StudyContext) -> StudyResult:
     return ctx.finish(
         TITLE, _tables(measured, names, ctx), notes, measured, started, comparisons=[("report", names, [])]
     )
+
+
+def trainings(ctx: StudyContext) -> list[Request]:
+    """The models the run asks for: every model, every seed, on the study's data."""
+    data = _data(ctx)
+    return [(name, seed, {} if data == DATA else {"dataset": data}) for name in MODELS for seed in ctx.seeds]

@@ -24,7 +24,16 @@ from equiaudit.intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_m
 from equiaudit.result import AuditResult
 
 from ..recipes import Recipe, image_side, recipe_data
-from .common import StudyContext, StudyResult, Table, published_table, seed_interval, summary_value
+from .common import (
+    QUICK_SEEDS,
+    Request,
+    StudyContext,
+    StudyResult,
+    Table,
+    published_table,
+    seed_interval,
+    summary_value,
+)
 
 NAME = "segmentation"
 TITLE = "Study 3 - butterflies: U-Net vs group U-Net (C4), minimal vs full augmentation, IoU over 0-360 degrees"
@@ -37,6 +46,7 @@ LABELS = {
 }
 OPTIONS = ("data", "seeds")
 ANGLES, QUICK_ANGLES = "so2:36", "so2:8"  # the protocol's rotations
+AUDITS_PER_MODEL = QUICK_SEEDS  # in quick mode: the protocol is one audit per model and seed
 BUTTERFLY_SIZE, BUTTERFLY_HOLDOUT = 128, 0.2  # Leeds butterflies resized to 128 px (256 in the study), 20% held out
 QUICK_BUTTERFLY_SIZE = 32
 CONFIDENCE = 0.95
@@ -57,6 +67,12 @@ def run(ctx: StudyContext) -> StudyResult:
     tables.append(_published(measured, changes))
     keys = [measured[n]["audit_key"] for n in MODELS]
     return ctx.finish(TITLE, tables, _notes(ctx, measured, changes), measured, started, [("report", keys, [])])
+
+
+def trainings(ctx: StudyContext) -> list[Request]:
+    """The models the run asks for: the four models, every seed."""
+    changes = _data_changes(ctx.option("data"), ctx.quick)
+    return [(name, seed, changes) for name in MODELS for seed in ctx.seeds]
 
 
 def _data_changes(spec: str | None, quick: bool) -> dict[str, Any]:

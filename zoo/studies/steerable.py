@@ -26,7 +26,16 @@ from equiaudit.errors import EquiauditError
 from equiaudit.intervals import wilson
 
 from ..training import evaluate
-from .common import QUICK_SEEDS, StudyContext, StudyResult, Table, published_table, seed_interval, summary_value
+from .common import (
+    QUICK_SEEDS,
+    Request,
+    StudyContext,
+    StudyResult,
+    Table,
+    published_table,
+    seed_interval,
+    summary_value,
+)
 
 NAME = "steerable-vs-baseline"
 TITLE = (
@@ -120,6 +129,12 @@ def run(ctx: StudyContext) -> StudyResult:
     ]
     measured["setting"] = {"data": s.data, "split": s.split, "num_classes": s.num_classes, "weights": s.weights}
     return ctx.finish(TITLE, tables, _notes(measured, s), measured, started, comparisons=comparisons)
+
+
+def trainings(ctx: StudyContext) -> list[Request]:
+    """The models the run asks for: the pair, every seed."""
+    s = setting(ctx)
+    return [(name, seed, s.changes[name]) for seed in ctx.seeds for name in (BASELINE, STEERABLE)]
 
 
 def _measure(ctx: StudyContext, s: Setting, name: str, seed: int) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
