@@ -11,9 +11,11 @@ for that, architectures are the registry's defaults so ``create(name, pretrained
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -25,6 +27,7 @@ from torch.utils.data import Subset
 
 from equiaudit.data import AuditData
 from equiaudit.errors import EquiauditError
+from equiaudit.loading import sha256_file
 
 from .models.resnet import IMAGENET_MEAN, IMAGENET_STD
 from .registry import create, model_info
@@ -117,8 +120,13 @@ class Recipe:
         return {k: v for k, v in fields.items() if k not in self._LATER_FIELDS or v is not None}
 
     def key(self) -> str:
-        """A short hash of :meth:`training_fields`: equal keys, equal training."""
-        text = json.dumps(self.training_fields(), sort_keys=True, default=str)
+        """A short hash of :meth:`training_fields` (and of the contents of a ``weights_path`` file it names):
+        equal keys, equal training."""
+        fields = self.training_fields()
+        path = self.create_kwargs.get("weights_path")
+        if path is not None:  # the weights' contents decide what trains, not only their path
+            fields["weights_sha256"] = _weights_hash(str(path))
+        text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +134,20 @@ class Recipe:
         out["evals"], out["audits"] = list(self.evals), list(self.audits)
         out["key"] = self.key()
         return out
+
+
+def _weights_hash(path: str) -> str:
+    """SHA-256 of the file at ``path`` ("missing" when there is none), computed once per size and time."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    return _hash_file(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_file(path: str, _size: int, _mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 _ROT = ("so2:36",)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -216,3 +217,17 @@ def test_results_json_records_how_the_run_was_made(tmp_path: Path) -> None:
     assert run["commit"] is None or len(run["commit"].split("+")[0]) == 40
     for entry in result.models.values():
         assert entry["seed"] in run["seeds"] and entry["device"] == "cpu"
+
+
+def test_a_recipes_key_follows_the_contents_of_its_weights_file(tmp_path: Path) -> None:
+    path = tmp_path / "backbone.pth"
+    torch.save({"w": torch.zeros(3)}, path)
+    recipe = replace(RECIPES["wide-resnet50-2@blossoms"], create_kwargs={"weights_path": str(path)})
+    first = recipe.key()
+    assert recipe.key() == first  # the same file: the same key (and a cached checkpoint is found again)
+    before = path.stat().st_mtime_ns
+    torch.save({"w": torch.ones(3)}, path)  # other weights under the same name (and, as make sees it, newer)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+    assert recipe.key() != first
+    path.unlink()
+    assert recipe.key() not in (first, replace(recipe, create_kwargs={}).key())
