@@ -145,6 +145,8 @@ def test_interval_cells_and_the_published_table() -> None:
     assert gap.cells() == [["+12.5 [-209.9, +234.9]"]]  # a signed difference: not clipped
     near_one = seed_interval([0.994, 1.0, 1.0])
     assert near_one["high"] > 1.0 and Table("t", [("acc", "ci")], [[near_one]]).cells() == [["99.8% [98.9, 100.0]"]]
+    error = seed_interval([0.1, 2.9, 1.4])  # an error over three seeds: the t-interval reaches below 0
+    assert error["low"] < 0 and Table("t", [("err", "ci3")], [[error]]).cells() == [["1.467 [0.000, 4.948]"]]
     assert json.loads(json.dumps(table.to_dict()))["rows"][0][1]["values"] == [0.9, 0.92, 0.94]
     pub = published_table([("rotated accuracy", "91%", "85%", "fewer digits")])
     assert pub.title == "Published / ours / why different"

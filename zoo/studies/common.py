@@ -76,12 +76,14 @@ def interval_text(interval: dict[str, Any], *, signed: bool = False) -> str:
 
 
 def _interval_text(value: Any, scale: float, digits: int) -> str:
-    """``mean [low, high]``; a fraction's (``scale`` 100) interval is shown clipped to 0-100% (the t-interval of
-    a few seeds near 100% reaches past it; the JSON keeps it as computed)."""
+    """``mean [low, high]`` of a quantity that cannot be negative; its interval is shown clipped at 0, and a
+    fraction's (``scale`` 100) at 100% too (the t-interval of a few seeds near a bound reaches past it; the JSON
+    keeps it as computed)."""
     mean, low, high = (scale * value[k] for k in ("mean", "low", "high"))
     unit = "%" if scale == 100 else ""
+    low = max(low, 0.0)
     if scale == 100:
-        low, high = max(low, 0.0), min(high, 100.0)
+        high = min(high, 100.0)
     return f"{mean:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
@@ -105,7 +107,7 @@ class Table:
     ``columns`` are ``(header, format)`` with format ``pct`` (a fraction shown as %), ``pts`` (a difference
     of fractions shown in signed percentage points), ``int``, ``sci``, ``f3``, ``text``, ``ci`` (an interval
     dict with ``mean``, ``low``, ``high`` of a fraction, shown as ``97.1% [96.5, 97.7]``), ``ci3`` (the same
-    for a plain number, 3 decimals) or ``cipts`` (a difference of fractions in signed points, ``+6.6 [-8.6,
+    for a plain number that cannot be negative, such as an error or a loss, 3 decimals) or ``cipts`` (a difference of fractions in signed points, ``+6.6 [-8.6,
     +21.8]``); ``None`` shows as ``-``.
     """
 
