@@ -64,8 +64,17 @@ def available(directory: str | os.PathLike | None = None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.pt") if p.with_suffix(".json").is_file())
 
 
+COMMIT_ENV = "EQUIAUDIT_COMMIT"
+
+
 def git_commit() -> str | None:
-    """The commit of the git checkout this package runs from (``-dirty`` if it has changes), else None."""
+    """The commit of the git checkout this package runs from (``-dirty`` if it has changes), else None.
+
+    ``$EQUIAUDIT_COMMIT`` overrides it, for a copy of a checkout whose ``.git`` does not know the code it holds
+    (a tree copied to another machine)."""
+    given = os.environ.get(COMMIT_ENV, "").strip()
+    if given:
+        return given
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)

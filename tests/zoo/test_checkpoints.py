@@ -110,9 +110,12 @@ def test_a_foreign_json_is_not_a_card(tmp_path: Path) -> None:
         load_card("cnn", tmp_path)
 
 
-def test_git_commit_is_a_hash_or_none() -> None:
+def test_git_commit_is_a_hash_or_none(monkeypatch) -> None:
+    monkeypatch.delenv("EQUIAUDIT_COMMIT", raising=False)
     commit = git_commit()
     assert commit is None or (len(commit.split("-")[0]) == 40 and int(commit.split("-")[0], 16) >= 0)
+    monkeypatch.setenv("EQUIAUDIT_COMMIT", "3f2ff5a")  # a copied tree says which code it holds
+    assert git_commit() == "3f2ff5a"
 
 
 def test_fit_builds_a_complete_card(tmp_path: Path) -> None:

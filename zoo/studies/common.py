@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,7 +24,7 @@ from torch import nn
 from equiaudit.errors import EquiauditError, ModelLoadError
 from equiaudit.result import AuditResult, atomic_write_text
 
-from ..checkpoints import has_checkpoint, load_card, load_pretrained, save_checkpoint
+from ..checkpoints import git_commit, has_checkpoint, load_card, load_pretrained, save_checkpoint
 from ..recipes import RECIPES, Recipe, fit
 from ..registry import create
 from ..training import Evaluation, evaluate, progress_bars
@@ -107,8 +106,8 @@ class Table:
     ``columns`` are ``(header, format)`` with format ``pct`` (a fraction shown as %), ``pts`` (a difference
     of fractions shown in signed percentage points), ``int``, ``sci``, ``f3``, ``text``, ``ci`` (an interval
     dict with ``mean``, ``low``, ``high`` of a fraction, shown as ``97.1% [96.5, 97.7]``), ``ci3`` (the same
-    for a plain number that cannot be negative, such as an error or a loss, 3 decimals) or ``cipts`` (a difference of fractions in signed points, ``+6.6 [-8.6,
-    +21.8]``); ``None`` shows as ``-``.
+    for a plain number that cannot be negative, such as an error or a loss, 3 decimals) or ``cipts`` (a
+    difference of fractions in signed points, ``+6.6 [-8.6, +21.8]``); ``None`` shows as ``-``.
     """
 
     title: str
@@ -409,7 +408,7 @@ class StudyContext:
         """How this run was made: code commit, device, torch, seeds, options, start time (UTC)."""
         dev = self.device
         return {
-            "commit": _commit(),
+            "commit": git_commit(),
             "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "torch": torch.__version__,
@@ -474,25 +473,6 @@ def _check_options(study: str, options: dict[str, Any], accepts: Sequence[str]) 
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise EquiauditError(f"--seeds must be a whole number >= 1, got {seeds!r}")
     return given
-
-
-def _commit() -> str | None:
-    """The git commit of the code that ran (``+dirty`` when it has uncommitted changes), None outside a checkout."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "") if head else None
 
 
 def _matching_card(recipe: Recipe, directory: Path | None) -> dict[str, Any] | None:
