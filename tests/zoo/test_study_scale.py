@@ -20,15 +20,50 @@ from equiaudit.zoo.recipes import RECIPES, SHIPPED
 from equiaudit.zoo.studies import run_study
 from equiaudit.zoo.studies import scale as study
 from equiaudit.zoo.studies.common import by_scale
-from equiaudit.zoo.studies.scale_metric import embedding_layer, level_shift, scale_errors
+from equiaudit.zoo.studies.scale_metric import (
+    ScaleErrorObserver,
+    ScaleErrors,
+    embedding_layer,
+    level_shift,
+    scale_errors,
+)
 from torch import nn
 
 from equiaudit import audit
+from equiaudit.data import load_data
 from equiaudit.errors import EquiauditError
 from equiaudit.groups import parse_group
+from equiaudit.result import AuditResult
 from equiaudit.transforms import transform
 
 ZOOMS = "scale:0.5,0.8,1,1.25,2"
+KEYS = ("features", "pooled", "logits")
+
+
+def _observed(model: nn.Module, x: torch.Tensor, group: str, **options) -> tuple[ScaleErrors, AuditResult]:
+    """The document's errors from one engine audit of ``model`` on ``x`` with the observer attached."""
+    obs = ScaleErrorObserver(embedding_layer(model))
+    res = audit(model, x, group, **{"samples": 0, **obs.audit_options(), **options})
+    return obs.compute(), res
+
+
+def _digits(n: int) -> torch.Tensor:
+    data = load_data("scale-digits", split="test", limit=n)
+    return torch.stack([data.dataset[i][0] for i in range(len(data.dataset))])
+
+
+@pytest.mark.parametrize("name", [m.split("@")[0] for m in study.MODELS])
+def test_the_observer_gives_the_errors_of_the_former_separate_forward(name: str) -> None:
+    torch.manual_seed(0)
+    model = create(name, tiny=True).eval()
+    x = _digits(6)
+    old = scale_errors(model, x, parse_group(study.AUDIT_GROUP).elements)
+    new, res = _observed(model, x, study.AUDIT_GROUP, samples=8)
+    for key in KEYS:
+        got, want = torch.from_numpy(getattr(new, key)), torch.from_numpy(getattr(old, key))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True, msg=key)
+    assert res.records["error"].tolist() == new.logits.astype("float32").tolist()  # the engine's own records
+    assert [r["name"] for r in res.layers["layers"]] == [embedding_layer(model)]
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +199,29 @@ def test_the_document_error_equals_a_hand_computation_in_float64(name: str) -> N
     res = audit(model, x, ZOOMS, samples=0, input_mask="none")  # the logit column: the audit's invariance error
     expected = by_scale(res, "invariance_error")
     assert errors.logits.mean(axis=0).tolist() == pytest.approx([expected[g.scale] for g in elements], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cnn", "dss"])
+def test_the_errors_do_not_depend_on_the_audits_batch_size(name: str) -> None:
+    torch.manual_seed(3)
+    model = create(name, tiny=True).eval()
+    x = _digits(10)
+    runs = [_observed(model, x, ZOOMS, batch_size=size) for size in (3, 7, None)]
+    assert [res.run.batch_size for _, res in runs][:2] == [3, 7]
+    for errors, _ in runs[1:]:
+        for key in KEYS:
+            got, want = torch.from_numpy(getattr(errors, key)), torch.from_numpy(getattr(runs[0][0], key))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True, msg=key)
+
+
+def test_the_observer_needs_its_layer_recorded_and_a_classifier() -> None:
+    model = create("cnn", tiny=True).eval()
+    obs = ScaleErrorObserver(embedding_layer(model))
+    with pytest.raises(EquiauditError, match="audit with layers=features"):
+        audit(model, torch.rand(2, 1, 28, 28), ZOOMS, samples=0, observers=[obs])
+    dense = nn.Conv2d(1, 2, 3, padding=1)
+    with pytest.raises(EquiauditError, match="need a classifier"):
+        audit(dense, torch.rand(2, 1, 28, 28), ZOOMS, samples=0, observers=[ScaleErrorObserver("weight")])
 
 
 def test_a_pointwise_linear_map_commutes_with_every_zoom() -> None:
