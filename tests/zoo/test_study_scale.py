@@ -84,6 +84,12 @@ def test_quick_mode_runs_every_model_over_the_seeds_and_ends_with_the_published_
         assert m["within_gate"] == (m["accuracy"]["mean"] >= quick.measured["cnn"]["accuracy"]["mean"] - study.GATE)
         assert m["document_error_by_scale"][1.0] == 0.0 and m["logit_error_by_scale"][1.0] == 0.0
     assert quick.tables[-1].title == "Published / ours / why different" and len(quick.tables[-1].rows) == 6
+    # the document's errors come from one engine audit of each seed's embedding, beside the per-layer audit
+    assert set(quick.audits) == {*labels, *(f"{label}-embedding@seed{s}" for label in labels for s in (0, 1))}
+    for label in labels:
+        res = quick.audits[f"{label}-embedding@seed0"]
+        assert res.run.spec["input_mask"] == "none" and len(res.layers["layers"]) == 1
+        assert res.summary["images"] == quick.measured[label]["images"]
     assert any("Accuracy gate" in n for n in quick.notes)
 
 
