@@ -1,4 +1,4 @@
-"""The scale study's document's feature-map equivariance error, computed with the per-layer machinery's hooks.
+"""The scale study's document's feature-map equivariance error, measured by an observer of the engine's one pass.
 
 The document (``equivariance_test.py`` / ``equiv_funcs.py`` of its code) measures, on the model's last feature
 map ``Φ`` (its "embedding", before the scale pooling and the head), for an input zoom ``L_s``::
@@ -16,6 +16,10 @@ of the channel's map (the code's ``np.linalg.norm(M, 2)`` of a matrix is its lar
 denominator is the Frobenius norm), and channels whose moved map is zero (a dead ReLU channel) are left out
 (the code divides by zero there). Our per-layer audit (:mod:`equiaudit.layers`) instead undoes the zoom on
 ``Φ(L_s f)``, normalises by ``||Φ(f)||`` over all channels together and compares a masked region only.
+
+Nothing here runs the model: an engine audit with ``layers=`` the embedding records ``Φ`` of every image and of
+its zoomed copies in the forwards that give the logits, and :class:`ScaleErrorObserver` turns each chunk into
+per-image errors (:func:`map_error`) beside the engine's own logit invariance error.
 """
 
 from __future__ import annotations
@@ -31,8 +35,6 @@ from torch import nn
 
 from equiaudit.errors import EquiauditError
 from equiaudit.groups import GroupElement
-from equiaudit.layers import LayerRecorder
-from equiaudit.metrics import logit_error
 from equiaudit.observers import ObservedBatch, Observer, Setup
 from equiaudit.transforms import ElementPlan, sampling_dtype
 
@@ -43,7 +45,6 @@ __all__ = [
     "embedding_layer",
     "level_shift",
     "map_error",
-    "scale_errors",
 ]
 
 _EPS = 1e-12
@@ -102,7 +103,7 @@ def map_error(ref: torch.Tensor, moved: torch.Tensor, elements: Sequence[GroupEl
 
 @dataclass
 class ScaleErrors:
-    """Per image and element ``(N, G)`` float64 arrays (see :func:`scale_errors`)."""
+    """Per image and element ``(N, G)`` float64 arrays, in data order (see :class:`ScaleErrorObserver`)."""
 
     features: np.ndarray  # the document's feature-map error
     pooled: np.ndarray  # the same with one ratio over all channels
@@ -157,34 +158,3 @@ class ScaleErrorObserver(Observer):
         order = np.argsort(torch.cat(self.index).numpy(), kind="stable")
         parts = (torch.cat(getattr(self, k)).double().cpu().numpy()[order] for k in ("features", "pooled", "logits"))
         return ScaleErrors(*parts)
-
-
-@torch.inference_mode()
-def scale_errors(
-    model: nn.Module,
-    images: torch.Tensor,
-    elements: Sequence[GroupElement],
-    *,
-    layer: str | None = None,
-    batch: int = 16,
-) -> ScaleErrors:
-    """The document's feature-map error at ``layer`` (default :func:`embedding_layer`), its channel-pooled form
-    (:func:`map_error`) and the logits' invariance error (:func:`equiaudit.metrics.logit_error`) of every image
-    and element, from one forward of each chunk of images with every zoom of them (bilinear, zeros brought in)."""
-    model.eval()
-    layer = layer or embedding_layer(model)
-    recorder = LayerRecorder(model, layer)
-    recorder.probe(model, images[:1])
-    plan = ElementPlan(elements, tuple(images.shape[-2:]), device=images.device, dtype=sampling_dtype(images.dtype))
-    g, features, logits = len(elements), [], []
-    for start in range(0, images.shape[0], batch):
-        x = images[start : start + batch]
-        b = x.shape[0]
-        rows = b * (1 + g)
-        with recorder.recording(rows):
-            out = model(torch.cat([x, plan(x).flatten(0, 1)]))
-        maps = recorder.take()[layer][:rows]
-        features.append(map_error(maps[:b], maps[b:].view(g, b, *maps.shape[1:]), elements))
-        logits.append(logit_error(out[b:].view(g, b, -1), out[:b]))
-    maps_errors = torch.cat(features, dim=2).double().cpu().numpy()  # (2, G, N)
-    return ScaleErrors(maps_errors[0].T, maps_errors[1].T, torch.cat(logits, dim=1).T.double().cpu().numpy())
