@@ -25,6 +25,7 @@ from equiaudit.zoo.studies.scale_metric import (
     ScaleErrors,
     embedding_layer,
     level_shift,
+    map_error,
 )
 from torch import nn
 
@@ -232,6 +233,21 @@ def test_a_pointwise_linear_map_commutes_with_every_zoom() -> None:
     model = Pointwise().double()
     errors, _ = _observed(model, torch.rand(2, 1, 20, 20, dtype=torch.float64), ZOOMS)
     assert errors.features.max() < 1e-12 and errors.pooled.max() < 1e-12
+
+
+def test_map_error_leaves_out_dead_channels_and_levels_without_a_partner() -> None:
+    torch.manual_seed(4)
+    elements = parse_group("scale:0.25,1").elements  # k = 2 and 0
+    ref = torch.rand(2, 3, 2, 8, 8, dtype=torch.float64)  # (B, C, S, h, w): two levels
+    moved = torch.stack([ref, ref + 0.1])  # Φ(g f) per element
+    moved[1, :, 0] = 0.0  # a dead channel under the identity
+    err = map_error(ref, moved, elements)
+    assert err.shape == (2, 2, 2) and err[:, 0].isnan().all()  # 0.25: no level has a partner two levels up
+    ratios = 0.8 / moved[1, :, 1:].square().sum((-2, -1)).sqrt()  # ||0.1 * ones(8, 8)|| = 0.8, live channels only
+    num = (4 * 0.8**2 + ref[:, 0].square().sum((1, 2, 3))).sqrt()  # pooled: the dead channel counts
+    den = moved[1].square().sum((1, 2, 3, 4)).sqrt()
+    torch.testing.assert_close(err[0, 1], ratios.flatten(1).mean(1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(err[1, 1], num / den, rtol=1e-12, atol=1e-12)
 
 
 def test_level_shift_follows_the_scale_space_convention() -> None:
