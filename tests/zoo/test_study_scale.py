@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from equiaudit.zoo import create
 from equiaudit.zoo.models.scale import (
     DeformScaleConv2d,
@@ -19,16 +20,35 @@ from equiaudit.zoo.models.scale import (
 from equiaudit.zoo.recipes import RECIPES, SHIPPED
 from equiaudit.zoo.studies import run_study
 from equiaudit.zoo.studies import scale as study
-from equiaudit.zoo.studies.common import by_scale
-from equiaudit.zoo.studies.scale_metric import embedding_layer, level_shift, scale_errors
+from equiaudit.zoo.studies.scale_metric import (
+    ScaleErrorObserver,
+    ScaleErrors,
+    embedding_layer,
+    level_shift,
+    map_error,
+)
 from torch import nn
 
 from equiaudit import audit
+from equiaudit.data import load_data
 from equiaudit.errors import EquiauditError
 from equiaudit.groups import parse_group
-from equiaudit.transforms import transform
+from equiaudit.result import AuditResult
 
 ZOOMS = "scale:0.5,0.8,1,1.25,2"
+KEYS = ("features", "pooled", "logits")
+
+
+def _observed(model: nn.Module, x: torch.Tensor, group: str, **options) -> tuple[ScaleErrors, AuditResult]:
+    """The document's errors from one engine audit of ``model`` on ``x`` with the observer attached."""
+    obs = ScaleErrorObserver(embedding_layer(model))
+    res = audit(model, x, group, **{"samples": 0, **obs.audit_options(), **options})
+    return obs.compute(), res
+
+
+def _digits(n: int) -> torch.Tensor:
+    data = load_data("scale-digits", split="test", limit=n)
+    return torch.stack([data.dataset[i][0] for i in range(len(data.dataset))])
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +69,12 @@ def test_quick_mode_runs_every_model_over_the_seeds_and_ends_with_the_published_
         assert m["within_gate"] == (m["accuracy"]["mean"] >= quick.measured["cnn"]["accuracy"]["mean"] - study.GATE)
         assert m["document_error_by_scale"][1.0] == 0.0 and m["logit_error_by_scale"][1.0] == 0.0
     assert quick.tables[-1].title == "Published / ours / why different" and len(quick.tables[-1].rows) == 6
+    # the document's errors come from one engine audit of each seed's embedding, beside the per-layer audit
+    assert set(quick.audits) == {*labels, *(f"{label}-embedding@seed{s}" for label in labels for s in (0, 1))}
+    for label in labels:
+        res = quick.audits[f"{label}-embedding@seed0"]
+        assert res.run.spec["input_mask"] == "none" and len(res.layers["layers"]) == 1
+        assert res.summary["images"] == quick.measured[label]["images"]
     assert any("Accuracy gate" in n for n in quick.notes)
 
 
@@ -113,57 +139,84 @@ def test_dss_v2_pyramid_shapes_and_a_centre_tap_kernel_passes_each_level_through
     assert embedding_layer(model) == "levels" and model(x).shape == (2, 10)
 
 
-def _hand_errors(model: nn.Module, layer: nn.Module, x: torch.Tensor, elements: list) -> tuple[list, list]:
-    """The document's error by loops: per image and element, the mean over channels (and matched levels) of
-    ||L_s Φ(f)_c - Φ(L_s f)_c|| / ||Φ(L_s f)_c||; and the pooled form, one ratio of norms over all of them."""
+def _zoom(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(N, C, H, W)`` zoomed by ``scale`` about the centre by grid_sample (bilinear, zeros, pixel centres at
+    ``(2i+1)/W - 1``): the output's normalised point ``p`` reads the input at ``p / scale``."""
+    theta = torch.tensor([[[1 / scale, 0.0, 0.0], [0.0, 1 / scale, 0.0]]], dtype=x.dtype).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@torch.no_grad()
+def _hand_errors(model: nn.Module, layer: nn.Module, x: torch.Tensor, scales: list[float]) -> list[list[list[float]]]:
+    """The document's errors by loops, one image and one zoom per forward: per image and zoom, the mean over
+    channels (and matched levels) of ||L_s Φ(f)_c - Φ(L_s f)_c|| / ||Φ(L_s f)_c||, the pooled form (one ratio of
+    norms over all of them) and the centred logits' ||c(f(L_s x)) - c(f(x))|| / ||c(f(x))||."""
     maps = []
     handle = layer.register_forward_hook(lambda _m, _i, out: maps.append(out.detach()))
-    out, pooled = [], []
+    rows = []
     for i in range(x.shape[0]):
-        row, row_pooled = [], []
-        for g in elements:
+        row = []
+        for s in scales:
             maps.clear()
-            model(x[i : i + 1])
-            model(transform(x[i : i + 1], g))
+            logits = model(x[i : i + 1])[0], model(_zoom(x[i : i + 1], s))[0]
             ref, moved = maps[0][0], maps[1][0]
-            pred = transform(ref.reshape(1, -1, *ref.shape[-2:]), g)[0].reshape(ref.shape)
+            pred = _zoom(ref.reshape(1, -1, *ref.shape[-2:]), s)[0].reshape(ref.shape)
             pairs = []
             for c in range(ref.shape[0]):
                 if ref.dim() == 4:  # (C, S, h, w): levels l of moved against l + k of the prediction
-                    k = round(-math.log2(g.scale))
-                    n = ref.shape[1]
+                    k, n = round(-math.log2(s)), ref.shape[1]
                     pairs += [(pred[c, lv + k], moved[c, lv]) for lv in range(n) if 0 <= lv + k < n]
                 else:
                     pairs.append((pred[c], moved[c]))
             ratios = [float((p - m).norm() / m.norm()) for p, m in pairs if float(m.norm()) > 1e-12]
-            row.append(sum(ratios) / len(ratios))
             num, den = sum(float((p - m).norm()) ** 2 for p, m in pairs), sum(float(m.norm()) ** 2 for _, m in pairs)
-            row_pooled.append(math.sqrt(num / den))
-        out.append(row)
-        pooled.append(row_pooled)
+            centred = [v - v.mean() for v in logits]
+            logit = float((centred[1] - centred[0]).norm() / centred[0].norm())
+            row.append([sum(ratios) / len(ratios), math.sqrt(num / den), logit])
+        rows.append(row)
     handle.remove()
-    return out, pooled
+    return rows
 
 
 @pytest.mark.parametrize("name", ["cnn", "dss"])
-def test_the_document_error_equals_a_hand_computation_in_float64(name: str) -> None:
+def test_the_observer_equals_a_hand_computation_in_float64(name: str) -> None:
     torch.manual_seed(1)
     model = create(name, tiny=True).double().eval()
-    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
-    elements = list(parse_group(ZOOMS).elements)
-    errors = scale_errors(model, x, elements, batch=2)
+    x = torch.rand(3, 1, 28, 28).double()  # the audit's data hold float32 images
+    elements = parse_group(ZOOMS).elements
+    errors, _ = _observed(model, x, ZOOMS, batch_size=4)
     layer = dict(model.named_modules())[embedding_layer(model)]
-    hand, hand_pooled = _hand_errors(model, layer, x, elements)
+    hand = torch.tensor(_hand_errors(model, layer, x, [g.scale for g in elements]), dtype=torch.float64)
     assert errors.features.shape == errors.pooled.shape == errors.logits.shape == (3, len(elements))
-    for got, want in ((errors.features, hand), (errors.pooled, hand_pooled)):
-        torch.testing.assert_close(
-            torch.from_numpy(got), torch.tensor(want, dtype=torch.float64), rtol=1e-9, atol=1e-12
-        )
-    identity = elements.index(next(g for g in elements if g.is_identity))
-    assert errors.features[:, identity].tolist() == errors.pooled[:, identity].tolist() == [0.0] * 3
-    res = audit(model, x, ZOOMS, samples=0, input_mask="none")  # the logit column: the audit's invariance error
-    expected = by_scale(res, "invariance_error")
-    assert errors.logits.mean(axis=0).tolist() == pytest.approx([expected[g.scale] for g in elements], rel=1e-6)
+    for i, key in enumerate(KEYS):
+        got = torch.from_numpy(getattr(errors, key))
+        torch.testing.assert_close(got, hand[..., i], rtol=1e-9, atol=1e-12, msg=key)
+    identity = [g.is_identity for g in elements].index(True)
+    assert [getattr(errors, key)[:, identity].tolist() for key in KEYS] == [[0.0] * 3] * 3
+
+
+@pytest.mark.parametrize("name", ["cnn", "dss"])
+def test_the_errors_do_not_depend_on_the_audits_batch_size(name: str) -> None:
+    torch.manual_seed(3)
+    model = create(name, tiny=True).eval()
+    x = _digits(10)
+    runs = [_observed(model, x, ZOOMS, batch_size=size) for size in (3, 7, None)]
+    assert [res.run.batch_size for _, res in runs][:2] == [3, 7]
+    for errors, _ in runs[1:]:
+        for key in KEYS:
+            got, want = torch.from_numpy(getattr(errors, key)), torch.from_numpy(getattr(runs[0][0], key))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True, msg=key)
+
+
+def test_the_observer_needs_its_layer_recorded_and_a_classifier() -> None:
+    model = create("cnn", tiny=True).eval()
+    obs = ScaleErrorObserver(embedding_layer(model))
+    with pytest.raises(EquiauditError, match="audit with layers=features"):
+        audit(model, torch.rand(2, 1, 28, 28), ZOOMS, samples=0, observers=[obs])
+    dense = nn.Conv2d(1, 2, 3, padding=1)
+    with pytest.raises(EquiauditError, match="need a classifier"):
+        audit(dense, torch.rand(2, 1, 28, 28), ZOOMS, samples=0, observers=[ScaleErrorObserver("weight")])
 
 
 def test_a_pointwise_linear_map_commutes_with_every_zoom() -> None:
@@ -178,8 +231,23 @@ def test_a_pointwise_linear_map_commutes_with_every_zoom() -> None:
 
     torch.manual_seed(2)
     model = Pointwise().double()
-    errors = scale_errors(model, torch.rand(2, 1, 20, 20, dtype=torch.float64), parse_group(ZOOMS).elements)
+    errors, _ = _observed(model, torch.rand(2, 1, 20, 20, dtype=torch.float64), ZOOMS)
     assert errors.features.max() < 1e-12 and errors.pooled.max() < 1e-12
+
+
+def test_map_error_leaves_out_dead_channels_and_levels_without_a_partner() -> None:
+    torch.manual_seed(4)
+    elements = parse_group("scale:0.25,1").elements  # k = 2 and 0
+    ref = torch.rand(2, 3, 2, 8, 8, dtype=torch.float64)  # (B, C, S, h, w): two levels
+    moved = torch.stack([ref, ref + 0.1])  # Φ(g f) per element
+    moved[1, :, 0] = 0.0  # a dead channel under the identity
+    err = map_error(ref, moved, elements)
+    assert err.shape == (2, 2, 2) and err[:, 0].isnan().all()  # 0.25: no level has a partner two levels up
+    ratios = 0.8 / moved[1, :, 1:].square().sum((-2, -1)).sqrt()  # ||0.1 * ones(8, 8)|| = 0.8, live channels only
+    num = (4 * 0.8**2 + ref[:, 0].square().sum((1, 2, 3))).sqrt()  # pooled: the dead channel counts
+    den = moved[1].square().sum((1, 2, 3, 4)).sqrt()
+    torch.testing.assert_close(err[0, 1], ratios.flatten(1).mean(1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(err[1, 1], num / den, rtol=1e-12, atol=1e-12)
 
 
 def test_level_shift_follows_the_scale_space_convention() -> None:

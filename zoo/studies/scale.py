@@ -14,14 +14,15 @@ import warnings
 from typing import Any
 
 import numpy as np
-import torch
+from torch import nn
 
 from equiaudit.errors import EquiauditError
 from equiaudit.groups import parse_group
 from equiaudit.intervals import bootstrap_mean
 
+from ..recipes import Recipe
 from .common import (
-    QUICK_AUDIT_IMAGES,
+    QUICK_SEEDS,
     Request,
     StudyContext,
     StudyResult,
@@ -31,7 +32,7 @@ from .common import (
     seed_interval,
     summary_value,
 )
-from .scale_metric import scale_errors
+from .scale_metric import ScaleErrorObserver, ScaleErrors, embedding_layer
 
 NAME = "scale"
 TITLE = (
@@ -55,6 +56,7 @@ LABELS = {
     "so2-cnn@scale-digits": "so2-cnn",
 }
 OPTIONS = ("data", "seeds")
+AUDITS_PER_MODEL = 1 + QUICK_SEEDS  # in quick mode: each seed's audit of the embedding, the first's per-layer audit
 DATA = "scale-digits"
 AUDIT_GROUP, QUICK_GROUP, AUDIT_IMAGES = "scale:0.5..2:9", "scale:0.5,1,2", 200
 GATE = 0.02  # every model's accuracy within 2 points of the CNN's
@@ -130,20 +132,22 @@ def _data(ctx: StudyContext) -> str:
     return spec
 
 
-def _test_images(ctx: StudyContext, recipe: Any) -> torch.Tensor:
-    from equiaudit.data import load_data
+def _document_errors(ctx: StudyContext, name: str, seed: int, model: nn.Module, recipe: Recipe) -> ScaleErrors:
+    """The document's errors of every test image and element: one engine audit (the whole image zoomed, the
+    embedding's maps recorded in the same forwards as the logits) with :class:`ScaleErrorObserver` attached,
+    saved as ``LABEL-embedding@seedS``."""
+    observer = ScaleErrorObserver(embedding_layer(model))
+    key = f"{LABELS[name]}-embedding@seed{seed}"
+    options = {"samples": 0, **observer.audit_options()}
+    ctx.audit(key, model, recipe, recipe.dataset, AUDIT_GROUP, AUDIT_IMAGES, QUICK_GROUP, **options)
+    return observer.compute()
 
-    n = QUICK_AUDIT_IMAGES if ctx.quick else AUDIT_IMAGES
-    data = load_data(recipe.dataset, split="test", limit=n, **recipe.data_options)
-    return torch.stack([data.dataset[i][0] for i in range(len(data.dataset))]).to(ctx.device)
 
-
-def _seed_run(ctx: StudyContext, name: str, seed: int, elements: Any, data: str) -> dict[str, Any]:
+def _seed_run(ctx: StudyContext, name: str, seed: int, data: str) -> dict[str, Any]:
     """Train (or load) ``name`` with ``seed`` on ``data``; its accuracy and per-image document / logit errors."""
     model, recipe = ctx.model(name, seed=seed, **({} if data == DATA else {"dataset": data}))
     test = ctx.evaluate(model, recipe, recipe.dataset)
-    images = _test_images(ctx, recipe)
-    errors = scale_errors(model, images, elements)
+    errors = _document_errors(ctx, name, seed, model, recipe)
     return {
         "model": model,
         "recipe": recipe,
@@ -158,9 +162,8 @@ def _seed_run(ctx: StudyContext, name: str, seed: int, elements: Any, data: str)
 
 def _measure(ctx: StudyContext, name: str, data: str) -> dict[str, Any]:
     """Every seed of ``name``; the per-layer audit of the first seed's model; the numbers of the tables."""
-    group = parse_group(QUICK_GROUP if ctx.quick else AUDIT_GROUP)
-    scales = [float(g.scale) for g in group.elements]
-    runs = [_seed_run(ctx, name, seed, group.elements, data) for seed in ctx.seeds]
+    scales = [float(g.scale) for g in parse_group(QUICK_GROUP if ctx.quick else AUDIT_GROUP).elements]
+    runs = [_seed_run(ctx, name, seed, data) for seed in ctx.seeds]
     first = runs[0]
     res = ctx.audit(
         LABELS[name],
@@ -445,11 +448,12 @@ def _notes(measured: dict[str, dict[str, Any]], names: list[str], data: str) -> 
         "Feature-map error as the document defines it: on the last feature map (before the scale / global pooling), "
         "per channel ||L_s Φ(f) - Φ(L_s f)|| / ||Φ(L_s f)||, L_s the same zoom at the map's resolution with zeros "
         "brought in, the whole map; scale-space maps (DSS, DSS v2, deformable DSS) also shift their levels by "
-        "round(-log2 s), the levels without a partner left out. Computed with the per-layer machinery's hooks "
-        "because the document's normalisation (per channel, by the moved map) differs from the per-layer audit's "
-        "(all channels, by the reference map, undone zoom, compared region only), which is reported beside it. The "
-        "code's numerator is a matrix 2-norm (largest singular value); ours is the Euclidean norm of the map; dead "
-        "channels are left out.",
+        "round(-log2 s), the levels without a partner left out. Measured in each seed's audit of its embedding "
+        "(LABEL-embedding@seedS: the whole image zoomed, no input mask) by an observer of the engine's one pass, "
+        "from the maps recorded in the same forwards as the logits; a metric of its own because the document's "
+        "normalisation (per channel, by the moved map) differs from the per-layer audit's (all channels, by the "
+        "reference map, undone zoom, compared region only), which is reported beside it. The code's numerator is a "
+        "matrix 2-norm (largest singular value); ours is the Euclidean norm of the map; dead channels are left out.",
         "Per-layer audit (first seed): every convolution and block (layers=auto; DSS v2: its level-pooled map, as "
         "its pyramid blocks output lists of maps), spatial action (a zoom moves positions only, e2cnn fields "
         "included; scale-space levels are folded into the channels and not shifted there).",

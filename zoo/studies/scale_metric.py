@@ -1,4 +1,4 @@
-"""The scale study's document's feature-map equivariance error, computed with the per-layer machinery's hooks.
+"""The scale study's document's feature-map equivariance error, measured by an observer of the engine's one pass.
 
 The document (``equivariance_test.py`` / ``equiv_funcs.py`` of its code) measures, on the model's last feature
 map ``Φ`` (its "embedding", before the scale pooling and the head), for an input zoom ``L_s``::
@@ -16,6 +16,10 @@ of the channel's map (the code's ``np.linalg.norm(M, 2)`` of a matrix is its lar
 denominator is the Frobenius norm), and channels whose moved map is zero (a dead ReLU channel) are left out
 (the code divides by zero there). Our per-layer audit (:mod:`equiaudit.layers`) instead undoes the zoom on
 ``Φ(L_s f)``, normalises by ``||Φ(f)||`` over all channels together and compares a masked region only.
+
+Nothing here runs the model: an engine audit with ``layers=`` the embedding records ``Φ`` of every image and of
+its zoomed copies in the forwards that give the logits, and :class:`ScaleErrorObserver` turns each chunk into
+per-image errors (:func:`map_error`) beside the engine's own logit invariance error.
 """
 
 from __future__ import annotations
@@ -23,19 +27,35 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from equiaudit.errors import EquiauditError
 from equiaudit.groups import GroupElement
-from equiaudit.layers import LayerRecorder
-from equiaudit.metrics import logit_error
+from equiaudit.observers import ObservedBatch, Observer, Setup
 from equiaudit.transforms import ElementPlan, sampling_dtype
 
-__all__ = ["ScaleErrors", "embedding_layer", "level_shift", "map_error", "scale_errors"]
+__all__ = [
+    "AUDIT_OPTIONS",
+    "ScaleErrorObserver",
+    "ScaleErrors",
+    "embedding_layer",
+    "level_shift",
+    "map_error",
+]
 
 _EPS = 1e-12
+# The audit the document's metric is read from: the whole image zoomed (no input mask), bilinear, zeros brought
+# in; the embedding's own per-layer row moves positions only (a scale-space map's levels fold into its channels).
+AUDIT_OPTIONS: dict[str, Any] = {
+    "input_mask": "none",
+    "interpolation": "bilinear",
+    "padding": "zeros",
+    "layer_action": "spatial",
+}
 
 
 def embedding_layer(model: nn.Module) -> str:
@@ -83,39 +103,58 @@ def map_error(ref: torch.Tensor, moved: torch.Tensor, elements: Sequence[GroupEl
 
 @dataclass
 class ScaleErrors:
-    """Per image and element ``(N, G)`` float64 arrays (see :func:`scale_errors`)."""
+    """Per image and element ``(N, G)`` float64 arrays, in data order (see :class:`ScaleErrorObserver`)."""
 
     features: np.ndarray  # the document's feature-map error
     pooled: np.ndarray  # the same with one ratio over all channels
     logits: np.ndarray  # the logits' invariance error
 
 
-@torch.inference_mode()
-def scale_errors(
-    model: nn.Module,
-    images: torch.Tensor,
-    elements: Sequence[GroupElement],
-    *,
-    layer: str | None = None,
-    batch: int = 16,
-) -> ScaleErrors:
-    """The document's feature-map error at ``layer`` (default :func:`embedding_layer`), its channel-pooled form
-    (:func:`map_error`) and the logits' invariance error (:func:`equiaudit.metrics.logit_error`) of every image
-    and element, from one forward of each chunk of images with every zoom of them (bilinear, zeros brought in)."""
-    model.eval()
-    layer = layer or embedding_layer(model)
-    recorder = LayerRecorder(model, layer)
-    recorder.probe(model, images[:1])
-    plan = ElementPlan(elements, tuple(images.shape[-2:]), device=images.device, dtype=sampling_dtype(images.dtype))
-    g, features, logits = len(elements), [], []
-    for start in range(0, images.shape[0], batch):
-        x = images[start : start + batch]
-        b = x.shape[0]
-        rows = b * (1 + g)
-        with recorder.recording(rows):
-            out = model(torch.cat([x, plan(x).flatten(0, 1)]))
-        maps = recorder.take()[layer][:rows]
-        features.append(map_error(maps[:b], maps[b:].view(g, b, *maps.shape[1:]), elements))
-        logits.append(logit_error(out[b:].view(g, b, -1), out[:b]))
-    maps_errors = torch.cat(features, dim=2).double().cpu().numpy()  # (2, G, N)
-    return ScaleErrors(maps_errors[0].T, maps_errors[1].T, torch.cat(logits, dim=1).T.double().cpu().numpy())
+class ScaleErrorObserver(Observer):
+    """The document's errors of every image and element, from the engine's one pass: the maps of ``layer`` the
+    engine records (``ObservedBatch.layers``, audit with ``layers=layer``; :meth:`audit_options`) give the
+    document's error and its channel-pooled form (:func:`map_error`), the engine's per-image scores the logits'
+    invariance error (:func:`equiaudit.metrics.logit_error` of a classifier's centred logits)."""
+
+    name = "scale_document"
+
+    def __init__(self, layer: str) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def audit_options(self) -> dict[str, Any]:
+        """The options of the audit that feeds this observer (:data:`AUDIT_OPTIONS`, the layer, the observer)."""
+        return {"layers": self.layer, **AUDIT_OPTIONS, "observers": [self]}
+
+    def setup(self, setup: Setup) -> None:
+        if setup.task != "classify":
+            raise EquiauditError(f"the scale document's errors need a classifier; the audit found task {setup.task!r}")
+        self.elements = setup.elements
+        # Recorded rows: the reference block, then one block per moved element in Setup.moved order; the
+        # identity's copy is the reference itself (block 0).
+        at = {j: 1 + i for i, j in enumerate(setup.moved)}
+        self.rows = torch.tensor([at.get(j, 0) for j in range(len(setup.elements))], device=setup.device)
+        for name in ("index", "features", "pooled", "logits"):
+            self.add_state(name, [], "cat")
+
+    def update(self, batch: ObservedBatch) -> None:
+        maps = (batch.layers or {}).get(self.layer)
+        if maps is None:
+            raise EquiauditError(
+                f"the scale document's errors read layer {self.layer!r}: audit with layers={self.layer}"
+            )
+        b = batch.size
+        blocks = maps.view(-1, b, *maps.shape[1:])  # (M + 1, B, ...)
+        errors = map_error(blocks[0], blocks.index_select(0, self.rows), self.elements)  # (2, G, B)
+        self.index.append(torch.arange(batch.offset, batch.offset + b))
+        self.features.append(errors[0].T)
+        self.pooled.append(errors[1].T)
+        self.logits.append(batch.scores["invariance_error"].T)
+
+    def compute(self) -> ScaleErrors:
+        """``(N, G)`` float64 arrays in data order (shards may arrive in any order)."""
+        if not self.index:
+            return ScaleErrors(*(np.zeros((0, len(self.elements))) for _ in range(3)))
+        order = np.argsort(torch.cat(self.index).numpy(), kind="stable")
+        parts = (torch.cat(getattr(self, k)).double().cpu().numpy()[order] for k in ("features", "pooled", "logits"))
+        return ScaleErrors(*parts)
