@@ -242,6 +242,7 @@ class StudyContext:
         self.jobs = _jobs(jobs)
         self.options = _check_options(name, options or {}, accepts)
         self.started = time.time()
+        self.commit = git_commit()  # at the start: the code that runs, whatever is committed meanwhile
         self.out_dir = Path(out_dir)
         self.folder = self.out_dir / name
         self.cache = self.out_dir / "checkpoints"
@@ -408,7 +409,7 @@ class StudyContext:
         """How this run was made: code commit, device, torch, seeds, options, start time (UTC)."""
         dev = self.device
         return {
-            "commit": git_commit(),
+            "commit": self.commit,
             "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "torch": torch.__version__,
