@@ -304,8 +304,9 @@ def parse_mask(kind: str) -> tuple[str, tuple[int, int] | None]:
 
 
 def centre_offset(outer: int, inner: int) -> int:
-    """Where a centred ``inner``-pixel span starts in ``outer`` pixels (rounded as torchvision's
-    ``CenterCrop``): the one convention of centre crops, pads and ``centre:`` masks."""
+    """Where a centred ``inner``-pixel span starts in ``outer`` pixels: half the margin, an odd margin's half
+    rounded to even as torchvision's ``CenterCrop`` does (margin 1: 0 before, 1 after; margin 3: 2 before, 1
+    after). The one convention of centre crops, pads and ``centre:`` masks."""
     return round((outer - inner) / 2.0)
 
 
@@ -345,8 +346,13 @@ def valid_mask(
     """
     kind, centre = parse_mask(kind)
     if centre is not None:
-        region = centre_region(centre, in_size or size, size)
-        return valid_mask(elements, size, kind, device, padding) & region.to(device)
+        region = centre_region(centre, in_size or size, size).to(device)
+        if not bool(region.any()):  # nothing compared would read as an error of 0
+            raise EquiauditError(
+                f"mask centre:{centre[0]}x{centre[1]} holds no pixel centre of a {size[0]}x{size[1]} map; "
+                f"give a larger centre"
+            )
+        return valid_mask(elements, size, kind, device, padding) & region
     h, w = size
     ys, xs = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
     pts = np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)])

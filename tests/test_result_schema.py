@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
-from _models import Identity, SmallCNN
+from _models import ConstantSeg, Identity, SmallCNN
 
 from equiaudit.engine import audit
 from equiaudit.errors import ResultFormatError
@@ -32,6 +32,17 @@ def test_documents_follow_the_shipped_schema(task: str, tmp_path: Path) -> None:
     back = load(save(res, tmp_path / "r.json"))
     assert back.to_dict() == json.loads(back.to_json()) and back.run.samples is not None
     assert back.model == res.model and back.data == res.data and back.group == res.group
+
+
+def test_a_segmentation_audit_on_a_centre_mask_follows_the_schema() -> None:
+    x = torch.nn.functional.pad(torch.rand(3, 3, 20, 20), (4, 4, 4, 4))
+    res = audit(ConstantSeg(), (x, None, (x.mean(1, keepdim=True) > 0.5).float()), "so2:4", mask="centre:20")
+    doc = json.loads(res.to_json())
+    _validator().validate(doc)
+    assert doc["run"]["spec"]["mask"] == "centre:20" and "iou_truth_low" in doc["elements"][0]
+    for bad in ("centre:0", "centre:", "square"):
+        with pytest.raises(jsonschema.ValidationError):
+            _validator().validate({**doc, "run": {**doc["run"], "spec": {**doc["run"]["spec"], "mask": bad}}})
 
 
 def test_the_schema_rejects_what_the_loader_rejects() -> None:

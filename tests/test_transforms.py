@@ -13,6 +13,7 @@ from equiaudit.groups import GroupElement, parse_group
 from equiaudit.transforms import (
     GroupTransform,
     apply_elements,
+    centre_offset,
     centre_region,
     parse_mask,
     sampling_grid,
@@ -127,6 +128,15 @@ def test_mask_option_is_parsed_or_refused_in_one_line() -> None:
             parse_mask(bad)
     with pytest.raises(EquiauditError, match="larger than the 8x8 input"):
         valid_mask([], (8, 8), "centre:9")
+    with pytest.raises(EquiauditError, match="holds no pixel centre of a 6x6 map"):  # 0 compared would read as 0
+        valid_mask([], (6, 6), "centre:2", in_size=(24, 24))
+
+
+def test_centre_offset_rounds_an_odd_margins_half_to_even() -> None:
+    # torchvision's CenterCrop convention (round half to even), for crops, pads and centre masks alike
+    assert [centre_offset(outer, 1) for outer in (2, 4, 6, 8)] == [0, 2, 2, 4]
+    assert torch.equal(centre_region((1, 1), (4, 4), (4, 4))[:, 2], torch.tensor([False, False, True, False]))
+    assert torch.equal(pad_centre(torch.ones(1, 1, 1), (2, 4))[0], torch.tensor([[0.0, 0, 1, 0], [0, 0, 0, 0]]))
 
 
 def test_grids_are_cached_per_size_and_dtype() -> None:

@@ -3,6 +3,7 @@ there, one-line errors."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def test_workers_train_exactly_what_the_run_would_and_the_run_loads_it(tmp_path:
     monkeypatch.setitem(RECIPES, "cnn@jobs", SMALL)
     ctx = _context(tmp_path)
     requests = [("cnn@jobs", 0, {}), ("cnn@jobs", 1, {}), ("cnn@jobs", 1, {})]  # asked twice, trained once
-    assert sorted(ctx.pretrain(requests)) == ["cnn@jobs", "cnn@jobs@seed1"]
+    assert sorted(ctx.pretrain(lambda _ctx: requests)) == ["cnn@jobs", "cnn@jobs@seed1"]
     threads = torch.get_num_threads()
     torch.set_num_threads(worker_threads(2))  # the worker's arithmetic, in this process
     try:
@@ -39,22 +40,38 @@ def test_workers_train_exactly_what_the_run_would_and_the_run_loads_it(tmp_path:
     assert ctx.models["cnn@jobs@seed1"]["origin"].startswith("cached checkpoint")
     for (name, a), b in zip(here.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    assert _context(tmp_path).pretrain(requests) == []  # everything is there now: no process starts
+    assert _context(tmp_path).pretrain(lambda _ctx: requests) == []  # everything is there now: no process starts
 
 
-def test_quick_mode_and_one_job_train_in_the_run(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setitem(RECIPES, "cnn@jobs", SMALL)
-    assert _context(tmp_path, jobs=1).pretrain([("cnn@jobs", 0, {})]) == []
+def test_quick_mode_and_one_job_train_in_the_run(tmp_path: Path) -> None:
+    def never(_ctx: StudyContext) -> list:  # the study's plan is not even computed (it may load data)
+        raise AssertionError("trainings() called")
+
+    assert _context(tmp_path, jobs=1).pretrain(never) == []
     quick = StudyContext("rotated-digits", quick=True, out_dir=tmp_path, device=torch.device("cpu"), log=None, jobs=2)
-    assert quick.pretrain([("cnn@jobs", 0, {})]) == []
+    assert quick.pretrain(never) == []
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_a_failed_training_is_one_line(tmp_path: Path) -> None:
+def test_a_failed_training_is_one_line_and_the_others_are_kept(tmp_path: Path) -> None:
     broken = replace(SMALL, name="cnn@broken", dataset="no-such-data")
     with pytest.raises(EquiauditError) as info:
-        train_all([broken], tmp_path, torch.device("cpu"), 2)
-    assert "\n" not in str(info.value) and "no-such-data" in str(info.value)
+        train_all([broken, SMALL], tmp_path, torch.device("cpu"), 2)
+    assert "\n" not in str(info.value) and "cnn@broken" in str(info.value) and "no-such-data" in str(info.value)
+    assert (tmp_path / "cnn@jobs.pt").is_file()  # the training under way beside it finished and was saved
+
+
+def test_a_worker_that_dies_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    from equiaudit.zoo.studies import parallel
+
+    dying = replace(SMALL, name="cnn@dies")
+    monkeypatch.setattr(parallel, "_train_one", _exit_at_once)  # what the pool runs in its workers
+    with pytest.raises(EquiauditError, match=r"a training process died .* cnn@dies"):
+        train_all([dying], tmp_path, torch.device("cpu"), 2)
+
+
+def _exit_at_once(*_args) -> float:
+    os._exit(9)  # as a worker killed for memory
 
 
 def test_jobs_must_be_a_whole_number(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def run_study(
         jobs=jobs,
     )
     started = time.perf_counter()
-    ctx.pretrain(module.trainings(ctx))
+    ctx.pretrain(module.trainings)
     result = module.run(ctx)
     result.seconds = time.perf_counter() - started
     if console is not None:

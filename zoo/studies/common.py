@@ -290,16 +290,17 @@ class StudyContext:
             recipes.setdefault(recipe.name, recipe)
         return list(recipes.values())
 
-    def pretrain(self, requests: Iterable[Request]) -> list[str]:
-        """With ``jobs`` > 1 in full mode: train the requested models that have no checkpoint in parallel
-        processes (:mod:`.parallel`) before the run asks for them; the names trained."""
+    def pretrain(self, trainings: Callable[[StudyContext], Iterable[Request]]) -> list[str]:
+        """With ``jobs`` > 1 in full mode: train the models ``trainings(self)`` requests that have no checkpoint
+        in parallel processes (:mod:`.parallel`) before the run asks for them; the names trained. Otherwise
+        ``trainings`` is not called."""
         if self.quick or self.jobs == 1:
             if self.jobs > 1:
                 self.status("--jobs: quick mode trains its tiny models in the run")
             return []
         from .parallel import train_all
 
-        missing = [r for r in self.planned(requests) if _checkpoint(r, self.cache) is None]
+        missing = [r for r in self.planned(trainings(self)) if _checkpoint(r, self.cache) is None]
         return train_all(missing, self.cache, self.device, self.jobs, self.status)
 
     def model(self, name: str, *, seed: int | None = None, **changes: Any) -> tuple[nn.Module, Recipe]:

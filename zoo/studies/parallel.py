@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -50,7 +52,8 @@ def train_all(
     status: Callable[[str], None] = lambda _msg: None,
 ) -> list[str]:
     """Train ``recipes`` in ``jobs`` processes and save each in ``cache``; the names trained, in the order they
-    finished. A failed training is a one-line error once the others have stopped (finished ones are kept)."""
+    finished. A failed training is a one-line error once the trainings under way have finished and been saved
+    (the ones not started are dropped); Ctrl-C stops every worker at once."""
     if not recipes:
         return []
     order = sorted(recipes, key=_cost, reverse=True)
@@ -59,23 +62,57 @@ def train_all(
     status(f"training {len(order)} models in {jobs} processes ({threads} threads each, on {', '.join(set(devices))})")
     done: list[str] = []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        pending: dict[Future, Recipe] = {
-            pool.submit(_train_one, r, str(cache), devices[i % jobs], threads): r for i, r in enumerate(order)
-        }
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_ignore_interrupts)
+    pending = {pool.submit(_train_one, r, str(cache), devices[i % jobs], threads): r for i, r in enumerate(order)}
+    try:
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                recipe = pending.pop(future)
+                seconds = _result(future, recipe, list(pending.values()))
+                done.append(recipe.name)
+                status(f"{recipe.name}: trained in a worker ({seconds:.0f} s), cached in {cache}")
+    except EquiauditError as exc:
+        pool.shutdown(wait=False, cancel_futures=True)
+        running = [r.name for f, r in pending.items() if f.running()]
+        if running:
+            status(f"{exc}; waiting for {', '.join(running)} to finish and be saved (Ctrl-C stops them)")
         try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    recipe = pending.pop(future)
-                    seconds = _result(future, recipe)
-                    done.append(recipe.name)
-                    status(f"{recipe.name}: trained in a worker ({seconds:.0f} s), cached in {cache}")
+            _finish_running(pending, status, cache)
         except BaseException:
-            for future in pending:
-                future.cancel()
+            _stop(pool)
             raise
+        raise
+    except BaseException:  # Ctrl-C, or the run being stopped: no worker outlives it
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
     return done
+
+
+def _finish_running(pending: dict[Future, Recipe], status: Callable[[str], None], cache: Path) -> None:
+    """Wait for the trainings under way (each is saved by its worker as it ends); Ctrl-C stops them."""
+    for future, recipe in pending.items():
+        if future.cancelled():
+            continue
+        try:
+            seconds = future.result()
+        except Exception:  # the first error is the one reported
+            continue
+        status(f"{recipe.name}: trained in a worker ({seconds:.0f} s), cached in {cache}")
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the workers now (a half-trained model is not saved)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle on the workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+
+
+def _ignore_interrupts() -> None:
+    """In a worker: Ctrl-C reaches the whole process group, and only the parent answers it (by stopping them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _cost(recipe: Recipe) -> float:
@@ -83,11 +120,17 @@ def _cost(recipe: Recipe) -> float:
     return recipe.epochs * (recipe.train_limit or 1_000_000)
 
 
-def _result(future: Future, recipe: Recipe) -> float:
+def _result(future: Future, recipe: Recipe, others: list[Recipe]) -> float:
+    """The training seconds of a finished future, or a one-line error naming what failed."""
     try:
         return future.result()
-    except EquiauditError:
-        raise
+    except BrokenProcessPool:
+        names = ", ".join(r.name for r in [recipe, *others])
+        raise EquiauditError(
+            f"a training process died (killed, or out of memory?) while training among {names}"
+        ) from None
+    except EquiauditError as exc:
+        raise EquiauditError(f"training {recipe.name} in a worker: {exc}") from None
     except Exception as exc:  # a worker's traceback stays in the worker; the user gets one line
         raise EquiauditError(f"training {recipe.name} in a worker failed: {type(exc).__name__}: {exc}") from None
 

@@ -102,7 +102,7 @@ def _measure(ctx: StudyContext, name: str, changes: dict[str, Any]) -> dict[str,
         side = int(image_side(recipe) or 0)
         options = {**protocol_options(side), **({"split": recipe.test_split} if isinstance(data, str) else {})}
         if seed != ctx.seeds[0]:
-            options["samples"] = 1  # the per-image records without a gallery: only the first seed's is shown
+            options["samples"] = 1  # the per-image records with a one-image gallery: the report shows the first seed's
         res = ctx.audit(recipe.name, model, recipe, data, group, len(test), QUICK_ANGLES, **options)
         keys.append(recipe.name)
         results.append(res)
