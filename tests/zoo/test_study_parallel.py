@@ -30,6 +30,7 @@ def test_workers_train_exactly_what_the_run_would_and_the_run_loads_it(tmp_path:
     ctx = _context(tmp_path)
     requests = [("cnn@jobs", 0, {}), ("cnn@jobs", 1, {}), ("cnn@jobs", 1, {})]  # asked twice, trained once
     assert sorted(ctx.pretrain(lambda _ctx: requests)) == ["cnn@jobs", "cnn@jobs@seed1"]
+    assert ctx.run_info()["jobs"] == 2 and ctx.run_info()["pretrain_seconds"] > 0
     threads = torch.get_num_threads()
     torch.set_num_threads(worker_threads(2))  # the worker's arithmetic, in this process
     try:

@@ -243,6 +243,7 @@ class StudyContext:
         self.options = _check_options(name, options or {}, accepts)
         self.started = time.time()
         self.commit = git_commit()  # at the start: the code that runs, whatever is committed meanwhile
+        self.pretrain_seconds = 0.0  # --jobs: training in worker processes before the run
         self.out_dir = Path(out_dir)
         self.folder = self.out_dir / name
         self.cache = self.out_dir / "checkpoints"
@@ -300,8 +301,12 @@ class StudyContext:
             return []
         from .parallel import train_all
 
+        started = time.perf_counter()
         missing = [r for r in self.planned(trainings(self)) if _checkpoint(r, self.cache) is None]
-        return train_all(missing, self.cache, self.device, self.jobs, self.status)
+        try:
+            return train_all(missing, self.cache, self.device, self.jobs, self.status)
+        finally:
+            self.pretrain_seconds = time.perf_counter() - started
 
     def model(self, name: str, *, seed: int | None = None, **changes: Any) -> tuple[nn.Module, Recipe]:
         """The trained model of recipe ``name`` with ``seed`` and ``changes`` (see :meth:`recipe`; the module
@@ -416,6 +421,7 @@ class StudyContext:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "jobs": self.jobs,
+            "pretrain_seconds": self.pretrain_seconds,
             "seeds": list(self.seeds),
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in self.options.items()},
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
