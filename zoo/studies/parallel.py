@@ -65,13 +65,7 @@ def train_all(
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_ignore_interrupts)
     pending = {pool.submit(_train_one, r, str(cache), devices[i % jobs], threads): r for i, r in enumerate(order)}
     try:
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                recipe = pending.pop(future)
-                seconds = _result(future, recipe, list(pending.values()))
-                done.append(recipe.name)
-                status(f"{recipe.name}: trained in a worker ({seconds:.0f} s), cached in {cache}")
+        _collect(pending, done, status, cache)
     except EquiauditError as exc:
         pool.shutdown(wait=False, cancel_futures=True)
         running = [r.name for f, r in pending.items() if f.running()]
@@ -88,6 +82,17 @@ def train_all(
         raise
     pool.shutdown(wait=True)
     return done
+
+
+def _collect(pending: dict[Future, Recipe], done: list[str], status: Callable[[str], None], cache: Path) -> None:
+    """Take the trainings as they finish (``done`` gets their names); the first failure is raised."""
+    while pending:
+        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            recipe = pending.pop(future)
+            seconds = _result(future, recipe, list(pending.values()))
+            done.append(recipe.name)
+            status(f"{recipe.name}: trained in a worker ({seconds:.0f} s), cached in {cache}")
 
 
 def _finish_running(pending: dict[Future, Recipe], status: Callable[[str], None], cache: Path) -> None:
