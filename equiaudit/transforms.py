@@ -295,10 +295,10 @@ def transform(x: torch.Tensor, element: GroupElement, **kwargs) -> torch.Tensor:
 def parse_mask(kind: str) -> tuple[str, tuple[int, int] | None]:
     """``(kind, centre)`` of a mask option: ``auto`` / ``disk`` / ``none`` with no centre, or ``centre:H[xW]``
     as ``("auto", (H, W))``; a one-line error otherwise."""
-    if isinstance(kind, str) and kind in MASKS:
+    if kind in MASKS:
         return kind, None
-    match = re.fullmatch(r"centre:(\d+)(?:x(\d+))?", kind.strip()) if isinstance(kind, str) else None
-    if match is None or int(match[1]) < 1 or int(match[2] or match[1]) < 1:
+    match = re.fullmatch(r"centre:([1-9]\d*)(?:x([1-9]\d*))?", kind) if isinstance(kind, str) else None
+    if match is None:
         raise EquiauditError(f"unknown mask {kind!r}; valid: {', '.join(MASK_CHOICES)} (e.g. centre:64)")
     return "auto", (int(match[1]), int(match[2] or match[1]))
 

@@ -123,7 +123,7 @@ def test_centre_mask_is_the_image_inside_its_pad_canvas() -> None:
 def test_mask_option_is_parsed_or_refused_in_one_line() -> None:
     assert parse_mask("disk") == ("disk", None) and parse_mask("centre:64") == ("auto", (64, 64))
     assert parse_mask("centre:48x64") == ("auto", (48, 64))
-    for bad in ("square", "centre:", "centre:0", "centre:4x", "center:4", "centre:-2"):
+    for bad in ("square", "centre:", "centre:0", "centre:4x", "center:4", "centre:-2", "centre:064", " centre:64"):
         with pytest.raises(EquiauditError, match="unknown mask"):
             parse_mask(bad)
     with pytest.raises(EquiauditError, match="larger than the 8x8 input"):
