@@ -411,9 +411,9 @@ class WorstLocator(Observer):
 class ImageRecord(Observer):
     """A compact per-image record: the headline error of every image under every element (``(N, G)``), the
     other per-image means (KL for classifiers, IoU consistency and, with masks, IoU against the truth for
-    segmentation), and for classifiers the
-    predicted class and, with labels, whether it is right. For intervals, correctness matrices and per-image
-    analysis; float32 / int16 / bool, so 10,000 images x 36 elements take a few MB."""
+    segmentation), and for classifiers the predicted class and, with labels, whether it is right. For intervals,
+    correctness matrices and per-image analysis; float32 / int16 / bool, so 10,000 images x 36 elements take a
+    few MB."""
 
     name = "records"
     FIELDS = ("index", "error", "kl", "iou_consistency", "iou_truth", "pred", "correct")
