@@ -145,7 +145,7 @@ def _document_errors(ctx: StudyContext, name: str, seed: int, model: nn.Module, 
 
 def _seed_run(ctx: StudyContext, name: str, seed: int, data: str) -> dict[str, Any]:
     """Train (or load) ``name`` with ``seed`` on ``data``; its accuracy and per-image document / logit errors."""
-    model, recipe = ctx.model(name, seed=seed, **({} if data == DATA else {"dataset": data}))
+    model, recipe = ctx.model(name, seed=seed, **_changes(data))
     test = ctx.evaluate(model, recipe, recipe.dataset)
     errors = _document_errors(ctx, name, seed, model, recipe)
     return {
@@ -480,4 +480,9 @@ def run(ctx: StudyContext) -> StudyResult:
 def trainings(ctx: StudyContext) -> list[Request]:
     """The models the run asks for: every model, every seed, on the study's data."""
     data = _data(ctx)
-    return [(name, seed, {} if data == DATA else {"dataset": data}) for name in MODELS for seed in ctx.seeds]
+    return [(name, seed, _changes(data)) for name in MODELS for seed in ctx.seeds]
+
+
+def _changes(data: str) -> dict[str, Any]:
+    """The recipe changes of every model on ``data``: none on the offline :data:`DATA`."""
+    return {} if data == DATA else {"dataset": data}
